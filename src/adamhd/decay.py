@@ -1,0 +1,192 @@
+"""Decoupled decay rules: the one place where AdamHD's regulariser is defined.
+
+A decay rule pulls the weights toward zero once per step, apart from the gradient update (decoupled,
+as in AdamW). ``tau = lr * weight_decay`` is the step's decay strength.
+
+Huber penalty, per element: ``H_d(x) = x**2/2`` if ``|x| <= d`` else ``d*|x| - d**2/2``.
+Its gradient is ``clip(x, -d, d)``: an L2 pull on small weights, a constant pull of size ``d`` on
+large ones.
+
+* ``form="explicit"`` (the paper's equation), applied to ``p`` *before* the Adam update::
+
+      p <- p - tau * clip(p, -d, d)
+
+* ``form="proximal"`` (the paper's closed form), applied to ``q`` *after* the Adam update. It is
+  the exact minimiser of ``0.5*(z - q)**2 + tau*H_d(z)``::
+
+      p <- q / (1 + tau)              if |q| <= (1 + tau) * d
+           q - tau * d * sign(q)      otherwise
+
+Both are computed below as ``base + tau * (x - clip(x, -d, d))``: the explicit form with
+``base = p*(1 - tau)`` and ``x = p``, the proximal one with ``base = x = q/(1 + tau)``. The second
+term is zero for ``|x| <= d``, so with ``d = inf`` the explicit form is, bit for bit, AdamW's
+``p*(1 - tau)``.
+
+The threshold ``d`` is a fixed number, or ``"adaptive"`` (the paper's per-tensor threshold)::
+
+      a_t  = mean(|p_t|) over the whole tensor, before step t changes it
+      mu_1 = a_1;   mu_t = beta*mu_{t-1} + (1 - beta)*a_t
+      d_t  = scale * mu_t
+
+Every function here has a per-tensor form (the readable definition) and a ``foreach`` form over a
+list of tensors (the same formula with ``torch._foreach_*`` ops, for speed). Fused kernels
+reimplement the same formulas and are tested against these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+from torch import Tensor
+
+Threshold = Union[float, Tensor]  # a Python float or a 0-dim tensor (adaptive threshold)
+
+DECAY_FORMS = ("explicit", "proximal")
+
+
+# ---------------------------------------------------------------------------------------------
+# Threshold: the adaptive per-tensor delta_t
+# ---------------------------------------------------------------------------------------------
+
+
+def mu_dtype(p: Tensor) -> torch.dtype:
+    """The dtype the threshold statistics are kept in: float64 for float64 weights, else float32."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def mean_abs(p: Tensor) -> Tensor:
+    """``mean(|p|)`` of the whole tensor as a 0-dim tensor (0 for an empty tensor)."""
+    if p.numel() == 0:
+        return torch.zeros((), dtype=mu_dtype(p), device=p.device)
+    return p.detach().abs().mean(dtype=mu_dtype(p))
+
+
+def foreach_mean_abs(params: list[Tensor]) -> list[Tensor]:
+    """``mean(|p|)`` for each tensor, with one multi-tensor L1-norm kernel."""
+    dtype = mu_dtype(params[0])
+    sums = torch._foreach_norm([p.detach() for p in params], 1, dtype=dtype)
+    return torch._foreach_div(sums, [float(max(p.numel(), 1)) for p in params])
+
+
+def update_adaptive_threshold(
+    mu: Tensor, abs_mean: Tensor, beta: float, scale: float
+) -> Tensor:
+    """Update the EMA ``mu`` in place with this step's ``mean|p|``; return ``d_t = scale * mu``.
+
+    ``mu`` is created equal to ``a_1`` (see ``AdamHD``), so the first update leaves it at ``a_1``
+    exactly (``lerp`` with equal ends returns that end).
+    """
+    mu.lerp_(abs_mean, 1.0 - beta)
+    return mu * scale
+
+
+def foreach_update_adaptive_threshold(
+    mus: list[Tensor], abs_means: list[Tensor], beta: float, scale: float
+) -> list[Tensor]:
+    torch._foreach_lerp_(mus, abs_means, 1.0 - beta)
+    return torch._foreach_mul(mus, scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decay rules
+# ---------------------------------------------------------------------------------------------
+
+
+def _excess(x: Tensor, d: Threshold) -> Tensor:
+    """``x - clip(x, -d, d)``: the part of ``x`` beyond the threshold (zero where ``|x| <= d``)."""
+    if isinstance(d, Tensor):
+        d = d.to(x.dtype)
+        return x - torch.clamp(x, min=-d, max=d)
+    return x - torch.clamp(x, min=-d, max=d)
+
+
+def huber_explicit_(p: Tensor, tau: float | Tensor, d: Threshold) -> None:
+    """``p <- p - tau*clip(p, -d, d)`` in place (the paper's explicit step)."""
+    excess = _excess(p, d)
+    p.mul_(1 - tau).add_(excess * tau)
+
+
+def huber_proximal_(q: Tensor, tau: float | Tensor, d: Threshold) -> None:
+    """``q <- prox_{tau*H_d}(q)`` in place (the paper's closed-form step)."""
+    q.div_(1 + tau)
+    excess = _excess(q, d)
+    q.add_(excess * tau)
+
+
+def foreach_huber_explicit_(ps: list[Tensor], tau: float, ds: list[Threshold]) -> None:
+    excess = _foreach_excess(ps, ds)
+    torch._foreach_mul_(ps, 1 - tau)
+    torch._foreach_add_(ps, excess, alpha=tau)
+
+
+def foreach_huber_proximal_(qs: list[Tensor], tau: float, ds: list[Threshold]) -> None:
+    torch._foreach_div_(qs, 1 + tau)
+    excess = _foreach_excess(qs, ds)
+    torch._foreach_add_(qs, excess, alpha=tau)
+
+
+def _foreach_excess(xs: list[Tensor], ds: list[Threshold]) -> list[Tensor]:
+    """``x - clip(x, -d, d)`` for each tensor of ``xs``."""
+    if isinstance(ds[0], Tensor):
+        ds = [d.to(x.dtype) for d, x in zip(ds, xs)]
+        clipped = torch._foreach_maximum(xs, torch._foreach_neg(ds))
+        torch._foreach_minimum_(clipped, ds)
+    else:
+        clipped = torch._foreach_clamp_min(xs, [-d for d in ds])
+        torch._foreach_clamp_max_(clipped, ds)
+    return torch._foreach_sub(xs, clipped)
+
+
+@dataclass(frozen=True)
+class HuberDecay:
+    """Decoupled Huber decay with a fixed or adaptive threshold: the rule AdamHD applies.
+
+    ``delta``: a positive float (``math.inf`` gives AdamW's L2 decay) or ``"adaptive"``.
+    """
+
+    delta: float | Literal["adaptive"] = "adaptive"
+    delta_scale: float = 1.5
+    delta_beta: float = 0.99
+    form: Literal["explicit", "proximal"] = "explicit"
+
+    @property
+    def adaptive(self) -> bool:
+        return self.delta == "adaptive"
+
+    @property
+    def before_update(self) -> bool:
+        """Explicit decay acts on ``p_t`` before the Adam update, proximal decay after it."""
+        return self.form == "explicit"
+
+    def thresholds(
+        self, params: list[Tensor], mus: list[Tensor], foreach: bool
+    ) -> list[Threshold]:
+        """This step's ``d_t`` per tensor; advances the adaptive EMA. Call before ``p`` changes."""
+        if not self.adaptive:
+            return [float(self.delta)] * len(params)
+        if foreach:
+            return foreach_update_adaptive_threshold(
+                mus, foreach_mean_abs(params), self.delta_beta, self.delta_scale
+            )
+        return [
+            update_adaptive_threshold(mu, mean_abs(p), self.delta_beta, self.delta_scale)
+            for p, mu in zip(params, mus)
+        ]
+
+    def apply_(
+        self, params: list[Tensor], tau: float | Tensor, ds: list[Threshold], foreach: bool
+    ) -> None:
+        """Apply the decay to ``params`` in place with strength ``tau`` and thresholds ``ds``."""
+        if not params:
+            return
+        if foreach and not isinstance(tau, Tensor):
+            if self.form == "explicit":
+                foreach_huber_explicit_(params, tau, ds)
+            else:
+                foreach_huber_proximal_(params, tau, ds)
+            return
+        step = huber_explicit_ if self.form == "explicit" else huber_proximal_
+        for p, d in zip(params, ds):
+            step(p, tau, d)

@@ -1,0 +1,274 @@
+"""Functional core of AdamHD: Adam moments (exactly as ``torch.optim.AdamW``) plus a decay rule.
+
+``adamhd()`` dispatches to one of three paths that compute the same thing:
+
+* ``_single_tensor_adamhd``: one tensor at a time (the readable reference, autograd-friendly);
+* ``_multi_tensor_adamhd``: ``torch._foreach_*`` ops over lists of tensors;
+* the fused kernels of ``adamhd.kernels`` (one pass over memory per tensor).
+
+The decay itself (Huber, explicit or proximal, fixed or adaptive threshold) lives in
+``adamhd.decay``; this module only decides *when* it is applied: before the Adam update for the
+explicit form (on the same ``p`` AdamW decays), after it for the proximal form.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _get_value, _stack_if_compiling
+
+from adamhd.decay import HuberDecay
+
+__all__ = ["adamhd"]
+
+
+def adamhd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    delta_mus: list[Tensor],
+    *,
+    decay: HuberDecay,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float | Tensor,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    foreach: bool = False,
+    fused: bool = False,
+    capturable: bool = False,
+    differentiable: bool = False,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One AdamHD step over lists of tensors, updating ``params`` and the state lists in place.
+
+    ``delta_mus`` holds the adaptive threshold's EMA per tensor (empty for a fixed threshold).
+    ``grad_scale``/``found_inf`` (from ``torch.amp.GradScaler``) are honoured by the fused path only,
+    as in torch.
+    """
+    if fused:
+        from adamhd.kernels import fused_adamhd
+
+        func = fused_adamhd
+    else:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
+        func = _multi_tensor_adamhd if foreach else _single_tensor_adamhd
+    kwargs = dict(
+        decay=decay,
+        amsgrad=amsgrad,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+        capturable=capturable,
+        differentiable=differentiable,
+    )
+    if fused:
+        kwargs.update(grad_scale=grad_scale, found_inf=found_inf)
+    func(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, **kwargs)
+
+
+def _single_tensor_adamhd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    delta_mus: list[Tensor],
+    *,
+    decay: HuberDecay,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float | Tensor,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    tensor_math = capturable or differentiable
+    if not tensor_math:
+        lr = _get_value(lr)
+    elif isinstance(lr, Tensor) and lr.dim() != 0:
+        lr = lr.squeeze()
+    tau = lr * weight_decay
+    decays = weight_decay != 0
+
+    for i, param in enumerate(params):
+        grad = grads[i] if not maximize else -grads[i]
+        exp_avg = exp_avgs[i]
+        exp_avg_sq = exp_avg_sqs[i]
+        step_t = state_steps[i]
+        if capturable and not torch.compiler.is_compiling():
+            _check_capturable(param, step_t)
+
+        step_t += 1
+
+        if decays:
+            mus = [delta_mus[i]] if decay.adaptive else []
+            thresholds = decay.thresholds([param], mus, foreach=False)
+            if decay.before_update:
+                decay.apply_([param], tau, thresholds, foreach=False)
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+        if tensor_math:
+            bias_correction1 = 1 - beta1**step_t
+            bias_correction2 = 1 - beta2**step_t
+            step_size_neg = (lr / bias_correction1).neg()
+            bias_correction2_sqrt = bias_correction2.sqrt()
+            if amsgrad:
+                max_sq = max_exp_avg_sqs[i].clone() if differentiable else max_exp_avg_sqs[i]
+                max_exp_avg_sqs[i].copy_(torch.maximum(max_sq, exp_avg_sq))
+                second = max_exp_avg_sqs[i]
+            else:
+                second = exp_avg_sq
+            # The 1-element step size is folded into denom: addcdiv_'s value must be a Number.
+            denom = (second.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(
+                eps / step_size_neg
+            )
+            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
+        else:
+            step = _get_value(step_t)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            if amsgrad:
+                torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+                second = max_exp_avg_sqs[i]
+            else:
+                second = exp_avg_sq
+            denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+        if decays and not decay.before_update:
+            decay.apply_([param], tau, thresholds, foreach=False)
+
+
+def _multi_tensor_adamhd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    delta_mus: list[Tensor],
+    *,
+    decay: HuberDecay,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float | Tensor,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    capturable: bool,
+    differentiable: bool,
+) -> None:
+    if not params:
+        return
+    if differentiable:
+        raise RuntimeError("foreach=True does not support differentiable=True")
+    if capturable:
+        if not torch.compiler.is_compiling():
+            for p, s in zip(params, state_steps):
+                _check_capturable(p, s)
+        if isinstance(lr, Tensor) and lr.dim() != 0:
+            lr = lr.squeeze()
+    else:
+        lr = _get_value(lr)
+    decays = weight_decay != 0
+
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus]
+    )
+    for (
+        device_params_,
+        device_grads_,
+        device_exp_avgs_,
+        device_exp_avg_sqs_,
+        device_max_exp_avg_sqs_,
+        device_steps_,
+        device_mus_,
+    ), _ in grouped.values():
+        device_params = cast(list[Tensor], device_params_)
+        device_grads = cast(list[Tensor], device_grads_)
+        device_exp_avgs = cast(list[Tensor], device_exp_avgs_)
+        device_exp_avg_sqs = cast(list[Tensor], device_exp_avg_sqs_)
+        device_steps = cast(list[Tensor], device_steps_)
+        device_mus = cast(list[Tensor], device_mus_)
+
+        if maximize:
+            device_grads = torch._foreach_neg(device_grads)
+
+        if not torch.compiler.is_compiling() and device_steps[0].is_cpu:
+            torch._foreach_add_(device_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+        else:
+            torch._foreach_add_(device_steps, 1)
+
+        if decays:
+            # The decay with a tensor lr (capturable) goes through per-tensor ops inside apply_.
+            tau = lr * weight_decay
+            thresholds = decay.thresholds(device_params, device_mus, foreach=True)
+            if decay.before_update:
+                decay.apply_(device_params, tau, thresholds, foreach=True)
+
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
+        torch._foreach_mul_(device_exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
+        del device_grads
+
+        if amsgrad:
+            device_max = cast(list[Tensor], device_max_exp_avg_sqs_)
+            torch._foreach_maximum_(device_max, device_exp_avg_sqs)
+            denom = torch._foreach_sqrt(device_max)
+        else:
+            denom = torch._foreach_sqrt(device_exp_avg_sqs)
+
+        if capturable:
+            bias_correction1 = torch._foreach_pow(beta1, device_steps)
+            bias_correction2 = torch._foreach_pow(beta2, device_steps)
+            torch._foreach_sub_(bias_correction1, 1)  # beta1**t - 1 = -(1 - beta1**t)
+            torch._foreach_sub_(bias_correction2, 1)
+            torch._foreach_neg_(bias_correction2)
+            torch._foreach_div_(bias_correction1, lr)
+            torch._foreach_reciprocal_(bias_correction1)  # -lr / (1 - beta1**t)
+            torch._foreach_sqrt_(bias_correction2)
+            torch._foreach_div_(denom, bias_correction2)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_div_(denom, bias_correction1)
+            torch._foreach_addcdiv_(device_params, device_exp_avgs, denom)
+        else:
+            steps = [_get_value(s) for s in device_steps]
+            step_sizes = _stack_if_compiling([(lr / (1 - beta1**s)) * -1 for s in steps])
+            bias_correction2_sqrt = [(1 - beta2**s) ** 0.5 for s in steps]
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)
+
+        if decays and not decay.before_update:
+            decay.apply_(device_params, tau, thresholds, foreach=True)
+
+
+def _check_capturable(param: Tensor, step: Tensor) -> None:
+    if param.device != step.device:
+        raise RuntimeError(
+            "capturable=True needs each parameter's step on the parameter's device; "
+            f"got a parameter on {param.device} and its step on {step.device}"
+        )

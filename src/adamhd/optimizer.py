@@ -1,0 +1,320 @@
+"""``AdamHD``: a drop-in ``torch.optim.AdamW`` with decoupled Huber decay.
+
+This class validates hyperparameters and holds state; the math is in ``adamhd.functional`` (Adam
+moments) and ``adamhd.decay`` (the Huber decay and its threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
+
+from adamhd import kernels
+from adamhd.decay import DECAY_FORMS, HuberDecay, mean_abs, mu_dtype
+from adamhd.functional import adamhd
+
+__all__ = ["AdamHD"]
+
+DEFAULT_DELTA_SCALE = 1.5
+DEFAULT_DELTA_BETA = 0.99
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_hyperparameters(group: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr as a Tensor must have exactly one element, got shape {lr.shape}")
+        lr_value = float(lr.detach().reshape(()))
+    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        lr_value = float(lr)
+    else:
+        raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
+    if not lr_value >= 0.0 or math.isinf(lr_value):
+        raise ValueError(f"Invalid learning rate: lr={lr_value} (must be finite and >= 0)")
+
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        value = float(beta) if isinstance(beta, Tensor) and beta.numel() == 1 else beta
+        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: betas[{i}]={beta} (need 0 <= beta < 1)")
+
+    eps = group["eps"]
+    if not isinstance(eps, (int, float)) or not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: eps={eps} (must be >= 0)")
+    weight_decay = group["weight_decay"]
+    if not isinstance(weight_decay, (int, float)) or not weight_decay >= 0.0 or math.isinf(
+        weight_decay
+    ):
+        raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay} (must be >= 0)")
+
+    delta = group["delta"]
+    if isinstance(delta, str):
+        if delta != "adaptive":
+            raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
+    elif isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0.0:
+        raise ValueError(f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')")
+
+    delta_scale = group["delta_scale"]
+    if not isinstance(delta_scale, (int, float)) or not 0.0 < delta_scale < math.inf:
+        raise ValueError(f"Invalid delta_scale: delta_scale={delta_scale} (must be finite and > 0)")
+    delta_beta = group["delta_beta"]
+    if not isinstance(delta_beta, (int, float)) or not 0.0 <= delta_beta < 1.0:
+        raise ValueError(f"Invalid delta_beta: delta_beta={delta_beta} (need 0 <= delta_beta < 1)")
+    if group["decay_form"] not in DECAY_FORMS:
+        raise ValueError(
+            f"Invalid decay_form: {group['decay_form']!r} (one of {', '.join(DECAY_FORMS)})"
+        )
+
+
+class AdamHD(Optimizer):
+    r"""AdamW with decoupled Huber decay (arXiv 2511.14721).
+
+    Each step, per parameter tensor ``p`` with gradient ``g`` (``tau = lr * weight_decay``)::
+
+        m = beta1*m + (1-beta1)*g;   v = beta2*v + (1-beta2)*g**2
+        u = (m / (1-beta1**t)) / (sqrt(v / (1-beta2**t)) + eps)
+        explicit:  p = p - tau*clip(p, -d_t, d_t);   p = p - lr*u
+        proximal:  q = p - lr*u;   p = argmin_z 0.5*(z-q)**2 + tau*Huber_{d_t}(z)
+
+    The threshold ``d_t`` is ``delta`` when it is a number, or with ``delta="adaptive"``
+    ``delta_scale * mu_t``, where ``mu_t`` is an EMA (``delta_beta``) of the whole tensor's
+    ``mean|p|`` taken before the step (``mu_1 = mean|p_1|``). ``delta=math.inf`` with the explicit
+    form is exactly ``torch.optim.AdamW``; ``weight_decay=0`` is exactly ``torch.optim.Adam``.
+
+    Args:
+        params: parameters or parameter groups, as for any torch optimizer.
+        lr: learning rate (float or 1-element Tensor). Decay is scaled by it, as in AdamW.
+        betas, eps, amsgrad, maximize, foreach, capturable, differentiable: as ``torch.optim.AdamW``.
+        weight_decay: the decay coefficient ``lambda`` (default 1e-2, AdamW's default).
+        delta: threshold of the Huber penalty: a positive float (``math.inf`` allowed) or
+            ``"adaptive"`` (default).
+        delta_scale: ``c`` in ``d_t = c * mu_t`` (adaptive only). Default 1.5.
+        delta_beta: EMA coefficient of ``mu_t`` (adaptive only). Default 0.99.
+        decay_form: ``"explicit"`` (default) or ``"proximal"``.
+        fused: use a fused kernel (``adamhd.kernels``). ``True`` raises if none can serve every
+            parameter; ``None`` picks it only where it is the fastest verified path.
+
+    The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
+    without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are
+    rejected with an error before anything changes.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        delta: float | str = "adaptive",
+        delta_scale: float = DEFAULT_DELTA_SCALE,
+        delta_beta: float = DEFAULT_DELTA_BETA,
+        decay_form: str = "explicit",
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            delta=delta,
+            delta_scale=delta_scale,
+            delta_beta=delta_beta,
+            decay_form=decay_form,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
+        _check_hyperparameters(defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("fused=True does not support differentiable=True")
+            if foreach:
+                raise RuntimeError("fused=True and foreach=True cannot both be set")
+        if foreach and differentiable:
+            raise RuntimeError("foreach=True does not support differentiable=True")
+        super().__init__(params, defaults)
+        if fused:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    reason = kernels.fused_unsupported_reason(p)
+                    if reason is not None:
+                        raise RuntimeError(f"fused=True cannot be honoured: {reason}")
+            # The fused kernels read GradScaler's grad_scale/found_inf themselves.
+            self._step_supports_amp_scaling = True
+        self._paths: dict[int, str] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        _check_hyperparameters(merged)
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("delta", "adaptive")
+            group.setdefault("delta_scale", DEFAULT_DELTA_SCALE)
+            group.setdefault("delta_beta", DEFAULT_DELTA_BETA)
+            group.setdefault("decay_form", "explicit")
+            on_device = group["capturable"] or group["fused"]
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                step = p_state.get("step")
+                if step is not None and not torch.is_tensor(step):
+                    device = p.device if on_device else None
+                    p_state["step"] = torch.tensor(float(step), dtype=_scalar_dtype(), device=device)
+        self._paths = {}
+
+    @property
+    def paths(self) -> dict[int, str]:
+        """Which implementation ("single", "foreach" or "fused") each group used at its last step."""
+        return dict(self._paths)
+
+    def _select_path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        if group["fused"]:
+            return "fused"
+        if group["foreach"] is not None:
+            return "foreach" if group["foreach"] else "single"
+        if group["differentiable"]:
+            return "single"
+        if group["fused"] is None and kernels.fused_is_default(params):
+            return "fused"
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        return "foreach" if foreach else "single"
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor],
+        state_steps: list[Tensor],
+        delta_mus: list[Tensor],
+    ) -> None:
+        adaptive = group["delta"] == "adaptive"
+        on_device = group["capturable"] or group["fused"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            params.append(p)
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.zeros(
+                    (), dtype=_scalar_dtype(), device=p.device if on_device else None
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if adaptive and "delta_mu" not in state:
+                # mu starts at mean|p| of the tensor as it is now, so mu_1 = a_1 exactly.
+                state["delta_mu"] = mean_abs(p).to(mu_dtype(p)).detach().clone()
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            if adaptive:
+                delta_mus.append(state["delta_mu"])
+            state_steps.append(state["step"])
+
+    def _check_gradients(self) -> None:
+        """Reject what this optimizer cannot do before any state or weight changes."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "AdamHD does not support sparse gradients; use dense gradients "
+                        "(for nn.Embedding, sparse=False)"
+                    )
+                if torch.is_complex(p):
+                    raise RuntimeError("AdamHD does not support complex parameters")
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        self._cuda_graph_capture_health_check()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        self._check_gradients()
+        for index, group in enumerate(self.param_groups):
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            max_exp_avg_sqs: list[Tensor] = []
+            state_steps: list[Tensor] = []
+            delta_mus: list[Tensor] = []
+            self._init_group(
+                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
+            )
+            if not params:
+                continue
+            path = self._select_path(group, params)
+            self._paths[index] = path
+            beta1, beta2 = group["betas"]
+            decay = HuberDecay(
+                delta=group["delta"],
+                delta_scale=group["delta_scale"],
+                delta_beta=group["delta_beta"],
+                form=group["decay_form"],
+            )
+            adamhd(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs,
+                state_steps,
+                delta_mus,
+                decay=decay,
+                amsgrad=group["amsgrad"],
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+                foreach=path == "foreach",
+                fused=path == "fused",
+                capturable=group["capturable"],
+                differentiable=group["differentiable"],
+                grad_scale=getattr(self, "grad_scale", None) if path == "fused" else None,
+                found_inf=getattr(self, "found_inf", None) if path == "fused" else None,
+            )
+        return loss
