@@ -36,12 +36,12 @@ reimplement the same formulas and are tested against these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-Threshold = Union[float, Tensor]  # a Python float or a 0-dim tensor (adaptive threshold)
+Threshold = float | Tensor  # a Python float or a 0-dim tensor (adaptive threshold)
 
 DECAY_FORMS = ("explicit", "proximal")
 

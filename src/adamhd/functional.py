@@ -52,8 +52,8 @@ def adamhd(
     """One AdamHD step over lists of tensors, updating ``params`` and the state lists in place.
 
     ``delta_mus`` holds the adaptive threshold's EMA per tensor (empty for a fixed threshold).
-    ``grad_scale``/``found_inf`` (from ``torch.amp.GradScaler``) are honoured by the fused path only,
-    as in torch.
+    ``grad_scale``/``found_inf`` (from ``torch.amp.GradScaler``) are honoured by the fused path
+    only, as in torch.
     """
     if fused:
         from adamhd.kernels import fused_adamhd

@@ -49,7 +49,9 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     for i, beta in enumerate(betas):
         value = float(beta) if isinstance(beta, Tensor) and beta.numel() == 1 else beta
         if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: betas[{i}]={beta} (need 0 <= beta < 1)")
+            raise ValueError(
+                f"Invalid beta parameter at index {i}: betas[{i}]={beta} (need 0 <= beta < 1)"
+            )
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
@@ -65,7 +67,9 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
         if delta != "adaptive":
             raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
     elif isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0.0:
-        raise ValueError(f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')")
+        raise ValueError(
+            f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
+        )
 
     delta_scale = group["delta_scale"]
     if not isinstance(delta_scale, (int, float)) or not 0.0 < delta_scale < math.inf:
@@ -97,7 +101,8 @@ class AdamHD(Optimizer):
     Args:
         params: parameters or parameter groups, as for any torch optimizer.
         lr: learning rate (float or 1-element Tensor). Decay is scaled by it, as in AdamW.
-        betas, eps, amsgrad, maximize, foreach, capturable, differentiable: as ``torch.optim.AdamW``.
+        betas, eps, amsgrad, maximize, foreach, capturable, differentiable: as in
+            ``torch.optim.AdamW``.
         weight_decay: the decay coefficient ``lambda`` (default 1e-2, AdamW's default).
         delta: threshold of the Huber penalty: a positive float (``math.inf`` allowed) or
             ``"adaptive"`` (default).
@@ -190,12 +195,14 @@ class AdamHD(Optimizer):
                 step = p_state.get("step")
                 if step is not None and not torch.is_tensor(step):
                     device = p.device if on_device else None
-                    p_state["step"] = torch.tensor(float(step), dtype=_scalar_dtype(), device=device)
+                    p_state["step"] = torch.tensor(
+                        float(step), dtype=_scalar_dtype(), device=device
+                    )
         self._paths = {}
 
     @property
     def paths(self) -> dict[int, str]:
-        """Which implementation ("single", "foreach" or "fused") each group used at its last step."""
+        """The implementation ("single", "foreach", "fused") each group used at its last step."""
         return dict(self._paths)
 
     def _select_path(self, group: dict[str, Any], params: list[Tensor]) -> str:
@@ -264,7 +271,7 @@ class AdamHD(Optimizer):
 
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
         self._cuda_graph_capture_health_check()
         loss = None
         if closure is not None:
