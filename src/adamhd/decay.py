@@ -41,6 +41,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from adamhd import distributed
+
 Threshold = float | Tensor  # a Python float or a 0-dim tensor (adaptive threshold)
 
 DECAY_FORMS = ("explicit", "proximal")
@@ -60,7 +62,7 @@ def mean_abs(p: Tensor) -> Tensor:
     """``mean(|p|)`` of the whole tensor as a 0-dim tensor (0 for an empty tensor)."""
     if p.numel() == 0:
         return torch.zeros((), dtype=mu_dtype(p), device=p.device)
-    return p.detach().abs().mean(dtype=mu_dtype(p))
+    return _for_autograd(p).abs().mean(dtype=mu_dtype(p))
 
 
 def foreach_mean_abs(params: list[Tensor]) -> list[Tensor]:
@@ -68,6 +70,16 @@ def foreach_mean_abs(params: list[Tensor]) -> list[Tensor]:
     dtype = mu_dtype(params[0])
     sums = torch._foreach_norm([p.detach() for p in params], 1, dtype=dtype)
     return torch._foreach_div(sums, [float(max(p.numel(), 1)) for p in params])
+
+
+def whole_mean_abs(params: list[Tensor], foreach: bool = False) -> list[Tensor]:
+    """``mean(|p|)`` of each *whole* tensor: sharded DTensor parameters (FSDP2) are summed across
+    ranks with one all-reduce for all of them (``adamhd.distributed``)."""
+    if not params:
+        return []
+    if distributed.any_dtensor(params):
+        return distributed.global_mean_abs(params)
+    return foreach_mean_abs(params) if foreach else [mean_abs(p) for p in params]
 
 
 def update_adaptive_threshold(
@@ -94,12 +106,20 @@ def foreach_update_adaptive_threshold(
 # ---------------------------------------------------------------------------------------------
 
 
+def _for_autograd(x: Tensor) -> Tensor:
+    """``x``, or a copy of it when autograd records (``differentiable=True``).
+
+    The decay updates ``x`` in place right after reading it; the ops that read it (``abs``,
+    ``clamp``) keep their input for the backward pass, so they must see a copy.
+    """
+    return x.clone() if torch.is_grad_enabled() and x.requires_grad else x
+
+
 def _excess(x: Tensor, d: Threshold) -> Tensor:
     """``x - clip(x, -d, d)``: the part of ``x`` beyond the threshold (zero where ``|x| <= d``)."""
     if isinstance(d, Tensor):
         d = d.to(x.dtype)
-        return x - torch.clamp(x, min=-d, max=d)
-    return x - torch.clamp(x, min=-d, max=d)
+    return x - torch.clamp(_for_autograd(x), min=-d, max=d)
 
 
 def huber_explicit_(p: Tensor, tau: float | Tensor, d: Threshold) -> None:
@@ -161,18 +181,33 @@ class HuberDecay:
         return self.form == "explicit"
 
     def thresholds(
-        self, params: list[Tensor], mus: list[Tensor], foreach: bool
+        self,
+        params: list[Tensor],
+        mus: list[Tensor],
+        foreach: bool,
+        abs_means: list[Tensor] | None = None,
     ) -> list[Threshold]:
-        """This step's ``d_t`` per tensor; advances the adaptive EMA. Call before ``p`` changes."""
+        """This step's ``d_t`` per tensor; advances the adaptive EMA. Call before ``p`` changes.
+
+        ``abs_means``: this step's whole-tensor ``mean|p|`` if already computed (see
+        ``whole_mean_abs``); by default computed here.
+        """
         if not self.adaptive:
             return [float(self.delta)] * len(params)
+        if abs_means is None and distributed.any_dtensor(params):
+            abs_means = distributed.global_mean_abs(params)
         if foreach:
             return foreach_update_adaptive_threshold(
-                mus, foreach_mean_abs(params), self.delta_beta, self.delta_scale
+                mus,
+                foreach_mean_abs(params) if abs_means is None else abs_means,
+                self.delta_beta,
+                self.delta_scale,
             )
+        if abs_means is None:
+            abs_means = [mean_abs(p) for p in params]
         return [
-            update_adaptive_threshold(mu, mean_abs(p), self.delta_beta, self.delta_scale)
-            for p, mu in zip(params, mus)
+            update_adaptive_threshold(mu, a, self.delta_beta, self.delta_scale)
+            for a, mu in zip(abs_means, mus)
         ]
 
     def apply_(

@@ -16,7 +16,8 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
 
 from adamhd import kernels
-from adamhd.decay import DECAY_FORMS, HuberDecay, mean_abs, mu_dtype
+from adamhd.decay import DECAY_FORMS, HuberDecay, mu_dtype, whole_mean_abs
+from adamhd.distributed import any_dtensor, fused_dtensor_reason
 from adamhd.functional import adamhd
 
 __all__ = ["AdamHD"]
@@ -164,7 +165,7 @@ class AdamHD(Optimizer):
         if fused:
             for group in self.param_groups:
                 for p in group["params"]:
-                    reason = kernels.fused_unsupported_reason(p)
+                    reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
                     if reason is not None:
                         raise RuntimeError(f"fused=True cannot be honoured: {reason}")
             # The fused kernels read GradScaler's grad_scale/found_inf themselves.
@@ -212,7 +213,7 @@ class AdamHD(Optimizer):
             return "foreach" if group["foreach"] else "single"
         if group["differentiable"]:
             return "single"
-        if group["fused"] is None and kernels.fused_is_default(params):
+        if group["fused"] is None and not any_dtensor(params) and kernels.fused_is_default(params):
             return "fused"
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
         return "foreach" if foreach else "single"
@@ -230,6 +231,7 @@ class AdamHD(Optimizer):
     ) -> None:
         adaptive = group["delta"] == "adaptive"
         on_device = group["capturable"] or group["fused"]
+        fresh_mu: list[Tensor] = []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -245,15 +247,18 @@ class AdamHD(Optimizer):
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if adaptive and "delta_mu" not in state:
-                # mu starts at mean|p| of the tensor as it is now, so mu_1 = a_1 exactly.
-                state["delta_mu"] = mean_abs(p).to(mu_dtype(p)).detach().clone()
+                fresh_mu.append(p)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             if group["amsgrad"]:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            if adaptive:
-                delta_mus.append(state["delta_mu"])
             state_steps.append(state["step"])
+        if adaptive:
+            # mu starts at mean|p| of the tensor as it is now, so mu_1 = a_1 exactly (the whole
+            # tensor's: sharded DTensor params share one all-reduce).
+            for p, a in zip(fresh_mu, whole_mean_abs(fresh_mu)):
+                self.state[p]["delta_mu"] = a.to(mu_dtype(p)).clone()
+            delta_mus.extend(self.state[p]["delta_mu"] for p in params)
 
     def _check_gradients(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
@@ -272,7 +277,7 @@ class AdamHD(Optimizer):
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        self._cuda_graph_capture_health_check()
+        self._accelerator_graph_capture_health_check()
         loss = None
         if closure is not None:
             with torch.enable_grad():
