@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value, _stack_if_compiling
 
 from adamhd.decay import HuberDecay
+from adamhd.distributed import any_dtensor, global_mean_abs
 
 __all__ = ["adamhd"]
 
@@ -107,6 +108,9 @@ def _single_tensor_adamhd(
         lr = lr.squeeze()
     tau = lr * weight_decay
     decays = weight_decay != 0
+    if decays:
+        # All thresholds before any tensor changes: one all-reduce for sharded (DTensor) params.
+        all_thresholds = decay.thresholds(params, delta_mus, foreach=False)
 
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
@@ -119,8 +123,7 @@ def _single_tensor_adamhd(
         step_t += 1
 
         if decays:
-            mus = [delta_mus[i]] if decay.adaptive else []
-            thresholds = decay.thresholds([param], mus, foreach=False)
+            thresholds = all_thresholds[i : i + 1]
             if decay.before_update:
                 decay.apply_([param], tau, thresholds, foreach=False)
 
@@ -194,9 +197,14 @@ def _multi_tensor_adamhd(
     else:
         lr = _get_value(lr)
     decays = weight_decay != 0
+    # Sharded (DTensor) params: every whole-tensor mean|p| with one all-reduce, before any update.
+    abs_means = None
+    if decays and decay.adaptive and any_dtensor(params):
+        abs_means = global_mean_abs(params)
 
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus]
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus],
+        with_indices=abs_means is not None,
     )
     for (
         device_params_,
@@ -206,7 +214,7 @@ def _multi_tensor_adamhd(
         device_max_exp_avg_sqs_,
         device_steps_,
         device_mus_,
-    ), _ in grouped.values():
+    ), indices in grouped.values():
         device_params = cast(list[Tensor], device_params_)
         device_grads = cast(list[Tensor], device_grads_)
         device_exp_avgs = cast(list[Tensor], device_exp_avgs_)
@@ -225,7 +233,12 @@ def _multi_tensor_adamhd(
         if decays:
             # The decay with a tensor lr (capturable) goes through per-tensor ops inside apply_.
             tau = lr * weight_decay
-            thresholds = decay.thresholds(device_params, device_mus, foreach=True)
+            thresholds = decay.thresholds(
+                device_params,
+                device_mus,
+                foreach=True,
+                abs_means=None if abs_means is None else [abs_means[j] for j in indices],
+            )
             if decay.before_update:
                 decay.apply_(device_params, tau, thresholds, foreach=True)
 
