@@ -23,7 +23,7 @@ compare: $(STAMP)
 	$(BIN)/adamhd compare $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
