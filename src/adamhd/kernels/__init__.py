@@ -10,21 +10,256 @@ Contract, used by ``AdamHD`` and ``adamhd.functional``:
   *, decay, amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, capturable, differentiable,
   grad_scale, found_inf)``: one step, in place.
 
-No fused kernel is built yet: every parameter is reported unsupported.
+Kernels:
+
+* CPU: a C++ kernel (``adamhd_cpu.cpp``, ``at::vec`` + ``at::parallel_reduce``), compiled on first
+  use and cached by torch (see ``adamhd.kernels.cpu``). Measured faster than an Inductor-generated
+  kernel of the same math (see BENCH_NOTES.md). If it cannot be built (no compiler), ``fused=None``
+  uses the foreach path and ``fused=True`` raises with the reason.
+* CUDA: a Triton kernel (``adamhd.kernels.triton_adamhd``), multi-tensor, ``capturable``.
+
+Adaptive threshold without an extra pass: the kernels return ``sum|p_new|`` per tensor, accumulated
+while they write ``p``. It is kept, per parameter, in a weak side table together with
+``p._version`` (after the step) and ``p.data_ptr()``; the next step uses it as ``mean|p_t|`` if
+both still match, and recomputes ``mean|p|`` otherwise (weights loaded, pruned in place, ...).
+Writes through ``p.data`` do not bump ``p._version``: after such writes call
+``forget_abs_means()``. The table is not part of ``state_dict`` (a version number means nothing in
+another process), so a resumed run recomputes ``mean|p|`` once.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+from adamhd.decay import mu_dtype
+
+__all__ = [
+    "forget_abs_means",
+    "fused_adamhd",
+    "fused_is_default",
+    "fused_unsupported_reason",
+]
+
+log = logging.getLogger(__name__)
+
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# param -> (p._version after the step, p.data_ptr(), mean|p| as a Python float or 0-dim tensor)
+_abs_means: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_announced_build = False
+
+
+def forget_abs_means(params: list[Tensor] | None = None) -> None:
+    """Drop the cached ``mean|p|`` (all, or of ``params``): the next step recomputes it."""
+    if params is None:
+        _abs_means.clear()
+        return
+    for p in params:
+        _abs_means.pop(p, None)
+
+
+def _cpu_module():
+    from adamhd.kernels import cpu
+
+    global _announced_build
+    if not cpu._tried and not _announced_build:
+        _announced_build = True
+        log.info("adamhd: building the fused CPU kernel (first use; cached afterwards)")
+    return cpu.load()
+
+
+def _triton_reason() -> str | None:
+    from adamhd.kernels import triton_adamhd
+
+    return triton_adamhd.unavailable_reason()
 
 
 def fused_unsupported_reason(p: Tensor) -> str | None:
-    return f"no fused AdamHD kernel is available for {p.dtype} parameters on {p.device.type}"
+    if p.is_sparse or torch.is_complex(p):
+        return "fused AdamHD kernels support dense real parameters only"
+    if p.device.type == "cpu":
+        if p.dtype not in CPU_DTYPES:
+            return f"the fused CPU kernel does not support {p.dtype} parameters"
+        if _cpu_module() is None:
+            from adamhd.kernels import cpu
+
+            return cpu.build_error()
+        return None
+    if p.device.type == "cuda":
+        if p.dtype not in CUDA_DTYPES:
+            return f"the fused CUDA (Triton) kernel does not support {p.dtype} parameters"
+        return _triton_reason()
+    return f"no fused AdamHD kernel is available for parameters on {p.device.type}"
 
 
 def fused_is_default(params: list[Tensor]) -> bool:
-    return False
+    """``fused=None``: the fused kernel where it serves every parameter of the group.
+
+    On CPU it is the fastest path measured (``adamhd bench step``); on CUDA the Triton kernel is
+    used by default only when it serves the whole group.
+    """
+    if not params:
+        return False
+    devices = {p.device.type for p in params}
+    if len(devices) != 1:
+        return False
+    return all(fused_unsupported_reason(p) is None for p in params)
 
 
-def fused_adamhd(*args, **kwargs) -> None:
-    raise RuntimeError("no fused AdamHD kernel is available in this build")
+def _lookup_abs_means(params: list[Tensor]) -> list[Any]:
+    """``mean|p_t|`` per tensor: the value cached by the previous step if ``p`` is unchanged."""
+    out: list[Any] = []
+    for p in params:
+        entry = _abs_means.get(p)
+        if entry is not None and entry[0] == p._version and entry[1] == p.data_ptr():
+            out.append(entry[2])
+        else:
+            out.append(None)
+    return out
+
+
+def _fresh_mean_abs(p: Tensor) -> float:
+    """``mean|p|`` in one reading pass (no temporary), as a Python float."""
+    if p.numel() == 0:
+        return 0.0
+    total = torch.linalg.vector_norm(p.detach(), 1, dtype=mu_dtype(p))
+    return float(total) / p.numel()
+
+
+def _store_abs_means(params: list[Tensor], means: list[Any]) -> None:
+    for p, mean in zip(params, means):
+        _abs_means[p] = (p._version, p.data_ptr(), mean)
+
+
+def fused_adamhd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    delta_mus: list[Tensor],
+    *,
+    decay,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float | Tensor,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    capturable: bool = False,
+    differentiable: bool = False,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    if not params:
+        return
+    if differentiable:
+        raise RuntimeError("fused AdamHD kernels do not support differentiable=True")
+    for p in params:
+        reason = fused_unsupported_reason(p)
+        if reason is not None:
+            raise RuntimeError(f"fused AdamHD step impossible: {reason}")
+    devices = {p.device for p in params}
+    if len(devices) == 1:
+        groups = [list(range(len(params)))]
+    else:
+        by_device: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(params):
+            by_device.setdefault(p.device, []).append(i)
+        groups = list(by_device.values())
+    for index in groups:
+        def pick(xs: list[Tensor], index: list[int] = index) -> list[Tensor]:
+            return [xs[i] for i in index] if xs else []
+
+        device = params[index[0]].device
+        args = (
+            pick(params),
+            pick(grads),
+            pick(exp_avgs),
+            pick(exp_avg_sqs),
+            pick(max_exp_avg_sqs),
+            pick(state_steps),
+            pick(delta_mus),
+        )
+        kwargs = dict(
+            decay=decay,
+            amsgrad=amsgrad,
+            beta1=beta1,
+            beta2=beta2,
+            lr=lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            maximize=maximize,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
+        if device.type == "cpu":
+            _fused_cpu(*args, **kwargs)
+        else:
+            from adamhd.kernels import triton_adamhd
+
+            triton_adamhd.fused_adamhd_triton(*args, capturable=capturable, **kwargs)
+
+
+def _scalar(x: float | Tensor | None) -> float | None:
+    if x is None:
+        return None
+    return float(x.detach().reshape(())) if isinstance(x, Tensor) else float(x)
+
+
+def _fused_cpu(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
+    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf,
+) -> None:
+    found = _scalar(found_inf)
+    if found is not None and found != 0.0:
+        return  # GradScaler found inf/nan: this step changes nothing
+    module = _cpu_module()
+    if module is None:  # fused_unsupported_reason said yes, so this is unreachable
+        raise RuntimeError("the fused CPU kernel is not available")
+    scale = _scalar(grad_scale)
+    decays = weight_decay != 0
+    adaptive = decay.adaptive
+    want_sums = adaptive and decays
+    abs_means: list[float] = []
+    if want_sums:
+        cached = _lookup_abs_means(params)
+        for p, mean in zip(params, cached):
+            abs_means.append(_fresh_mean_abs(p) if mean is None else mean)
+    decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
+    sums = module.fused_step(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs if amsgrad else [],
+        state_steps,
+        delta_mus if (adaptive and decays) else [],
+        abs_means,
+        float(_scalar(lr)),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        decay_kind,
+        float("inf") if adaptive else float(decay.delta),
+        float(decay.delta_scale),
+        float(decay.delta_beta),
+        adaptive,
+        amsgrad,
+        maximize,
+        0.0 if scale is None else scale,
+        want_sums,
+    )
+    torch.autograd.graph.increment_version(params)
+    if want_sums:
+        means = [s / max(p.numel(), 1) for s, p in zip(sums.tolist(), params)]
+        _store_abs_means(params, means)

@@ -1,0 +1,122 @@
+"""Build and load the fused CPU kernel (``adamhd_cpu.cpp``) with ``torch.utils.cpp_extension``.
+
+The extension is compiled on first use (about a minute on 2 cores) and cached by torch under
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Its name carries a hash of the
+source, the flags and the CPU's vector capability, so a cache shared between machines never serves
+a binary built for another instruction set.
+
+``load()`` returns the module or ``None``; ``build_error()`` says why it is ``None`` (no C++
+compiler, ``ADAMHD_NO_EXTENSION=1``, a failed build). Nothing here raises at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name("adamhd_cpu.cpp")
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_error: str | None = None
+_tried = False
+
+
+def _vector_flags() -> list[str]:
+    """Compiler flags for the at::vec width this CPU supports (as torch itself detected it)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX512", "AVX512_BF16", "AVX512_VNNI", "AVX512_FP16", "AMX"):
+        return [
+            "-DCPU_CAPABILITY_AVX512",
+            "-mavx512f",
+            "-mavx512bw",
+            "-mavx512vl",
+            "-mavx512dq",
+            "-mfma",
+            "-mf16c",
+        ]
+    if capability == "AVX2":
+        return ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
+    return []
+
+
+def _flags() -> list[str]:
+    # -ffp-contract=off: no FMA contraction, so results round like the unfused reference ops.
+    return ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", *_vector_flags()]
+
+
+def extension_name() -> str:
+    digest = hashlib.sha1(SOURCE.read_bytes())
+    digest.update(" ".join(_flags()).encode())
+    digest.update(torch.__version__.encode())
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"adamhd_cpu_{capability}_{digest.hexdigest()[:12]}"
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX", "c++")
+    return shutil.which(cxx) or shutil.which("g++") or shutil.which("clang++")
+
+
+def load(verbose: bool = False) -> ModuleType | None:
+    """The compiled extension, building it on first call; ``None`` if it cannot be had."""
+    global _module, _error, _tried
+    if _tried:
+        return _module
+    with _lock:
+        if _tried:
+            return _module
+        try:
+            _module = _build(verbose)
+        except Exception as exc:  # a failed build must never break the optimizer
+            _module = None
+            first = str(exc).strip().splitlines()
+            _error = f"building the fused CPU kernel failed: {first[-1] if first else exc!r}"
+        _tried = True
+    return _module
+
+
+def _build(verbose: bool) -> ModuleType | None:
+    global _error
+    if os.environ.get("ADAMHD_NO_EXTENSION", "") not in ("", "0"):
+        _error = "the fused CPU kernel is disabled by ADAMHD_NO_EXTENSION"
+        return None
+    if _compiler() is None:
+        _error = (
+            "the fused CPU kernel needs a C++ compiler (g++ or clang++, or CXX) to build on "
+            "first use, and none was found"
+        )
+        return None
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load(
+        name=extension_name(),
+        sources=[str(SOURCE)],
+        extra_cflags=_flags(),
+        extra_ldflags=["-fopenmp"],
+        verbose=verbose,
+    )
+
+
+def build_error() -> str | None:
+    """Why ``load()`` returned ``None`` (after it was called), else ``None``."""
+    return _error if _module is None else None
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def _reset_for_tests(error: str | None = None) -> None:
+    """Forget the loaded module; with ``error``, pretend the build failed with that message."""
+    global _module, _error, _tried
+    with _lock:
+        _module = None
+        _error = error
+        _tried = error is not None
