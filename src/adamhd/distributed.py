@@ -94,8 +94,9 @@ def global_mean_abs(params: list[Tensor]) -> list[Tensor]:
     buckets: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         if is_dtensor(p):
-            local = p.to_local()  # type: ignore[attr-defined]
-            key = (p.device_mesh, _sharded_mesh_dims(p), local.device, _stat_dtype(p))  # type: ignore[attr-defined]
+            dims = _sharded_mesh_dims(p)
+            device = p.to_local().device  # type: ignore[attr-defined]
+            key = (p.device_mesh, dims, device, _stat_dtype(p))  # type: ignore[attr-defined]
             buckets.setdefault(key, []).append(i)
         elif p.numel() == 0:
             out[i] = torch.zeros((), dtype=_stat_dtype(p), device=p.device)

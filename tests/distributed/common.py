@@ -1,0 +1,89 @@
+"""Shared by the 2-process workers and the single-process references of ``tests/distributed``.
+
+The model has shapes that FSDP2 shards unevenly over 2 ranks (9 rows -> 5 + 4, 3 -> 2 + 1), so
+a mean taken on a local shard differs from the whole tensor's, and the loss is a mean over the
+global batch, so DDP/FSDP gradient averaging equals the single-process full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adamhd import AdamHD
+
+WORLD = 2
+GLOBAL_BATCH = 8
+STEPS = 4
+
+# name -> AdamHD keyword arguments of the configurations tested under FSDP2
+FSDP_CONFIGS: dict[str, dict] = {
+    "foreach_explicit": dict(foreach=True, decay_form="explicit"),
+    "single_proximal_amsgrad": dict(foreach=False, decay_form="proximal", amsgrad=True),
+    "foreach_fixed_delta": dict(foreach=True, delta=0.05),
+}
+BASE = dict(lr=2e-2, weight_decay=0.5)
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 3))
+
+
+def batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
+        for _ in range(steps)
+    ]
+
+
+def groups(model: nn.Module) -> list[dict]:
+    """Weights decayed, biases exempt: the exempt group must cost no collective."""
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n.endswith("weight")]},
+        {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, **kwargs) -> AdamHD:
+    return AdamHD(groups(model), **{**BASE, **kwargs})
+
+
+def local_batch(batch, rank: int, world: int):
+    x, y = batch
+    return x.chunk(world)[rank], y.chunk(world)[rank]
+
+
+def train(model, opt, data, rank: int = 0, world: int = 1) -> None:
+    for batch in data:
+        x, y = local_batch(batch, rank, world)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def reference(steps: int = STEPS, **kwargs) -> tuple[nn.Module, AdamHD]:
+    """Single-process training on the global batch: what every distributed run must match."""
+    model = make_model()
+    opt = make_optimizer(model, **kwargs)
+    train(model, opt, batches(steps))
+    return model, opt
+
+
+def state_by_name(model: nn.Module, opt, key: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        value = opt.state[p].get(key)
+        if value is not None:
+            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+            out[name] = full.detach().clone()
+    return out
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for n, p in model.named_parameters()
+    }

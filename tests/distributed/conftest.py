@@ -1,0 +1,55 @@
+"""Launch the 2-process worker once per session and hand its results to the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_one_process_checkpoint(path: Path) -> None:
+    """The 1-process side of the 1 -> 2 reshard: plain model, 2 steps, DCP save (no group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from tests.distributed import common
+
+    model = common.make_model()
+    opt = common.make_optimizer(model, foreach=True)
+    common.train(model, opt, common.batches()[:2])
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+
+
+@pytest.fixture(scope="session")
+def dist_results(tmp_path_factory) -> dict:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    out = tmp_path_factory.mktemp("dist")
+    save_one_process_checkpoint(out / "ckpt_1proc")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tests.distributed.worker", "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    results = torch.load(out / "results.pt", weights_only=False)
+    results["out"] = out
+    return results

@@ -1,0 +1,162 @@
+"""2-process (gloo, CPU) worker for ``tests/distributed``: ``python -m tests.distributed.worker``.
+
+Every rank runs each scenario; rank 0 writes ``results.pt`` (full tensors, gathered) into
+``--out``. The tests compare those numbers with single-process runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from adamhd import AdamHD
+from tests.distributed import common
+
+
+def sharded_model() -> nn.Module:
+    model = common.make_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def fsdp_run(rank: int, world: int, config: dict) -> dict:
+    model = sharded_model()
+    opt = common.make_optimizer(model, **config)
+    counts = []
+    for batch in common.batches():
+        x, y = common.local_batch(batch, rank, world)
+        nn.functional.mse_loss(model(x), y).backward()
+        with CommDebugMode() as comm:
+            opt.step()
+        counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
+        opt.zero_grad()
+    mus = common.state_by_name(model, opt, "delta_mu")
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {n: m.item() for n, m in mus.items()})
+    local_mean = {
+        n: p.to_local().detach().abs().mean().item() for n, p in model.named_parameters()
+    }
+    return {
+        "weights": common.weights(model),
+        "exp_avg": common.state_by_name(model, opt, "exp_avg"),
+        "exp_avg_sq": common.state_by_name(model, opt, "exp_avg_sq"),
+        "delta_mu": mus,
+        "delta_mu_all_ranks": everyone,
+        "local_shard_mean": local_mean,
+        "comm_counts": counts,
+        "paths": opt.paths,
+    }
+
+
+def ddp_run(rank: int, world: int) -> dict:
+    model = DDP(common.make_model())
+    opt = common.make_optimizer(model.module, foreach=True)
+    common.train(model, opt, common.batches(), rank, world)
+    return {"weights": common.weights(model.module)}
+
+
+def zero_run(rank: int, world: int) -> dict:
+    model = DDP(common.make_model())
+    opt = ZeroRedundancyOptimizer(
+        model.module.parameters(), optimizer_class=AdamHD, **common.BASE, foreach=True
+    )
+    common.train(model, opt, common.batches(), rank, world)
+    opt.consolidate_state_dict(to=0)
+    state = opt.state_dict() if rank == 0 else None
+    mus = {}
+    if state is not None:
+        names = [n for n, _ in model.module.named_parameters()]
+        mus = {names[i]: s["delta_mu"].clone() for i, s in state["state"].items()}
+    return {"weights": common.weights(model.module), "delta_mu": mus}
+
+
+def fused_error(rank: int, world: int) -> str:
+    model = sharded_model()
+    try:
+        AdamHD(model.parameters(), fused=True)
+    except RuntimeError as err:
+        return str(err)
+    return ""
+
+
+def dcp_run(rank: int, world: int, out: Path) -> dict:
+    result = {}
+    # DCP's optimizer-state initialisation (a step with lr=0 and zero grads) changes no weight.
+    model = sharded_model()
+    opt = common.make_optimizer(model, foreach=True)
+    before = common.weights(model)
+    get_state_dict(model, opt)
+    result["init_weights_before"] = before
+    result["init_weights_after"] = common.weights(model)
+    result["init_delta_mu"] = common.state_by_name(model, opt, "delta_mu")
+
+    # 2 ranks save after 2 steps; the test reloads the checkpoint in 1 process.
+    data = common.batches()
+    model = sharded_model()
+    opt = common.make_optimizer(model, foreach=True)
+    common.train(model, opt, data[:2], rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "ckpt_2proc"))
+    common.train(model, opt, data[2:], rank, world)
+    result["continued_weights"] = common.weights(model)
+
+    # 1 process saved after 2 steps (written by the test before this launch); 2 ranks resume.
+    model = sharded_model()
+    opt = common.make_optimizer(model, foreach=True)
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(out / "ckpt_1proc"))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    result["resumed_delta_mu"] = common.state_by_name(model, opt, "delta_mu")
+    steps = common.state_by_name(model, opt, "step")
+    result["resumed_step"] = {n: s.item() for n, s in steps.items()}
+    common.train(model, opt, data[2:], rank, world)
+    result["resumed_weights"] = common.weights(model)
+    return result
+
+
+def run(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    results = {
+        "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
+        "ddp": ddp_run(rank, world),
+        "zero": zero_run(rank, world),
+        "dcp": dcp_run(rank, world, out_dir),
+        "fused_error": fused_error(rank, world),
+    }
+    if rank == 0:
+        torch.save(results, out_dir / "results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()
