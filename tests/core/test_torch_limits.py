@@ -32,7 +32,10 @@ def run_pair(ours, theirs, dtype, steps=30, shapes=((16, 8), (8,), (3, 3, 3))):
 @pytest.mark.parametrize("extra", [{}, {"amsgrad": True}, {"maximize": True}])
 def test_infinite_delta_is_adamw(path, dtype, extra):
     kw = dict(lr=1e-2, weight_decay=0.1, **extra)
-    torch_kw = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": {}}[path]
+    # fused: torch's fused AdamW, the one that also computes bf16 in fp32
+    torch_kw = {
+        "single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)
+    }[path]
     a, b = run_pair(
         lambda ps: AdamHD(ps, delta=math.inf, **kw, **path_kwargs(path)),
         lambda ps: torch.optim.AdamW(ps, **kw, **torch_kw),

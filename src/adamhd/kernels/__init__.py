@@ -30,13 +30,12 @@ another process), so a resumed run recomputes ``mean|p|`` once.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
-
-from adamhd.decay import mu_dtype
 
 __all__ = [
     "forget_abs_means",
@@ -98,16 +97,26 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
     return f"no fused AdamHD kernel is available for parameters on {p.device.type}"
 
 
-def fused_is_default(params: list[Tensor]) -> bool:
-    """``fused=None``: the fused kernel where it serves every parameter of the group.
+def _cpu_fused_by_default() -> bool:
+    return os.environ.get("ADAMHD_FUSED_DEFAULT", "") not in ("", "0")
 
-    On CPU it is the fastest path measured (``adamhd bench step``); on CUDA the Triton kernel is
-    used by default only when it serves the whole group.
+
+def fused_is_default(params: list[Tensor]) -> bool:
+    """``fused=None``: whether to take the fused kernel for this group.
+
+    CUDA: yes, where the Triton kernel serves every parameter of the group. CPU: only with
+    ``ADAMHD_FUSED_DEFAULT=1``. The CPU kernel is the fastest path measured (``adamhd bench step``)
+    but, like torch's fused AdamW, it is not bit-identical to torch's default (for-loop) AdamW on
+    CPU (torch's ``sqrt`` goes through MKL VML), and ``AdamHD(delta=inf)`` with default arguments is
+    promised to be exactly ``torch.optim.AdamW`` with default arguments; it also builds on first
+    use. So on CPU ``fused=None`` keeps torch's convention (no fused by default) unless asked.
     """
     if not params:
         return False
     devices = {p.device.type for p in params}
     if len(devices) != 1:
+        return False
+    if devices == {"cpu"} and not _cpu_fused_by_default():
         return False
     return all(fused_unsupported_reason(p) is None for p in params)
 
@@ -122,14 +131,6 @@ def _lookup_abs_means(params: list[Tensor]) -> list[Any]:
         else:
             out.append(None)
     return out
-
-
-def _fresh_mean_abs(p: Tensor) -> float:
-    """``mean|p|`` in one reading pass (no temporary), as a Python float."""
-    if p.numel() == 0:
-        return 0.0
-    total = torch.linalg.vector_norm(p.detach(), 1, dtype=mu_dtype(p))
-    return float(total) / p.numel()
 
 
 def _store_abs_means(params: list[Tensor], means: list[Any]) -> None:
@@ -231,9 +232,12 @@ def _fused_cpu(
     want_sums = adaptive and decays
     abs_means: list[float] = []
     if want_sums:
-        cached = _lookup_abs_means(params)
-        for p, mean in zip(params, cached):
-            abs_means.append(_fresh_mean_abs(p) if mean is None else mean)
+        abs_means = _lookup_abs_means(params)
+        stale = [i for i, mean in enumerate(abs_means) if mean is None]
+        if stale:
+            fresh = module.abs_sums([params[i] for i in stale]).tolist()
+            for i, total in zip(stale, fresh):
+                abs_means[i] = total / max(params[i].numel(), 1)
     decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
     sums = module.fused_step(
         params,

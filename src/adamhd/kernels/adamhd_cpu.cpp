@@ -112,7 +112,13 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
   if constexpr (DECAY == 1) {
     p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
   }
-  m = f.lerp_low ? m + c.weight1 * (g - m) : g - (g - m) * c.one_minus_w1;
+  // as torch.lerp: fmadd(w, g - m, m) for small w, else fmadd(w - 1, g - m, g)
+  if constexpr (std::is_floating_point_v<T>) {
+    m = f.lerp_low ? std::fma(c.weight1, g - m, m) : std::fma(c.weight1 - T(1), g - m, g);
+  } else {
+    m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
+                   : at::vec::fmadd(c.weight1 - T(1), g - m, g);
+  }
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
   T denom;
   if constexpr (AMSGRAD) {
@@ -121,7 +127,7 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
   } else {
     denom = vsqrt(v) / c.bc2_sqrt + c.eps;
   }
-  p = p + c.neg_step_size * (m / denom);
+  p = p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
   if constexpr (DECAY == 2) {
     T x = p / c.one_plus_tau;
     p = x + excess(x, c.neg_d, c.d) * c.tau;
@@ -225,6 +231,44 @@ double run_range(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, scala
 }
 
 constexpr int64_t kGrain = 32768;
+
+// sum|p| over [begin, end), with exactly the blocking of run_range, so that a value recomputed
+// here equals, bit for bit, the one the fused step returned for the same p.
+template <typename scalar_t>
+double sum_abs_range(const scalar_t* p, int64_t begin, int64_t end) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using OVec = Vectorized<opmath_t>;
+  double total = 0.0;
+  OVec acc(0);
+  int64_t in_acc = 0;
+  int64_t i = begin;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    constexpr int64_t W = OVec::size();
+    for (; i + W <= end; i += W) {
+      acc = acc + OVec::loadu(p + i).abs();
+      if (++in_acc == kSumBlock) {
+        total += hsum(acc);
+        acc = OVec(0);
+        in_acc = 0;
+      }
+    }
+  } else {
+    using SVec = Vectorized<scalar_t>;
+    constexpr int64_t W = SVec::size();
+    for (; i + W <= end; i += W) {
+      auto [r0, r1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p + i));
+      acc = acc + r0.abs() + r1.abs();
+      if (++in_acc == kSumBlock) {
+        total += hsum(acc);
+        acc = OVec(0);
+        in_acc = 0;
+      }
+    }
+  }
+  total += hsum(acc);
+  for (; i < end; ++i) total += std::abs(static_cast<double>(p[i]));
+  return total;
+}
 
 template <typename scalar_t, int DECAY, bool AMSGRAD>
 double run_tensor(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
@@ -394,6 +438,29 @@ at::Tensor fused_step(const std::vector<at::Tensor>& params, const std::vector<a
   return sums;
 }
 
+// sum|p| per tensor (float64), in storage order like fused_step: the fresh value of the adaptive
+// threshold's statistic when the cached one is stale.
+at::Tensor abs_sums(const std::vector<at::Tensor>& params) {
+  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size())},
+                              at::TensorOptions().dtype(at::kDouble));
+  double* out = sums.data_ptr<double>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p0 = params[i];
+    TORCH_CHECK(p0.device().is_cpu(), "adamhd: abs_sums got a non-CPU tensor");
+    if (p0.numel() == 0) continue;
+    at::Tensor p = p0.is_non_overlapping_and_dense() ? p0 : p0.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamhd_abs", [&] {
+      const scalar_t* ptr = p.const_data_ptr<scalar_t>();
+      out[i] = at::parallel_reduce(
+          0, p.numel(), kGrain, 0.0,
+          [&](int64_t b, int64_t e, double ident) { return ident + sum_abs_range(ptr, b, e); },
+          [](double a, double b) { return a + b; });
+    });
+  }
+  return sums;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("abs_sums", &abs_sums, "sum|p| per tensor, as the fused step accumulates it");
   m.def("fused_step", &fused_step, "One fused AdamHD step over lists of CPU tensors");
 }
