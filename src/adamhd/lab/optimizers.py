@@ -1,0 +1,136 @@
+"""The entrants: a registry of optimizer factories, and `name:key=value,...` specs from the CLI.
+
+Every entrant gets the same parameter groups (`adamhd.param_groups`: biases and norm weights not
+decayed) and the same lr / weight_decay; a spec can override any keyword of its factory, e.g.
+`adamhd:delta_scale=2.0` or `adamw:betas=(0.9,0.95)`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from adamhd import AdamHD, param_groups
+
+Factory = Callable[..., torch.optim.Optimizer]
+
+
+def _adamw(groups, lr, weight_decay, **kw):
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **kw)
+
+
+def _adamhd(groups, lr, weight_decay, **kw):
+    return AdamHD(groups, lr=lr, weight_decay=weight_decay, **kw)
+
+
+def _adam(groups, lr, weight_decay, **kw):
+    # Plain Adam as a no-decay reference: weight_decay is ignored on purpose (it would be L2).
+    return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **kw)
+
+
+# name -> (factory, the class whose keywords a spec may override)
+REGISTRY: dict[str, tuple[Factory, type]] = {
+    "adamw": (_adamw, torch.optim.AdamW),
+    "adamhd": (_adamhd, AdamHD),
+    "adam": (_adam, torch.optim.Adam),
+}
+
+_RESERVED = {"params", "lr", "weight_decay"}
+
+
+def register(name: str, factory: Factory, cls: type) -> None:
+    """Add an entrant; `factory(groups, lr, weight_decay, **overrides)` returns the optimizer."""
+    REGISTRY[name] = (factory, cls)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.overrides.items())
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe form of the label."""
+        return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in self.label)
+
+    def build(self, model: torch.nn.Module, lr: float, weight_decay: float):
+        factory, _ = REGISTRY[self.name]
+        groups = param_groups(model, weight_decay)
+        return factory(groups, lr, weight_decay, **self.overrides)
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word, e.g. decay_form=proximal
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside brackets, so betas=(0.9,0.95) stays whole."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_spec(text: str) -> OptimizerSpec:
+    name, _, rest = text.strip().partition(":")
+    name = name.strip().lower()
+    if name not in REGISTRY:
+        raise ValueError(
+            f"unknown optimizer {name!r}; registered: {', '.join(sorted(REGISTRY))}"
+        )
+    allowed = set(inspect.signature(REGISTRY[name][1]).parameters) - _RESERVED
+    overrides = {}
+    for item in _split_top(rest, ",") if rest.strip() else []:
+        key, eq, val = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"bad override {item!r} in {text!r}; expected key=value")
+        if key not in allowed:
+            raise ValueError(
+                f"{name} has no option {key!r}; options: {', '.join(sorted(allowed))} "
+                "(lr and weight_decay are set by --lr / --weight-decay for every entrant)"
+            )
+        overrides[key] = _value(val.strip())
+    return OptimizerSpec(name, overrides)
+
+
+def parse_specs(text: str) -> list[OptimizerSpec]:
+    """`adamw,adamhd:delta_scale=2.0,delta_beta=0.9` -> two specs.
+
+    A comma-separated part that is a key=value pair continues the current entrant's overrides;
+    any other part (a name, or name:overrides) starts a new entrant.
+    """
+    specs: list[str] = []
+    for part in _split_top(text, ","):
+        head = part.strip().partition(":")[0]
+        if "=" not in head or not specs:
+            specs.append(part)
+        else:
+            specs[-1] += "," + part
+    out = [parse_spec(s) for s in specs if s.strip()]
+    if not out:
+        raise ValueError("--optimizers: name at least one optimizer")
+    labels = [s.label for s in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--optimizers lists the same entrant twice: {text!r}")
+    return out

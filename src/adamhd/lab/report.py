@@ -1,0 +1,388 @@
+"""The report: report.md and a self-contained report.html (PNGs embedded), built from saved runs.
+
+`build_report(out_dir)` reads compare.json and runs/<entrant>/seed<k>/{results.json,
+metrics.jsonl}; it trains nothing, so `adamhd report DIR` can rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from adamhd.lab.claims import Run, measure_claims
+from adamhd.lab.stats import summarize
+
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_runs(out: Path) -> tuple[dict, dict[str, list[Run]]]:
+    meta_path = out / "compare.json"
+    if not meta_path.is_file():
+        raise ReportError(f"{out} holds no compare.json: not the --out folder of a comparison")
+    meta = json.loads(meta_path.read_text())
+    runs: dict[str, list[Run]] = {}
+    for label in meta["optimizers"]:
+        slug = meta["slugs"][label]
+        for seed in meta["seeds"]:
+            d = out / "runs" / slug / f"seed{seed}"
+            res = d / "results.json"
+            if not res.is_file():
+                continue  # unfinished: reported as missing below
+            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x]
+            runs.setdefault(label, []).append(Run(label, seed, json.loads(res.read_text()),
+                                                  metrics))
+    if not runs:
+        raise ReportError(f"{out}: no finished run yet (no results.json under {out}/runs)")
+    return meta, runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def _color(labels: list[str], label: str) -> str:
+    return COLORS[labels.index(label) % len(COLORS)]
+
+
+def _band(ax, x, ys, color, label):
+    ys = np.asarray(ys, dtype=float)
+    ax.plot(x, ys.mean(0), color=color, lw=1.8, label=label)
+    if len(ys) > 1:
+        ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.22, lw=0)
+
+
+def _curves(runs: list[Run], key: str):
+    """Common x (steps) and one val-loss row per seed."""
+    xs = [np.array([e[key] for e in r.evals], dtype=float) for r in runs]
+    ys = [np.array([e["val_loss"] for e in r.evals]) for r in runs]
+    return xs, ys
+
+
+def fig_loss(meta, runs, path: Path) -> None:
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    corpus = meta["corpus"]
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    ax_step, ax_time, ax_diff = fig.subplots(1, 3)
+    top = corpus["unigram_val_xent_nats"] + 0.4
+    final_min = min(min(e["val_loss"] for e in r.evals) for rs in runs.values() for r in rs)
+    for label in labels:
+        rs, c = runs[label], _color(labels, label)
+        xs, ys = _curves(rs, "step")
+        _band(ax_step, xs[0], ys, c, f"{label} (n={len(rs)})")
+        # vs time: each seed has its own clock; interpolate onto a common grid up to the
+        # shortest run so the band compares like with like
+        txs, tys = _curves(rs, "time")
+        grid = np.linspace(0, min(t[-1] for t in txs), 60)
+        _band(ax_time, grid, [np.interp(grid, t, y) for t, y in zip(txs, tys, strict=True)], c,
+              label)
+    for ax in (ax_step, ax_time):
+        ax.axhline(corpus["unigram_entropy_nats"], color="gray", ls="--", lw=1)
+        ax.text(0.98, corpus["unigram_entropy_nats"], "unigram entropy", color="gray",
+                ha="right", va="bottom", transform=ax.get_yaxis_transform(), fontsize=8)
+        ax.set_ylim(final_min - 0.1, top)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    ax_step.set_xlabel("step")
+    ax_time.set_xlabel("training time (s, evaluation excluded)")
+    ax_step.set_title("validation loss vs step (band: min-max over seeds)")
+    ax_time.set_title("validation loss vs training time")
+    ax_step.legend(loc="upper right")
+    base = labels[0]
+    for label in labels[1:]:
+        c = _color(labels, label)
+        by_seed = {r.seed: r for r in runs[label]}
+        pairs = [(b, by_seed[b.seed]) for b in runs[base] if b.seed in by_seed]
+        if not pairs:
+            continue
+        steps = np.array([e["step"] for e in pairs[0][0].evals], dtype=float)
+        d = np.array([[ec["val_loss"] - eb["val_loss"] for eb, ec in
+                       zip(b.evals, cand.evals, strict=True)] for b, cand in pairs])
+        ax_diff.plot(steps, d.mean(0), color=c, lw=1.8, label=f"{label} - {base}")
+        if len(d) > 1:
+            stats = [summarize(col) for col in d.T]
+            ax_diff.fill_between(steps, [s.low for s in stats], [s.high for s in stats],
+                                 color=c, alpha=0.22, lw=0, label="95% interval (paired)")
+    ax_diff.axhline(0, color="black", lw=0.8)
+    ax_diff.set_xlabel("step")
+    ax_diff.set_ylabel("difference in validation loss (nats/token)")
+    ax_diff.set_title("paired difference vs baseline (below 0: candidate better)")
+    ax_diff.grid(alpha=0.3)
+    if len(labels) > 1:
+        ax_diff.legend(loc="best")
+        ax_diff.set_xlim(steps[1] if len(steps) > 2 else steps[0], steps[-1])
+        lim = np.nanmax(np.abs(d[:, 1:])) if d.shape[1] > 1 else 1.0
+        ax_diff.set_ylim(-1.3 * lim, 1.3 * lim)
+    fig.savefig(path, dpi=110)
+
+
+def fig_pruning(meta, runs, path: Path) -> None:
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, mode, title in zip(axes, ("global", "layer"),
+                               ("global magnitude pruning", "per-layer magnitude pruning"),
+                               strict=True):
+        for label in labels:
+            c = _color(labels, label)
+            curves = [r.results["pruning"][mode] for r in runs[label]]
+            grid = np.array(sorted(set.intersection(*[set(cv["sparsity"]) for cv in curves])))
+            rises = []
+            for cv in curves:
+                lookup = dict(zip(cv["sparsity"], cv["loss"], strict=True))
+                rises.append([100 * (lookup[s] - lookup[0.0]) / lookup[0.0] for s in grid])
+            _band(ax, 100 * grid, rises, c, label)
+            for cv in curves:
+                ax.axvline(100 * cv["max_sparsity"], color=c, lw=0.8, ls=":")
+        ax.axhline(1.0, color="gray", ls="--", lw=1)
+        ax.text(1, 1.0, "+1% loss", color="gray", va="bottom", fontsize=8)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel("sparsity (% of block weight matrices zeroed)")
+        ax.set_title(f"{title}\n(dotted: largest sparsity within +1%, one line per seed)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("validation loss rise (%, symlog scale)")
+    axes[0].legend(loc="upper left")
+    fig.savefig(path, dpi=110)
+
+
+def fig_histograms(meta, runs, path: Path) -> None:
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    fig = Figure(figsize=(5.2 * len(labels), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(labels), sharey=True, sharex=True))
+    summed = {}
+    for label in labels:
+        counts = np.sum([r.results["histogram"]["counts"] for r in runs[label]], axis=0)
+        summed[label] = counts / counts.sum()
+    edges = np.array(runs[labels[0]][0].results["histogram"]["edges"])
+    for ax, label in zip(axes, labels, strict=True):
+        c = _color(labels, label)
+        ax.stairs(100 * summed[label], edges, fill=True, color=c, alpha=0.6, label=label)
+        for other in labels:
+            if other != label:
+                ax.stairs(100 * summed[other], edges, color=_color(labels, other), lw=1,
+                          label=f"{other} (outline)")
+        small = np.mean([r.results["weights"]["all"]["frac_below_0.01"] for r in runs[label]])
+        ax.set_title(f"{label}: {100 * small:.1f}% of |w| < 1e-2")
+        ax.set_xlabel("log10 |w|  (block weight matrices, end of training)")
+        ax.axvline(-2, color="gray", lw=0.8, ls="--")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"% of weights (summed over {len(runs[labels[0]])} seed(s))")
+    fig.savefig(path, dpi=110)
+
+
+def fig_small_weights(meta, runs, path: Path) -> None:
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, stat, title in zip(axes, ("frac_below_0.01", "mean_abs"),
+                               ("fraction of |w| < 1e-2", "mean |w|"), strict=True):
+        for label in labels:
+            rs = runs[label]
+            steps = [e["step"] for e in rs[0].evals]
+            ys = [[e["weights"]["all"][stat] for e in r.evals] for r in rs]
+            _band(ax, steps, ys, _color(labels, label), label)
+        ax.set_title(f"{title} over training (block weight matrices)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------------------------
+# Document model: a list of blocks rendered to Markdown and to HTML
+
+
+def _html_inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+
+
+def render_md(blocks) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind == "h":
+            out.append("#" * args[0] + " " + args[1])
+        elif kind == "p":
+            out.append(args[0])
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in args[0]))
+        elif kind == "table":
+            header, rows = args
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
+                      for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            out.append(f"![{args[1]}]({args[0].name})")
+        elif kind == "pre":
+            out.append("```\n" + args[0] + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}img{max-width:100%}code,pre{background:#f5f5f5;padding:0 .2em}
+pre{padding:.6em;overflow-x:auto}"""
+
+
+def render_html(blocks, title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           f"</title><style>{_CSS}</style></head><body>"]
+    for kind, *args in blocks:
+        if kind == "h":
+            out.append(f"<h{args[0]}>{_html_inline(args[1])}</h{args[0]}>")
+        elif kind == "p":
+            out.append(f"<p>{_html_inline(args[0])}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in args[0]) + "</ul>")
+        elif kind == "table":
+            header, rows = args
+            out.append("<table><tr>" + "".join(f"<th>{_html_inline(h)}</th>" for h in header)
+                       + "</tr>" + "".join("<tr>" + "".join(f"<td>{_html_inline(str(c))}</td>"
+                                                            for c in row) + "</tr>"
+                                           for row in rows) + "</table>")
+        elif kind == "img":
+            data = base64.b64encode(args[0].read_bytes()).decode("ascii")
+            out.append(f"<p><img alt='{html.escape(args[1])}' "
+                       f"src='data:image/png;base64,{data}'></p>")
+        elif kind == "pre":
+            out.append(f"<pre>{html.escape(args[0])}</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _fmt_summary(values, digits=3, scale=1.0, unit=""):
+    return summarize(values).fmt(digits, scale, unit)
+
+
+def build_report(out: str | Path) -> Path:
+    out = Path(out)
+    meta, runs = load_runs(out)
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    corpus, cfg = meta["corpus"], meta["base_config"]
+    n_seeds = len(meta["seeds"])
+    missing = [f"{lab} seed {s}" for lab in meta["optimizers"] for s in meta["seeds"]
+               if s not in {r.seed for r in runs.get(lab, [])}]
+
+    figs = {
+        "val_loss.png": ("validation loss", fig_loss),
+        "pruning.png": ("pruning curves", fig_pruning),
+        "weight_histograms.png": ("weight-magnitude histograms", fig_histograms),
+        "small_weights.png": ("weight statistics over training", fig_small_weights),
+    }
+    for name, (_, fn) in figs.items():
+        fn(meta, runs, out / name)
+
+    any_run = runs[labels[0]][0].results
+    ln_v = math.log(corpus["vocab_size"])
+    blocks = [("h", 1, "AdamHD vs AdamW: the lab's report")]
+    blocks.append(("p", "What was measured on this machine, with these settings. Intervals are "
+                   "95% Student-t intervals over seeds (paired by seed where a difference is "
+                   "shown); with one seed no interval can be computed and none is shown."))
+    if missing:
+        blocks.append(("p", "**Unfinished runs, left out:** " + ", ".join(missing)))
+    blocks.append(("h", 2, "Setup"))
+    blocks.append(("ul", [
+        f"command: `adamhd {' '.join(meta.get('argv') or ['compare'])}`",
+        f"corpus: {corpus['name']}, {corpus['tokenizer']} tokenizer (vocabulary "
+        f"{corpus['vocab_size']}); {corpus['train_tokens']:,} training tokens from "
+        f"{corpus['train_works']} works; validation {corpus['val_tokens']:,} tokens; split "
+        f"{corpus['split']}: {', '.join(corpus['val_works'])}",
+        "second domain (never trained on): " + (", ".join(
+            f"{k} ({v:,} tokens)" for k, v in corpus["eval_sets"].items()) or "none"),
+        f"model: GPT-2-style decoder `{cfg['model']}`, {any_run['params']:,} parameters "
+        f"({any_run['prunable_params']:,} in prunable weight matrices), context {cfg['context']}",
+        f"training: {cfg['steps']} steps x batch {cfg['batch_size']} x context {cfg['context']}"
+        f" = {any_run['tokens']:,} tokens; lr {cfg['lr']:g} with linear warmup "
+        f"({cfg['warmup'] if cfg['warmup'] is not None else max(1, cfg['steps'] // 10)} steps) "
+        f"and cosine decay to {cfg['min_lr_ratio']:g} x lr; weight_decay "
+        f"{cfg['weight_decay']:g} (biases and norms exempt); gradient clipping at "
+        f"{cfg['grad_clip']:g}; dtype {cfg['dtype']}",
+        f"entrants: {', '.join(labels)}; seeds: {n_seeds}",
+        f"machine: {meta['machine']['processor']}, {meta.get('threads', '?')} threads, "
+        f"{any_run['device']}, torch {any_run['torch']}"
+        + (f"; comparison wall time {meta['train_wall_seconds'] / 60:.1f} min"
+           if "train_wall_seconds" in meta else ""),
+    ]))
+    blocks.append(("h", 2, "Reference points"))
+    blocks.append(("ul", [
+        f"initial loss of an untrained model: ln({corpus['vocab_size']}) = {ln_v:.3f} nats/token",
+        f"unigram entropy of the training text: {corpus['unigram_entropy_nats']:.3f} nats/token;"
+        f" a unigram model's loss on the validation works: {corpus['unigram_val_xent_nats']:.3f}"
+        " (a model below this has learned to use context)",
+    ]))
+
+    blocks.append(("h", 2, "Results per entrant"))
+    domain_names = sorted(corpus["eval_sets"])
+    header = ["entrant", "final val loss", "val perplexity",
+              *[f"loss on {d}" for d in domain_names], "train s/step",
+              "max sparsity <= +1% (global)", "(per layer)", "memory saved (global)"]
+    rows = []
+    for label in labels:
+        rs = [r.results for r in runs[label]]
+        rows.append([
+            f"{label} (n={len(rs)})",
+            _fmt_summary([r["final_val_loss"] for r in rs]),
+            _fmt_summary([r["final_val_ppl"] for r in rs], 3),
+            *[_fmt_summary([r["domains"][d]["loss"] for r in rs]) for d in domain_names],
+            _fmt_summary([r["seconds_per_step"] for r in rs], 3),
+            _fmt_summary([r["pruning"]["global"]["max_sparsity"] for r in rs], 1, 100, "%"),
+            _fmt_summary([r["pruning"]["layer"]["max_sparsity"] for r in rs], 1, 100, "%"),
+            _fmt_summary([r["pruning"]["global"]["bytes"]["net_frac_of_model"] for r in rs], 1,
+                         100, "%"),
+        ])
+    blocks.append(("table", header, rows))
+    blocks.append(("p", "Memory saved: of the whole model's fp32 bytes, if the pruned matrices "
+                   "are stored as their kept values plus a 1-bit mask (an upper bound that "
+                   "ignores the mask would be the sparsity times the matrices' share)."))
+
+    baseline = labels[0]
+    verdict_lines = []
+    for cand in labels[1:]:
+        claims = measure_claims(runs[baseline], runs[cand])
+        blocks.append(("h", 2, f"The paper's claims: {cand} vs {baseline}"))
+        blocks.append(("table", ["claim", "paper says", "measured here", "effect",
+                                 "95% interval", "verdict"],
+                       [[c.key, c.paper, c.measure, c.effect_text(), c.interval_text(),
+                         f"**{c.verdict}** ({c.reason})"] for c in claims]))
+        notes = [f"{c.key}: {n}" for c in claims for n in c.notes]
+        if notes:
+            blocks.append(("ul", notes))
+        verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict} "
+                          f"(effect {c.effect_text()}, interval {c.interval_text()})"
+                          for c in claims]
+    blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "
+                   "about GPT-2/GPT-3 pre-training. 'Inconclusive at this scale' means this run "
+                   "cannot tell, not that the claim is false; 'not supported' means this run "
+                   "measured the opposite, or an effect too small to match the claim."))
+
+    blocks.append(("h", 2, "Figures"))
+    for name, (alt, _) in figs.items():
+        blocks.append(("img", out / name, alt))
+
+    md = render_md(blocks)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(render_html(blocks, "AdamHD lab report"))
+    (out / "verdicts.txt").write_text("\n".join(verdict_lines) + "\n")
+    return out / "report.md"

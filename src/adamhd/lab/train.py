@@ -1,0 +1,384 @@
+"""One training run: one optimizer, one seed.
+
+Linear warmup then cosine decay to `min_lr_ratio * lr`, gradient clipping, periodic evaluation,
+metrics as JSONL, and checkpoints that hold everything needed to continue bit for bit: model,
+optimizer (and grad scaler), data position, RNG states, metrics and elapsed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adamhd.lab import evaluate as ev
+from adamhd.lab.data import Corpus, check_context, train_batch
+from adamhd.lab.model import GPT, make_config, prunable_weights
+from adamhd.lab.optimizers import parse_spec
+
+CHECKPOINT_FORMAT = "adamhd-lab-checkpoint"
+CHECKPOINT_VERSION = 1
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: unreadable, of another format, or of another run."""
+
+
+@dataclass
+class RunConfig:
+    optimizer: str = "adamw"  # a spec, e.g. "adamhd:delta_scale=2.0"
+    seed: int = 0
+    steps: int = 300
+    model: str = "tiny"
+    batch_size: int = 32
+    context: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int | None = None  # default: 10% of steps
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 25
+    eval_windows: int = 256  # windows per periodic evaluation
+    final_eval_windows: int = 1024  # windows for the final validation / second-domain losses
+    prune_windows: int = 128  # windows per evaluation of a pruned model
+    ckpt_every: int = 50
+    prune: bool = True  # measure the pruning curves at the end (the sweep skips them)
+    device: str = "cpu"
+    dtype: str = "float32"
+    compile: bool = False
+    corpus_key: str = ""  # identifies data + tokenizer; set by the caller
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1 or self.context < 2:
+            raise ValueError("batch size must be >= 1 and context >= 2")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else max(1, self.steps // 10)
+
+    def fingerprint(self) -> dict:
+        """What decides the numbers: a checkpoint is resumed only into a run that matches it."""
+        d = asdict(self)
+        for k in ("ckpt_every", "compile"):  # how often we save, or compile, changes no value
+            d.pop(k)
+        return d
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from lr down to min_lr_ratio * lr."""
+    warm = cfg.warmup_steps
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states and checkpoints
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, cfg: RunConfig) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported the same way
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}). It is not "
+            "restarted silently: delete it (or the run folder) to start this run over."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an adamhd lab checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {ckpt.get('version')}, this code reads "
+            f"{CHECKPOINT_VERSION}"
+        )
+    mismatch = mismatched(ckpt.get("fingerprint", {}), cfg.fingerprint())
+    if mismatch:
+        raise CheckpointError(
+            f"checkpoint {path} belongs to a different run; differing settings: {mismatch}. "
+            "Resume with the same options, or use another --out."
+        )
+    return ckpt
+
+
+def mismatched(saved: dict, current: dict) -> str:
+    keys = sorted(set(saved) | set(current))
+    diffs = [f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}"
+             for k in keys if saved.get(k) != current.get(k)]
+    return "; ".join(diffs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
+    torch.manual_seed(cfg.seed)
+    return GPT(make_config(cfg.model, vocab_size, context=cfg.context))
+
+
+class _Metrics:
+    """Metrics kept in memory (they go into checkpoints) and appended to metrics.jsonl."""
+
+    def __init__(self, path: Path, rows: list[dict]):
+        self.path = path
+        self.rows = list(rows)
+        # rewrite from the rows we trust: lines logged after the last checkpoint are dropped
+        with open(path, "w") as f:
+            for row in self.rows:
+                f.write(json.dumps(row) + "\n")
+        self.file = open(path, "a")  # noqa: SIM115 - closed in close()
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bool = False,
+              stop_after: int | None = None, progress: bool = True,
+              label: str | None = None) -> dict | None:
+    """Train one run in `run_dir`; return its results (also written to results.json).
+
+    `resume`: continue from run_dir/checkpoint.pt if it exists (a finished run is not redone).
+    `stop_after`: stop (as if killed) right after the checkpoint at this step; returns None.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results_path = run_dir / "results.json"
+    ckpt_path = run_dir / "checkpoint.pt"
+    check_context(corpus, cfg.context)
+    device = resolve_device(cfg.device)
+    if cfg.dtype == "float16" and device.type != "cuda":
+        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+    spec = parse_spec(cfg.optimizer)
+
+    if resume and results_path.exists():
+        done = json.loads(results_path.read_text())
+        diff = mismatched(done.get("config", {}), cfg.fingerprint())
+        if diff:
+            raise CheckpointError(f"{results_path} is a finished run with other settings: {diff}")
+        return done
+
+    model = build_model(cfg, corpus.vocab_size).to(device)
+    optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+    start, train_seconds, wall_seconds, rows = 0, 0.0, 0.0, []
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, cfg)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        start = ckpt["data"]["next_step"]
+        train_seconds, wall_seconds, rows = ckpt["train_seconds"], ckpt["wall_seconds"], \
+            ckpt["metrics"]
+    else:
+        torch.manual_seed(cfg.seed + 1_000_003)  # dropout stream, distinct from the init stream
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    step_model = torch.compile(model) if cfg.compile else model
+    metrics = _Metrics(run_dir / "metrics.jsonl", rows)
+    tokens_per_step = cfg.batch_size * cfg.context
+
+    def evaluate_now(step: int) -> float:
+        val = ev.evaluate_loss(model, corpus.val, context=cfg.context, batch_size=cfg.batch_size,
+                               max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype)
+        metrics.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step,
+                     "time": train_seconds, "wall": wall_seconds, "val_loss": val,
+                     "val_ppl": ev.perplexity(val), "weights": ev.weight_stats(model)})
+        return val
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "fingerprint": cfg.fingerprint(), "step": step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "data": {"sampler": "random windows, generator seeded by (seed, step)",
+                     "seed": cfg.seed, "next_step": step},
+            "rng": _rng_state(), "metrics": metrics.rows,
+            "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+        })
+
+    bar = _progress(progress, cfg.steps, start, label or spec.label)
+    last_val = next((r["val_loss"] for r in reversed(rows) if r["kind"] == "eval"), None)
+    try:
+        if start == 0:
+            last_val = evaluate_now(0)
+        model.train()
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = train_batch(corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
+            x, y = x.to(device), y.to(device)
+            with ev.autocast_for(device, cfg.dtype):
+                _, loss = step_model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = loss.detach().item()  # synchronises the device, so the timing is honest
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            wall_seconds += dt
+            done = step + 1
+            metrics.log({"kind": "train", "step": done, "tokens": done * tokens_per_step,
+                         "time": train_seconds, "loss": loss_value, "lr": lr,
+                         "grad_norm": float(grad_norm)})
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{spec.label} seed {cfg.seed}: loss is {loss_value} "
+                                         f"at step {done}; try a lower --lr")
+            t1 = time.perf_counter()
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                last_val = evaluate_now(done)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_after:
+                checkpoint(done)
+            wall_seconds += time.perf_counter() - t1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{last_val:.3f}", refresh=False)
+                bar.update(1)
+            if done == stop_after:
+                return None
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+
+    results = finish_run(cfg, corpus, model, device, metrics.rows, train_seconds, wall_seconds)
+    results_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                leave=True)
+
+
+def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_seconds,
+               wall_seconds) -> dict:
+    """The end-of-run measurements: final losses, second domains, histogram, pruning."""
+    def loss_on(tokens, windows):
+        return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.batch_size,
+                                max_windows=windows, device=device, dtype=cfg.dtype)
+
+    val = loss_on(corpus.val, cfg.final_eval_windows)
+    domains = {name: loss_on(tokens, cfg.final_eval_windows)
+               for name, tokens in corpus.eval_sets.items()}
+    n_prunable = sum(w.numel() for w in prunable_weights(model).values())
+    n_total = model.num_params()
+    pruning = {}
+    for mode in ("global", "layer") if cfg.prune else ():
+        curve = ev.pruning_curve(model, lambda m: loss_on(corpus.val, cfg.prune_windows), mode,
+                                 refine=2)
+        curve["bytes"] = ev.bytes_saved(n_prunable, n_total, curve["max_sparsity"])
+        pruning[mode] = curve
+    return {
+        "config": cfg.fingerprint(),
+        "label": parse_spec(cfg.optimizer).label,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "tokens": cfg.steps * cfg.batch_size * cfg.context,
+        "params": n_total,
+        "prunable_params": n_prunable,
+        "train_seconds": train_seconds,
+        "wall_seconds": wall_seconds,
+        "seconds_per_step": train_seconds / cfg.steps,
+        "final_val_loss": val,
+        "final_val_ppl": ev.perplexity(val),
+        "final_train_loss": float(np.mean([r["loss"] for r in rows if r["kind"] == "train"][-20:])),
+        "domains": {k: {"loss": v, "ppl": ev.perplexity(v)} for k, v in domains.items()},
+        "weights": ev.weight_stats(model),
+        "histogram": ev.magnitude_histogram(model),
+        "pruning": pruning,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+
+
+def load_metrics(run_dir: str | Path) -> list[dict]:
+    with open(Path(run_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in d.items() if k in names})
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Use `n` intra-op threads (all cores by default) for the duration."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
