@@ -159,6 +159,29 @@ def _foreach_excess(xs: list[Tensor], ds: list[Threshold]) -> list[Tensor]:
     return torch._foreach_sub(xs, clipped)
 
 
+def foreach_clip(xs: list[Tensor], ds: list[Threshold], scale: float = 1.0) -> list[Tensor]:
+    """``clip(x, -scale*d, scale*d)`` for each tensor: the Huber decay in its pull form.
+
+    The same two rules, written as a pull (used where the Adam update is one fused kernel)::
+
+        explicit:  p - tau*clip(p, -d, d)
+        proximal:  q - tau/(1 + tau) * clip(q, -(1 + tau)*d, (1 + tau)*d)
+
+    (the second is ``q/(1 + tau)`` for ``|q| <= (1 + tau)*d`` and ``q - tau*d*sign(q)`` beyond).
+    """
+    if isinstance(ds[0], Tensor):
+        bounds = [d.to(x.dtype) for d, x in zip(ds, xs)]
+        if scale != 1.0:
+            bounds = torch._foreach_mul(bounds, scale)
+        clipped = torch._foreach_maximum(xs, torch._foreach_neg(bounds))
+        torch._foreach_minimum_(clipped, bounds)
+    else:
+        bounds_f = [scale * float(d) for d in ds]
+        clipped = torch._foreach_clamp_min(xs, [-b for b in bounds_f])
+        torch._foreach_clamp_max_(clipped, bounds_f)
+    return clipped
+
+
 @dataclass(frozen=True)
 class HuberDecay:
     """Decoupled Huber decay with a fixed or adaptive threshold: the rule AdamHD applies.

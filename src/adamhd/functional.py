@@ -13,6 +13,7 @@ explicit form (on the same ``p`` AdamW decays), after it for the proximal form.
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value, _stack_if_compiling
 
-from adamhd.decay import HuberDecay
+from adamhd.decay import HuberDecay, foreach_clip
 from adamhd.distributed import any_dtensor, global_mean_abs
 
 __all__ = ["adamhd"]
@@ -221,8 +222,16 @@ def _multi_tensor_adamhd(
         device_exp_avg_sqs = cast(list[Tensor], device_exp_avg_sqs_)
         device_steps = cast(list[Tensor], device_steps_)
         device_mus = cast(list[Tensor], device_mus_)
+        # CPU, finite or adaptive Huber threshold: torch's fused Adam kernel for the moments and
+        # the update (one pass instead of seven foreach ops), the decay in its pull form.
+        fused_moments = (
+            decays
+            and not capturable
+            and device_params[0].is_cpu
+            and _fused_adam_ok(decay, device_params[0].dtype)
+        )
 
-        if maximize:
+        if maximize and not fused_moments:
             device_grads = torch._foreach_neg(device_grads)
 
         if not torch.compiler.is_compiling() and device_steps[0].is_cpu:
@@ -239,6 +248,14 @@ def _multi_tensor_adamhd(
                 foreach=True,
                 abs_means=None if abs_means is None else [abs_means[j] for j in indices],
             )
+            if fused_moments:
+                _fused_moments_and_decay(
+                    device_params, device_grads, device_exp_avgs, device_exp_avg_sqs,
+                    cast(list[Tensor], device_max_exp_avg_sqs_) if amsgrad else [],
+                    device_steps, decay, thresholds, tau, amsgrad=amsgrad, beta1=beta1,
+                    beta2=beta2, lr=cast(float, lr), eps=eps, maximize=maximize,
+                )
+                continue
             if decay.before_update:
                 decay.apply_(device_params, tau, thresholds, foreach=True)
 
@@ -277,6 +294,57 @@ def _multi_tensor_adamhd(
 
         if decays and not decay.before_update:
             decay.apply_(device_params, tau, thresholds, foreach=True)
+
+
+def _fused_adam_ok(decay: HuberDecay, dtype: torch.dtype) -> bool:
+    """Whether the foreach path may use torch's fused Adam kernel for this group.
+
+    Not for ``delta=inf`` (that must stay bit-identical to torch's foreach AdamW), nor under
+    ``torch.compile``.
+    """
+    if not decay.adaptive and math.isinf(float(decay.delta)):
+        return False
+    return (
+        hasattr(torch, "_fused_adam_")
+        and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _fused_moments_and_decay(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    decay: HuberDecay,
+    thresholds: list,
+    tau: float,
+    *,
+    amsgrad: bool,
+    beta1: float,
+    beta2: float,
+    lr: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    """Adam via ``torch._fused_adam_`` (steps already advanced), the decay as a clipped pull.
+
+    explicit: ``p - tau*clip(p_t, -d, d) - lr*u``; proximal: ``q - tau/(1+tau)*clip(q, +-(1+tau)d)``
+    with ``q = p_t - lr*u`` (see ``adamhd.decay.foreach_clip``).
+    """
+    pull = foreach_clip(params, thresholds) if decay.before_update else None
+    torch._fused_adam_(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+        lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=amsgrad,
+        maximize=maximize,
+    )
+    if pull is not None:
+        torch._foreach_add_(params, pull, alpha=-tau)
+    else:
+        pull = foreach_clip(params, thresholds, scale=1 + tau)
+        torch._foreach_add_(params, pull, alpha=-tau / (1 + tau))
 
 
 def _check_capturable(param: Tensor, step: Tensor) -> None:
