@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from adamhd import AdamHD
+from adamhd import AdamHD, kernels
 
 
 def make_model(dtype=torch.float32):
@@ -39,10 +39,16 @@ def assert_same(a, b):
             assert torch.equal(sa[i][key], sb[i][key]), (i, key)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_gradscaler_skipped_step_changes_nothing(foreach):
+@pytest.mark.parametrize("path", ["foreach", "single", "fused"])
+def test_gradscaler_skipped_step_changes_nothing(path):
     model = make_model()
-    opt = AdamHD(model.parameters(), lr=1e-2, weight_decay=0.5, foreach=foreach)
+    if path == "fused":
+        reason = kernels.fused_unsupported_reason(next(model.parameters()))
+        if reason is not None:
+            pytest.skip(reason)
+        opt = AdamHD(model.parameters(), lr=1e-2, weight_decay=0.5, fused=True)
+    else:
+        opt = AdamHD(model.parameters(), lr=1e-2, weight_decay=0.5, foreach=path == "foreach")
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     (x, y), (x2, y2) = data(2)
     scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
@@ -59,6 +65,7 @@ def test_gradscaler_skipped_step_changes_nothing(foreach):
     opt.zero_grad()
     assert scaler.get_scale() == 2.0**9  # the step was seen as skipped
     assert_same(snapshot(model, opt), before)  # weights, step, moments, threshold EMA
+    assert opt.paths == {0: path}
 
 
 def test_gradscaler_without_overflow_matches_unscaled_training():
