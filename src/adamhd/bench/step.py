@@ -1,0 +1,434 @@
+"""``adamhd bench step``: time one optimizer step of AdamHD against torch's AdamW (and others).
+
+Method:
+
+* Parameter sets shaped like real models: GPT-2 124M (all its tensors), and a stack of layers of a
+  1B-parameter model (d_model 2048, MLP 8192), scaled down to ``--layers`` layers.
+* All contenders share the same parameters and gradients (one copy in memory). Each contender's
+  moment buffers are created by its first step, measured (bytes per parameter), then replaced by
+  one shared set, so memory stays at about 16 bytes/param whatever the number of contenders.
+  Contenders whose state is not AdamW-shaped (heavyball, pytorch_optimizer) keep their own.
+* Contenders are interleaved in one process: each round times one step of every contender, in a
+  rotated order, and the figure is the median over rounds. The fused AdamHD kernel with adaptive
+  delta caches ``sum|p|`` of the tensor it wrote, guarded by ``p._version``; since the other
+  contenders write the shared ``p`` in between, each of its timed steps is preceded by one
+  untimed step (a training loop has no other optimizer writing its weights).
+* Effective bandwidth: 28 bytes per fp32 parameter (read p, g, m, v; write p, m, v) over the
+  median time; the physical limit is a measured ``copy_`` bandwidth (read + write).
+* Transient memory: the peak RSS rise during a steady-state step (``/proc/self/clear_refs``),
+  per parameter; persistent state: bytes of the optimizer state per parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter sets
+# ---------------------------------------------------------------------------------------------
+
+
+def gpt2_124m_shapes() -> list[tuple[int, ...]]:
+    """The 148 tensors of GPT-2 small (124M parameters, tied embeddings)."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]
+        shapes += [(d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    shapes += [(d,), (d,)]
+    return shapes
+
+
+def layer_stack_1b_shapes(layers: int) -> list[tuple[int, ...]]:
+    """``layers`` transformer layers of a ~1B model (d 2048, MLP 8192, 24 layers in full)."""
+    d, ff = 2048, 8192
+    shapes: list[tuple[int, ...]] = []
+    for _ in range(layers):
+        shapes += [(d,), (3 * d, d), (d, d), (d,), (ff, d), (d, ff)]
+    return shapes
+
+
+PARAM_SETS: dict[str, Callable[[argparse.Namespace], list[tuple[int, ...]]]] = {
+    "gpt2-124m": lambda args: gpt2_124m_shapes(),
+    "1b-stack": lambda args: layer_stack_1b_shapes(args.layers),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    name: str
+    make: Callable[[list[Tensor]], torch.optim.Optimizer]
+    family: str  # "adamhd", "torch", "external"
+    prime: bool = False  # take one untimed step before each timed one (see module docstring)
+    optimizer: torch.optim.Optimizer | None = None
+    times: list[float] = field(default_factory=list)
+    state_bytes_per_param: float = math.nan
+    peak_extra_bytes_per_param: float = math.nan
+    error: str | None = None
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    from adamhd import AdamHD
+    from adamhd.kernels import fused_unsupported_reason
+
+    lr, wd = 1e-4, 0.1
+    out = [
+        Contender(
+            "torch AdamW single",
+            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=False),
+            "torch",
+        ),
+        Contender(
+            "torch AdamW foreach",
+            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=True),
+            "torch",
+        ),
+        Contender(
+            "torch AdamW fused",
+            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True),
+            "torch",
+        ),
+    ]
+    paths = [p for p in args.paths.split(",") if p]
+    fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
+    for path in paths:
+        if path == "fused" and not fused_ok:
+            print(f"skipping AdamHD fused: {fused_unsupported_reason(torch.zeros(1))}")
+            continue
+        kw = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+              "fused": dict(fused=True)}[path]
+        for delta in args.deltas.split(","):
+            delta_value: float | str = delta if delta == "adaptive" else float(delta)
+            for form in args.forms.split(","):
+                name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
+                name += f" {form}"
+
+                def make(ps, kw=kw, delta_value=delta_value, form=form):
+                    return AdamHD(ps, lr=lr, weight_decay=wd, delta=delta_value,
+                                  decay_form=form, **kw)
+
+                out.append(Contender(name, make, "adamhd",
+                                     prime=path == "fused" and delta == "adaptive"))
+    if args.external:
+        try:
+            import heavyball
+
+            out.append(Contender(
+                "heavyball AdamW",
+                lambda ps: heavyball.AdamW(ps, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+                "external",
+            ))
+        except Exception as exc:  # not installed or broken: reported, not fatal
+            print(f"heavyball not available: {exc!r}")
+        try:
+            import pytorch_optimizer
+
+            out.append(Contender(
+                "pytorch_optimizer AdamW",
+                lambda ps: pytorch_optimizer.AdamW(ps, lr=lr, weight_decay=wd),
+                "external",
+            ))
+        except Exception as exc:
+            print(f"pytorch_optimizer not available: {exc!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 7) -> float:
+    """Memory-copy bandwidth in GB/s (bytes read + bytes written), median of ``repeats``."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def _rss_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_extra_bytes(step: Callable[[], None]) -> float:
+    """Peak RSS rise (bytes) while ``step`` runs; NaN where /proc cannot tell."""
+    gc.collect()
+    if not _reset_peak_rss():
+        return math.nan
+    before = _rss_kib("VmRSS")
+    step()
+    peak = _rss_kib("VmHWM")
+    if before is None or peak is None:
+        return math.nan
+    return max(peak - before, 0) * 1024.0
+
+
+def _state_tensors(opt: torch.optim.Optimizer) -> list[Tensor]:
+    return [v for s in opt.state.values() for v in s.values() if isinstance(v, Tensor)]
+
+
+def _share_moments(opt: torch.optim.Optimizer, shared: dict[tuple[int, str], Tensor]) -> None:
+    """Point AdamW-shaped state (exp_avg, exp_avg_sq) at one shared set of buffers."""
+    for p, s in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in s and isinstance(s[key], Tensor) and s[key].shape == p.shape:
+                s[key] = shared.setdefault((id(p), key), s[key])
+
+
+def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
+                  log: Callable[[str], None]) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+
+    def set_grads() -> None:  # some optimizers (heavyball) set p.grad = None after a step
+        for p, g in zip(params, grads):
+            p.grad = g
+
+    set_grads()
+    numel = sum(p.numel() for p in params)
+    log(f"[{set_name}] {len(params)} tensors, {numel / 1e6:.1f}M parameters")
+
+    shared: dict[tuple[int, str], Tensor] = {}
+    entries = contenders(args)
+    for c in entries:
+        try:
+            c.optimizer = c.make(params)
+            step = c.optimizer.step
+
+            def fresh_step(step=step) -> None:
+                set_grads()
+                step()
+
+            t = time.perf_counter()
+            fresh_step()  # creates the state (and builds/compiles kernels)
+            state = _state_tensors(c.optimizer)
+            c.state_bytes_per_param = sum(x.numel() * x.element_size() for x in state) / numel
+            if not state:  # keeps its state outside optimizer.state (heavyball): unknown
+                c.state_bytes_per_param = math.nan
+            if c.prime:
+                fresh_step()
+            set_grads()
+            c.peak_extra_bytes_per_param = peak_extra_bytes(step) / numel
+            if c.family != "external":
+                _share_moments(c.optimizer, shared)
+            log(f"  ready {c.name} ({time.perf_counter() - t:.1f}s)")
+        except Exception as exc:
+            c.error = f"{type(exc).__name__}: {exc}"
+            c.optimizer = None
+            log(f"  failed {c.name}: {c.error}")
+        gc.collect()
+
+    live = [c for c in entries if c.optimizer is not None]
+    for r in range(args.rounds):
+        order = live[r % len(live):] + live[: r % len(live)]
+        for c in order:
+            assert c.optimizer is not None
+            if c.prime:
+                set_grads()
+                c.optimizer.step()
+            set_grads()
+            t = time.perf_counter()
+            c.optimizer.step()
+            c.times.append(time.perf_counter() - t)
+        log(f"  round {r + 1}/{args.rounds} done")
+
+    def median_ms(name: str) -> float:
+        for c in entries:
+            if c.name == name and c.times:
+                return statistics.median(c.times) * 1e3
+        return math.nan
+
+    fused_ms = median_ms("torch AdamW fused")
+    foreach_ms = median_ms("torch AdamW foreach")
+    rows = []
+    for c in entries:
+        ms = statistics.median(c.times) * 1e3 if c.times else math.nan
+        rows.append({
+            "name": c.name,
+            "family": c.family,
+            "median_ms": ms,
+            "min_ms": min(c.times) * 1e3 if c.times else math.nan,
+            "max_ms": max(c.times) * 1e3 if c.times else math.nan,
+            "gb_per_s": numel * BYTES_PER_PARAM / (ms / 1e3) / 1e9 if c.times else math.nan,
+            "ratio_to_torch_fused": ms / fused_ms,
+            "ratio_to_torch_foreach": ms / foreach_ms,
+            "state_bytes_per_param": c.state_bytes_per_param,
+            "peak_extra_bytes_per_param": c.peak_extra_bytes_per_param,
+            "times_ms": [t * 1e3 for t in c.times],
+            "error": c.error,
+        })
+    for c in entries:
+        c.optimizer = None
+    params.clear()
+    grads.clear()
+    shared.clear()
+    gc.collect()
+    return {"param_set": set_name, "tensors": len(shapes), "parameters": numel, "rows": rows}
+
+
+def format_table(result: dict, copy_gbs: float) -> str:
+    lines = [
+        f"### {result['param_set']}: {result['parameters'] / 1e6:.1f}M parameters in "
+        f"{result['tensors']} tensors (copy bandwidth {copy_gbs:.1f} GB/s)",
+        "",
+        "| contender | median ms | GB/s | % of copy | x torch fused | x torch foreach "
+        "| state B/param | peak extra B/param |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['name']} | {r['median_ms']:.1f} | {r['gb_per_s']:.1f} | "
+            f"{100 * r['gb_per_s'] / copy_gbs:.0f}% | {r['ratio_to_torch_fused']:.2f} | "
+            f"{r['ratio_to_torch_foreach']:.2f} | {r['state_bytes_per_param']:.2f} | "
+            f"{r['peak_extra_bytes_per_param']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], copy_gbs: float, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 8), squeeze=False)
+    colors = {"adamhd": "tab:blue", "torch": "tab:orange", "external": "tab:gray"}
+    for ax, res in zip(axes[0], results):
+        rows = [r for r in res["rows"] if not r["error"]]
+        names = [r["name"] for r in rows]
+        gbs = [r["gb_per_s"] for r in rows]
+        ax.barh(range(len(rows)), gbs, color=[colors[r["family"]] for r in rows])
+        ax.set_yticks(range(len(rows)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(copy_gbs, color="k", linestyle="--", label=f"copy {copy_gbs:.1f} GB/s")
+        for i, r in enumerate(rows):
+            ax.text(r["gb_per_s"], i, f" {r['median_ms']:.0f} ms", va="center", fontsize=7)
+        ax.set_xlabel("effective GB/s (28 B/param)")
+        ax.set_title(f"{res['param_set']} ({res['parameters'] / 1e6:.0f}M params)")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    copy_before = copy_bandwidth()
+    log(f"copy bandwidth {copy_before:.1f} GB/s")
+    results = []
+    for name in [s for s in args.sets.split(",") if s]:
+        if name not in PARAM_SETS:
+            raise ValueError(f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})")
+        results.append(run_param_set(name, PARAM_SETS[name](args), args, log))
+    copy_after = copy_bandwidth()
+    copy_gbs = max(copy_before, copy_after)
+    tables = [format_table(r, copy_gbs) for r in results]
+    report = {
+        "command": "adamhd bench step",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "bytes_per_param": BYTES_PER_PARAM,
+        "copy_gb_per_s": {"before": copy_before, "after": copy_after},
+        "rounds": args.rounds,
+        "results": results,
+    }
+    (out / "step.json").write_text(json.dumps(report, indent=1))
+    (out / "step.md").write_text("\n\n".join(tables) + "\n")
+    print("\n\n".join(tables))
+    if plot(results, copy_gbs, out / "step.png"):
+        log(f"wrote {out / 'step.json'}, {out / 'step.md'}, {out / 'step.png'}")
+    else:
+        log(f"wrote {out / 'step.json'}, {out / 'step.md'} (no matplotlib: no chart)")
+    return 0
+
+
+def add_step_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "step", help="time one optimizer step: AdamHD paths vs torch AdamW (and others)",
+        description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--sets", default="gpt2-124m,1b-stack",
+                   help=f"comma-separated parameter sets ({', '.join(PARAM_SETS)}); "
+                        "default: %(default)s")
+    p.add_argument("--layers", type=int, default=1,
+                   help="layers of the 1B stack (24 in the full model; default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per contender")
+    p.add_argument("--paths", default="single,foreach,fused", help="AdamHD paths")
+    p.add_argument("--deltas", default="adaptive,0.05",
+                   help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
+    p.add_argument("--forms", default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--no-external", dest="external", action="store_false",
+                   help="skip heavyball / pytorch_optimizer even if installed")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_step)
+
+
+# for `python -m adamhd.bench.step`
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="adamhd bench")
+    add_step_parser(parser.add_subparsers(dest="bench_command", required=True))
+    parsed = parser.parse_args()
+    raise SystemExit(parsed.func(parsed))
+
