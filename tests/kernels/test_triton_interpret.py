@@ -1,0 +1,46 @@
+"""The Triton kernel's math on CPU, through Triton's interpreter (TRITON_INTERPRET=1).
+
+Runs in a subprocess so that TRITON_INTERPRET is set before triton is imported. Skipped when
+triton is not installed. (Speed on a GPU is measured by `adamhd bench step`, not here.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+CASES = [
+    dict(dtype="float32", delta="adaptive", form="explicit", amsgrad=False, maximize=False,
+         wd=0.1, steps=4),
+    dict(dtype="float32", delta="adaptive", form="proximal", amsgrad=True, maximize=True,
+         wd=0.1, steps=4, grad_scale=256),
+    dict(dtype="float32", delta=0.3, form="explicit", amsgrad=False, maximize=False, wd=0.0,
+         steps=3),
+    dict(dtype="bfloat16", delta=0.3, form="proximal", amsgrad=False, maximize=False, wd=0.1,
+         steps=3),
+]
+
+
+def test_triton_kernel_matches_reference_in_interpreter():
+    script = Path(__file__).with_name("triton_interpret_check.py")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(root), str(root / "src"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), json.dumps(CASES)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["skipped_step_unchanged"]
+    for case, res in zip(CASES, out["results"]):
+        assert res["steps"] == [float(case["steps"])] * len(res["steps"])
+        if case["dtype"] == "float32":
+            assert res["diff"] < 1e-5 and res["mu_diff"] < 1e-6, (case, res)
+        else:
+            assert res["diff"] < 0.1, (case, res)
