@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from adamhd.lab.claims import Run, measure_claims
 from adamhd.lab.stats import summarize
@@ -99,8 +100,8 @@ def fig_loss(meta, runs, path: Path) -> None:
         ax.grid(alpha=0.3)
     ax_step.set_xlabel("step")
     ax_time.set_xlabel("training time (s, evaluation excluded)")
-    ax_step.set_title("validation loss vs step (band: min-max over seeds)")
-    ax_time.set_title("validation loss vs training time")
+    ax_step.set_title("validation loss vs step\n(line: mean, band: min-max over seeds)")
+    ax_time.set_title("validation loss vs training time\n(same, on a common time grid)")
     ax_step.legend(loc="upper right")
     base = labels[0]
     for label in labels[1:]:
@@ -120,7 +121,7 @@ def fig_loss(meta, runs, path: Path) -> None:
     ax_diff.axhline(0, color="black", lw=0.8)
     ax_diff.set_xlabel("step")
     ax_diff.set_ylabel("difference in validation loss (nats/token)")
-    ax_diff.set_title("paired difference vs baseline (below 0: candidate better)")
+    ax_diff.set_title(f"paired difference from {base}\n(below 0: candidate better)")
     ax_diff.grid(alpha=0.3)
     if len(labels) > 1:
         ax_diff.legend(loc="best")
@@ -149,8 +150,12 @@ def fig_pruning(meta, runs, path: Path) -> None:
             for cv in curves:
                 ax.axvline(100 * cv["max_sparsity"], color=c, lw=0.8, ls=":")
         ax.axhline(1.0, color="gray", ls="--", lw=1)
-        ax.text(1, 1.0, "+1% loss", color="gray", va="bottom", fontsize=8)
-        ax.set_yscale("symlog", linthresh=1.0)
+        ax.text(0.99, 1.0, "+1% loss", color="gray", ha="right", va="bottom", fontsize=8,
+                transform=ax.get_yaxis_transform())
+        ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
+        ticks = [t for t in (-5, -1, 0, 1, 2, 5, 10, 20, 50, 100, 200, 500)]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("sparsity (% of block weight matrices zeroed)")
         ax.set_title(f"{title}\n(dotted: largest sparsity within +1%, one line per seed)")
         ax.grid(alpha=0.3, which="both")

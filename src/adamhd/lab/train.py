@@ -46,6 +46,7 @@ class RunConfig:
     warmup: int | None = None  # default: 10% of steps
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    dropout: float = 0.0
     eval_every: int = 25
     eval_windows: int = 256  # windows per periodic evaluation
     final_eval_windows: int = 1024  # windows for the final validation / second-domain losses
@@ -168,7 +169,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
     torch.manual_seed(cfg.seed)
-    return GPT(make_config(cfg.model, vocab_size, context=cfg.context))
+    return GPT(make_config(cfg.model, vocab_size, context=cfg.context, dropout=cfg.dropout))
 
 
 class _Metrics:
