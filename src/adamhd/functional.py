@@ -229,6 +229,9 @@ def _multi_tensor_adamhd(
             and not capturable
             and device_params[0].is_cpu
             and _fused_adam_ok(decay, device_params[0].dtype)
+            # torch's fused kernel walks memory linearly: p, grad and state must share a layout
+            and all(p.is_contiguous() and g.is_contiguous()
+                    for p, g in zip(device_params, device_grads))
         )
 
         if maximize and not fused_moments:

@@ -17,12 +17,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("contiguous", [True, False])  # False: the pure foreach fallback
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
                          or "default")
-def test_foreach_matches_reference(dtype, case):
+def test_foreach_matches_reference(dtype, case, contiguous):
     kw = {"lr": 1e-2, "weight_decay": 0.2, **case}
-    ref_ps = make_params(dtype)
+    ref_ps = make_params(dtype, transposed=not contiguous)
     ps = clone_params(ref_ps)
     ref = train(ref_ps, "single", **kw)
     opt = train(ps, "foreach", **kw)
