@@ -30,8 +30,8 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
     assert "report:" in printed and "claim b:" in printed
     for seed in (0, 1):
         for slug in ("adamw", "adamhd"):
-            rows = [json.loads(x) for x in
-                    (out / "runs" / slug / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+            path = out / "runs" / slug / f"seed{seed}" / "metrics.jsonl"
+            rows = [json.loads(x) for x in path.read_text().splitlines()]
             assert sum(r["kind"] == "train" for r in rows) == 6
 
     # rebuilt from saved runs alone, identical

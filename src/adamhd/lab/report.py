@@ -87,10 +87,9 @@ def fig_loss(meta, runs, path: Path) -> None:
         _band(ax_step, xs[0], ys, c, f"{label} (n={len(rs)})")
         # vs time: each seed has its own clock; interpolate onto a common grid up to the
         # shortest run so the band compares like with like
-        txs, tys = _curves(rs, "time")
-        grid = np.linspace(0, min(t[-1] for t in txs), 60)
-        _band(ax_time, grid, [np.interp(grid, t, y) for t, y in zip(txs, tys, strict=True)], c,
-              label)
+        # vs time: each seed has its own clock, so each seed is drawn as its own thin line
+        for t, y in zip(*_curves(rs, "time"), strict=True):
+            ax_time.plot(t, y, color=c, lw=1.0, alpha=0.8)
     for ax in (ax_step, ax_time):
         ax.axhline(corpus["unigram_entropy_nats"], color="gray", ls="--", lw=1)
         ax.text(0.98, corpus["unigram_entropy_nats"], "unigram entropy", color="gray",
@@ -101,7 +100,13 @@ def fig_loss(meta, runs, path: Path) -> None:
     ax_step.set_xlabel("step")
     ax_time.set_xlabel("training time (s, evaluation excluded)")
     ax_step.set_title("validation loss vs step\n(line: mean, band: min-max over seeds)")
-    ax_time.set_title("validation loss vs training time\n(same, on a common time grid)")
+    ax_time.set_title("validation loss vs training time\n(one line per seed)")
+    per_step = [r.results["seconds_per_step"] for rs in runs.values() for r in rs]
+    spread = max(per_step) / min(per_step)
+    if spread > 1.3:
+        ax_time.text(0.98, 0.6, f"time per step varied {spread:.1f}x across runs:\nthe machine "
+                     "was busy; compare by step", transform=ax_time.transAxes, ha="right",
+                     fontsize=8, color="darkred")
     ax_step.legend(loc="upper right")
     base = labels[0]
     for label in labels[1:]:
@@ -153,8 +158,11 @@ def fig_pruning(meta, runs, path: Path) -> None:
         ax.text(0.99, 1.0, "+1% loss", color="gray", ha="right", va="bottom", fontsize=8,
                 transform=ax.get_yaxis_transform())
         ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
-        ticks = [t for t in (-5, -1, 0, 1, 2, 5, 10, 20, 50, 100, 200, 500)]
+        lo, hi = ax.get_ylim()
+        ticks = [t for t in (-100, -50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100, 200,
+                             500, 1000) if lo <= t <= hi or t in (0, 1)]
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_ylim(lo, max(hi, 2.0))
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("sparsity (% of block weight matrices zeroed)")
         ax.set_title(f"{title}\n(dotted: largest sparsity within +1%, one line per seed)")
@@ -203,6 +211,7 @@ def fig_small_weights(meta, runs, path: Path) -> None:
             _band(ax, steps, ys, _color(labels, label), label)
         ax.set_title(f"{title} over training (block weight matrices)")
         ax.set_xlabel("step")
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.savefig(path, dpi=110)

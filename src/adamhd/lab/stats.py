@@ -79,6 +79,8 @@ def verdict(effect: Summary, claimed: float | None = None) -> tuple[str, str]:
     """
     if not effect.has_interval:
         return INCONCLUSIVE, f"one seed only (n={effect.n}): no interval, so no verdict"
+    if effect.low == effect.high == 0:
+        return INCONCLUSIVE, "no difference at all at the resolution measured"
     if effect.high < 0:
         return NOT_SUPPORTED, "the whole interval is on the wrong side of zero"
     if claimed is not None and effect.high < claimed:
