@@ -93,8 +93,9 @@ def fig_loss(meta, runs, path: Path) -> None:
     for ax in (ax_step, ax_time):
         ax.axhline(corpus["unigram_entropy_nats"], color="gray", ls="--", lw=1)
         ax.text(0.98, corpus["unigram_entropy_nats"], "unigram entropy", color="gray",
-                ha="right", va="bottom", transform=ax.get_yaxis_transform(), fontsize=8)
-        ax.set_ylim(final_min - 0.1, top)
+                ha="right", va="bottom", transform=ax.get_yaxis_transform(), fontsize=8,
+                clip_on=True)
+        ax.set_ylim(min(final_min, corpus["unigram_entropy_nats"]) - 0.1, top)
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
     ax_step.set_xlabel("step")
@@ -156,7 +157,7 @@ def fig_pruning(meta, runs, path: Path) -> None:
                 ax.axvline(100 * cv["max_sparsity"], color=c, lw=0.8, ls=":")
         ax.axhline(1.0, color="gray", ls="--", lw=1)
         ax.text(0.99, 1.0, "+1% loss", color="gray", ha="right", va="bottom", fontsize=8,
-                transform=ax.get_yaxis_transform())
+                transform=ax.get_yaxis_transform(), clip_on=True)
         ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
         lo, hi = ax.get_ylim()
         ticks = [t for t in (-100, -50, -20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50, 100, 200,
