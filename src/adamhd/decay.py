@@ -17,10 +17,9 @@ large ones.
       p <- q / (1 + tau)              if |q| <= (1 + tau) * d
            q - tau * d * sign(q)      otherwise
 
-Both are computed below as ``base + tau * (x - clip(x, -d, d))``: the explicit form with
-``base = p*(1 - tau)`` and ``x = p``, the proximal one with ``base = x = q/(1 + tau)``. The second
-term is zero for ``|x| <= d``, so with ``d = inf`` the explicit form is, bit for bit, AdamW's
-``p*(1 - tau)``.
+Both are computed below as a pull toward zero: ``p - tau*clip(p, -d, d)`` for the explicit form and
+``q - tau/(1 + tau)*clip(q, -(1 + tau)*d, (1 + tau)*d)`` for the proximal one (the same piecewise
+map). With ``d = inf`` the explicit form is written ``p*(1 - tau)``, bit for bit AdamW's decay.
 
 The threshold ``d`` is a fixed number, or ``"adaptive"`` (the paper's per-tensor threshold)::
 
@@ -35,6 +34,7 @@ reimplement the same formulas and are tested against these.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -115,64 +115,38 @@ def _for_autograd(x: Tensor) -> Tensor:
     return x.clone() if torch.is_grad_enabled() and x.requires_grad else x
 
 
-def _excess(x: Tensor, d: Threshold) -> Tensor:
-    """``x - clip(x, -d, d)``: the part of ``x`` beyond the threshold (zero where ``|x| <= d``)."""
-    if isinstance(d, Tensor):
-        d = d.to(x.dtype)
-    return x - torch.clamp(_for_autograd(x), min=-d, max=d)
+def clip(x: Tensor, d: Threshold, scale: float | Tensor = 1.0) -> Tensor:
+    """``clip(x, -scale*d, scale*d)``: the gradient of ``scale*d``-Huber, the decay's pull."""
+    bound = d.to(x.dtype) * scale if isinstance(d, Tensor) else d * scale
+    return torch.clamp(_for_autograd(x), min=-bound, max=bound)
 
 
 def huber_explicit_(p: Tensor, tau: float | Tensor, d: Threshold) -> None:
-    """``p <- p - tau*clip(p, -d, d)`` in place (the paper's explicit step)."""
-    excess = _excess(p, d)
-    p.mul_(1 - tau).add_(excess * tau)
+    """``p <- p - tau*clip(p, -d, d)`` in place (the paper's explicit step).
+
+    ``d = inf`` is the L2 limit and is written as AdamW writes it, ``p*(1 - tau)``, so that it is
+    bit for bit AdamW.
+    """
+    if _is_inf(d):
+        p.mul_(1 - tau)
+    else:
+        p.sub_(clip(p, d) * tau)
 
 
 def huber_proximal_(q: Tensor, tau: float | Tensor, d: Threshold) -> None:
-    """``q <- prox_{tau*H_d}(q)`` in place (the paper's closed-form step)."""
-    q.div_(1 + tau)
-    excess = _excess(q, d)
-    q.add_(excess * tau)
+    """``q <- prox_{tau*H_d}(q)`` in place (the paper's closed-form step), written as a pull::
 
+        q - tau/(1 + tau) * clip(q, -(1 + tau)*d, (1 + tau)*d)
 
-def foreach_huber_explicit_(ps: list[Tensor], tau: float, ds: list[Threshold]) -> None:
-    excess = _foreach_excess(ps, ds)
-    torch._foreach_mul_(ps, 1 - tau)
-    torch._foreach_add_(ps, excess, alpha=tau)
-
-
-def foreach_huber_proximal_(qs: list[Tensor], tau: float, ds: list[Threshold]) -> None:
-    torch._foreach_div_(qs, 1 + tau)
-    excess = _foreach_excess(qs, ds)
-    torch._foreach_add_(qs, excess, alpha=tau)
-
-
-def _foreach_excess(xs: list[Tensor], ds: list[Threshold]) -> list[Tensor]:
-    """``x - clip(x, -d, d)`` for each tensor of ``xs``."""
-    if isinstance(ds[0], Tensor):
-        ds = [d.to(x.dtype) for d, x in zip(ds, xs)]
-        clipped = torch._foreach_maximum(xs, torch._foreach_neg(ds))
-        torch._foreach_minimum_(clipped, ds)
-    else:
-        clipped = torch._foreach_clamp_min(xs, [-d for d in ds])
-        torch._foreach_clamp_max_(clipped, ds)
-    return torch._foreach_sub(xs, clipped)
+    which is ``q/(1 + tau)`` where ``|q| <= (1 + tau)*d`` and ``q - tau*d*sign(q)`` elsewhere.
+    """
+    q.sub_(clip(q, d, 1 + tau) * (tau / (1 + tau)))
 
 
 def foreach_clip(xs: list[Tensor], ds: list[Threshold], scale: float = 1.0) -> list[Tensor]:
-    """``clip(x, -scale*d, scale*d)`` for each tensor: the Huber decay in its pull form.
-
-    The same two rules, written as a pull (used where the Adam update is one fused kernel)::
-
-        explicit:  p - tau*clip(p, -d, d)
-        proximal:  q - tau/(1 + tau) * clip(q, -(1 + tau)*d, (1 + tau)*d)
-
-    (the second is ``q/(1 + tau)`` for ``|q| <= (1 + tau)*d`` and ``q - tau*d*sign(q)`` beyond).
-    """
+    """``clip(x, -scale*d, scale*d)`` for each tensor of ``xs``."""
     if isinstance(ds[0], Tensor):
-        bounds = [d.to(x.dtype) for d, x in zip(ds, xs)]
-        if scale != 1.0:
-            bounds = torch._foreach_mul(bounds, scale)
+        bounds = torch._foreach_mul([d.to(x.dtype) for d, x in zip(ds, xs)], scale)
         clipped = torch._foreach_maximum(xs, torch._foreach_neg(bounds))
         torch._foreach_minimum_(clipped, bounds)
     else:
@@ -180,6 +154,21 @@ def foreach_clip(xs: list[Tensor], ds: list[Threshold], scale: float = 1.0) -> l
         clipped = torch._foreach_clamp_min(xs, [-b for b in bounds_f])
         torch._foreach_clamp_max_(clipped, bounds_f)
     return clipped
+
+
+def foreach_huber_explicit_(ps: list[Tensor], tau: float, ds: list[Threshold]) -> None:
+    if all(_is_inf(d) for d in ds):
+        torch._foreach_mul_(ps, 1 - tau)
+    else:
+        torch._foreach_add_(ps, foreach_clip(ps, ds), alpha=-tau)
+
+
+def foreach_huber_proximal_(qs: list[Tensor], tau: float, ds: list[Threshold]) -> None:
+    torch._foreach_add_(qs, foreach_clip(qs, ds, 1 + tau), alpha=-tau / (1 + tau))
+
+
+def _is_inf(d: Threshold) -> bool:
+    return not isinstance(d, Tensor) and math.isinf(d)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value, _stack_if_compiling
 
-from adamhd.decay import HuberDecay, foreach_clip
+from adamhd.decay import HuberDecay
 from adamhd.distributed import any_dtensor, global_mean_abs
 
 __all__ = ["adamhd"]
@@ -222,8 +222,8 @@ def _multi_tensor_adamhd(
         device_exp_avg_sqs = cast(list[Tensor], device_exp_avg_sqs_)
         device_steps = cast(list[Tensor], device_steps_)
         device_mus = cast(list[Tensor], device_mus_)
-        # CPU, finite or adaptive Huber threshold: torch's fused Adam kernel for the moments and
-        # the update (one pass instead of seven foreach ops), the decay in its pull form.
+        # CPU, finite or adaptive Huber threshold: torch's fused Adam kernel does the moments and
+        # the update in one pass instead of seven foreach ops; the decay is applied around it.
         fused_moments = (
             decays
             and not capturable
@@ -251,16 +251,20 @@ def _multi_tensor_adamhd(
                 foreach=True,
                 abs_means=None if abs_means is None else [abs_means[j] for j in indices],
             )
-            if fused_moments:
-                _fused_moments_and_decay(
-                    device_params, device_grads, device_exp_avgs, device_exp_avg_sqs,
-                    cast(list[Tensor], device_max_exp_avg_sqs_) if amsgrad else [],
-                    device_steps, decay, thresholds, tau, amsgrad=amsgrad, beta1=beta1,
-                    beta2=beta2, lr=cast(float, lr), eps=eps, maximize=maximize,
-                )
-                continue
             if decay.before_update:
                 decay.apply_(device_params, tau, thresholds, foreach=True)
+
+        if fused_moments:
+            # steps were advanced above; torch's kernel only reads them
+            torch._fused_adam_(
+                device_params, device_grads, device_exp_avgs, device_exp_avg_sqs,
+                cast(list[Tensor], device_max_exp_avg_sqs_) if amsgrad else [], device_steps,
+                lr=cast(float, lr), beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps,
+                amsgrad=amsgrad, maximize=maximize,
+            )
+            if not decay.before_update:
+                decay.apply_(device_params, tau, thresholds, foreach=True)
+            continue
 
         torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
         torch._foreach_mul_(device_exp_avg_sqs, beta2)
@@ -312,42 +316,6 @@ def _fused_adam_ok(decay: HuberDecay, dtype: torch.dtype) -> bool:
         and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
         and not torch.compiler.is_compiling()
     )
-
-
-def _fused_moments_and_decay(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    decay: HuberDecay,
-    thresholds: list,
-    tau: float,
-    *,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float,
-    eps: float,
-    maximize: bool,
-) -> None:
-    """Adam via ``torch._fused_adam_`` (steps already advanced), the decay as a clipped pull.
-
-    explicit: ``p - tau*clip(p_t, -d, d) - lr*u``; proximal: ``q - tau/(1+tau)*clip(q, +-(1+tau)d)``
-    with ``q = p_t - lr*u`` (see ``adamhd.decay.foreach_clip``).
-    """
-    pull = foreach_clip(params, thresholds) if decay.before_update else None
-    torch._fused_adam_(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-        lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=amsgrad,
-        maximize=maximize,
-    )
-    if pull is not None:
-        torch._foreach_add_(params, pull, alpha=-tau)
-    else:
-        pull = foreach_clip(params, thresholds, scale=1 + tau)
-        torch._foreach_add_(params, pull, alpha=-tau / (1 + tau))
 
 
 def _check_capturable(param: Tensor, step: Tensor) -> None:

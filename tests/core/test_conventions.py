@@ -182,6 +182,6 @@ def test_decay_pulls_large_weights_less_than_adamw_over_training():
         w.grad, v.grad = torch.zeros(2), torch.zeros(2)
         ours.step()
         adamw.step()
-    assert w[1].item() == pytest.approx(3.0 - 50 * 0.01 * 0.1)
+    assert w[1].item() == pytest.approx(3.0 - 50 * 0.01 * 0.1, rel=1e-5)  # float32 sums
     assert v[1].item() == pytest.approx(3.0 * (1 - 0.01) ** 50)
     assert math.isclose(w[0].item(), v[0].item(), rel_tol=1e-6)
