@@ -53,6 +53,9 @@ def test_verdicts():
     # in the claimed direction but clearly smaller than the claimed size
     assert verdict(summarize([0.02, 0.021, 0.019]), claimed=0.10)[0] == NOT_SUPPORTED
     assert verdict(summarize([0.12, 0.13, 0.11]), claimed=0.10)[0] == SUPPORTED
+    v, why = verdict(summarize([0.003, 0.0031, 0.0029]), paper_size=4.0)
+    assert v == SUPPORTED and "in direction only" in why
+    assert verdict(summarize([0.0, 0.0, 0.0]))[0] == INCONCLUSIVE
 
 
 def test_crossing_interpolates():

@@ -102,7 +102,7 @@ def _claim_a(pairs, key: str, what: str) -> Claim:
 def _claim_b(pairs) -> Claim:
     eff = paired([b.results["final_val_ppl"] for b, _ in pairs],
                  [c.results["final_val_ppl"] for _, c in pairs])
-    v, why = verdict(eff)
+    v, why = verdict(eff, paper_size=4.0)
     return Claim("b", "lower validation perplexity", "up to 4 points lower validation perplexity",
                  "final validation perplexity, baseline minus candidate (held-out works)",
                  eff, "", 1.0, v, why)
@@ -116,7 +116,7 @@ def _claim_c(pairs) -> list[Claim]:
         rel = [(b.results["domains"][dom]["loss"] - c.results["domains"][dom]["loss"])
                / b.results["domains"][dom]["loss"] for b, c in pairs]
         eff = summarize(rel)
-        v, why = verdict(eff)
+        v, why = verdict(eff, paper_size=0.025)
         out.append(Claim(
             "c", f"better on another domain ({dom})", "2.5-4.7% better downstream task scores",
             f"loss on '{dom}', text never trained on: relative reduction, baseline vs candidate",

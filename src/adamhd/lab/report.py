@@ -384,7 +384,7 @@ def build_report(out: str | Path) -> Path:
         notes = [f"{c.key}: {n}" for c in claims for n in c.notes]
         if notes:
             blocks.append(("ul", notes))
-        verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict} "
+        verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict}: {c.reason} "
                           f"(effect {c.effect_text()}, interval {c.interval_text()})"
                           for c in claims]
     blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "

@@ -69,12 +69,15 @@ NOT_SUPPORTED = "not supported"
 INCONCLUSIVE = "inconclusive at this scale"
 
 
-def verdict(effect: Summary, claimed: float | None = None) -> tuple[str, str]:
+def verdict(effect: Summary, claimed: float | None = None,
+            paper_size: float | None = None) -> tuple[str, str]:
     """A plain verdict on an effect whose positive sign is the claimed direction.
 
     supported: the 95% interval lies above 0 (and, if `claimed` is given, reaches it);
     not supported: the interval lies below 0, or entirely below the claimed size;
     inconclusive: anything else, including n < 2 (no interval).
+    `paper_size` (the paper's number, where it is an "up to" that sets no minimum) does not
+    change the verdict, but a supported effect under a tenth of it is called tiny in the reason.
     Returns (verdict, reason).
     """
     if not effect.has_interval:
@@ -88,5 +91,8 @@ def verdict(effect: Summary, claimed: float | None = None) -> tuple[str, str]:
             return NOT_SUPPORTED, "an effect in the claimed direction, but smaller than claimed"
         return NOT_SUPPORTED, "the interval rules out an effect as large as claimed"
     if effect.low > 0:
+        if paper_size is not None and effect.high < 0.1 * paper_size:
+            return SUPPORTED, ("in direction only: the whole interval is above zero, but the "
+                               "effect is under a tenth of the paper's")
         return SUPPORTED, "the whole interval is on the claimed side of zero"
     return INCONCLUSIVE, "the interval contains zero"

@@ -78,7 +78,8 @@ def sweep_table(rows: list[dict], base: RunConfig, seeds: int) -> str:
         "",
         f"Model `{base.model}`, {base.steps} steps x batch {base.batch_size} x context "
         f"{base.context}, {seeds} seed(s) per point; ranked by final validation loss "
-        "(mean [95% interval] over seeds).",
+        "(mean [95% interval] over seeds). With one seed per point there is no interval: "
+        "differences smaller than the seed-to-seed spread of a `compare` run mean nothing.",
         "",
         "| rank | entrant | lr | weight_decay | final val loss | val ppl |",
         "|---|---|---|---|---|---|",
