@@ -20,7 +20,7 @@ DEFAULTS = dict(
     model="tiny",
     batch_size=32,
     context=128,
-    lr=1e-3,
+    lr=3e-3,
     weight_decay=0.1,
     out="runs/compare",
 )

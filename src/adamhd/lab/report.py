@@ -19,6 +19,7 @@ from matplotlib.ticker import NullLocator
 
 from adamhd.lab.claims import Run, measure_claims
 from adamhd.lab.stats import summarize
+from adamhd.lab.train import config_from_dict, lr_at
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
@@ -291,6 +292,12 @@ def _fmt_summary(values, digits=3, scale=1.0, unit=""):
     return summarize(values).fmt(digits, scale, unit)
 
 
+def decay_budget(cfg: dict) -> float:
+    """Sum over the run's steps of lr_t * weight_decay (the schedule of train.lr_at)."""
+    run_cfg = config_from_dict(cfg)
+    return sum(lr_at(step, run_cfg) for step in range(run_cfg.steps)) * run_cfg.weight_decay
+
+
 def build_report(out: str | Path) -> Path:
     out = Path(out)
     meta, runs = load_runs(out)
@@ -387,6 +394,11 @@ def build_report(out: str | Path) -> Path:
         verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict}: {c.reason} "
                           f"(effect {c.effect_text()}, interval {c.interval_text()})"
                           for c in claims]
+    budget = decay_budget(cfg)
+    blocks.append(("p", f"Decay budget: the sum over steps of lr_t x weight_decay is {budget:.3g}, "
+                   f"so decoupled decay alone can shrink a weight by at most "
+                   f"{100 * (1 - math.exp(-budget)):.1f}% over the whole run; AdamW and AdamHD "
+                   "differ only in this term, so at this budget their direct difference is small."))
     blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "
                    "about GPT-2/GPT-3 pre-training. 'Inconclusive at this scale' means this run "
                    "cannot tell, not that the claim is false; 'not supported' means this run "

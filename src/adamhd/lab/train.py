@@ -41,7 +41,7 @@ class RunConfig:
     model: str = "tiny"
     batch_size: int = 32
     context: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup: int | None = None  # default: 10% of steps
     min_lr_ratio: float = 0.1
