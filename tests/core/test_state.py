@@ -122,8 +122,8 @@ def test_new_adaptive_group_after_fixed_creates_threshold_state():
 def test_inf_delta_state_dict_loads_into_adamw():
     """A checkpoint of AdamHD(delta=inf) continues in torch AdamW identically."""
     a, b = make_model(), make_model()
-    opt_a = AdamHD(a.parameters(), lr=1e-2, delta=math.inf)
-    opt_b = AdamHD(b.parameters(), lr=1e-2, delta=math.inf)
+    opt_a = AdamHD(a.parameters(), lr=1e-2, delta=math.inf, fused=False)
+    opt_b = AdamHD(b.parameters(), lr=1e-2, delta=math.inf, fused=False)
     train(a, opt_a, 4)
     train(b, opt_b, 4)
     adamw = torch.optim.AdamW(b.parameters(), lr=1e-2)

@@ -69,7 +69,10 @@ def _cpu_module():
     global _announced_build
     if not cpu._tried and not _announced_build:
         _announced_build = True
-        log.info("adamhd: building the fused CPU kernel (first use; cached afterwards)")
+        log.warning(
+            "adamhd: building the fused CPU kernel (first use, about a minute; cached afterwards;"
+            " ADAMHD_FUSED_DEFAULT=0 skips it)"
+        )
     return cpu.load()
 
 
@@ -98,18 +101,18 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
 
 
 def _cpu_fused_by_default() -> bool:
-    return os.environ.get("ADAMHD_FUSED_DEFAULT", "") not in ("", "0")
+    return os.environ.get("ADAMHD_FUSED_DEFAULT", "1") != "0"
 
 
 def fused_is_default(params: list[Tensor]) -> bool:
     """``fused=None``: whether to take the fused kernel for this group.
 
-    CUDA: yes, where the Triton kernel serves every parameter of the group. CPU: only with
-    ``ADAMHD_FUSED_DEFAULT=1``. The CPU kernel is the fastest path measured (``adamhd bench step``)
-    but, like torch's fused AdamW, it is not bit-identical to torch's default (for-loop) AdamW on
-    CPU (torch's ``sqrt`` goes through MKL VML), and ``AdamHD(delta=inf)`` with default arguments is
-    promised to be exactly ``torch.optim.AdamW`` with default arguments; it also builds on first
-    use. So on CPU ``fused=None`` keeps torch's convention (no fused by default) unless asked.
+    Yes where a verified kernel serves every parameter of the group: it is the fastest path
+    measured (``adamhd bench step``). On CPU that means the C++ kernel could be built (the first
+    use builds it, about a minute, then it is cached); set ``ADAMHD_FUSED_DEFAULT=0`` to keep
+    torch's CPU convention (the for-loop path) instead. Like torch's fused AdamW, the kernel agrees
+    with the for-loop path to float rounding, not bit for bit (torch's CPU ``sqrt`` goes through
+    MKL VML); pass ``fused=False`` where bit-identity with ``torch.optim.AdamW()`` matters.
     """
     if not params:
         return False
