@@ -51,7 +51,6 @@ CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # param -> (p._version after the step, p.data_ptr(), mean|p| as a Python float or 0-dim tensor)
 _abs_means: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_announced_build = False
 
 
 def forget_abs_means(params: list[Tensor] | None = None) -> None:
@@ -66,13 +65,6 @@ def forget_abs_means(params: list[Tensor] | None = None) -> None:
 def _cpu_module():
     from adamhd.kernels import cpu
 
-    global _announced_build
-    if not cpu._tried and not _announced_build:
-        _announced_build = True
-        log.warning(
-            "adamhd: building the fused CPU kernel (first use, about a minute; cached afterwards;"
-            " ADAMHD_FUSED_DEFAULT=0 skips it)"
-        )
     return cpu.load()
 
 

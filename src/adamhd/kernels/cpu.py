@@ -12,6 +12,7 @@ compiler, ``ADAMHD_NO_EXTENSION=1``, a failed build). Nothing here raises at imp
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -21,6 +22,7 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("adamhd_cpu.cpp")
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -95,8 +97,15 @@ def _build(verbose: bool) -> ModuleType | None:
         return None
     from torch.utils import cpp_extension
 
+    name = extension_name()
+    built = Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so"
+    if not built.exists():
+        log.warning(
+            "adamhd: building the fused CPU kernel (first use, about a minute; cached in %s; "
+            "ADAMHD_FUSED_DEFAULT=0 skips it)", built.parent
+        )
     return cpp_extension.load(
-        name=extension_name(),
+        name=name,
         sources=[str(SOURCE)],
         extra_cflags=_flags(),
         extra_ldflags=["-fopenmp"],
