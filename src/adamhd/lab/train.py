@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -222,6 +223,8 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     start, train_seconds, wall_seconds, rows = 0, 0.0, 0.0, []
+    if resume and not ckpt_path.exists():
+        print(f"{run_dir}: no checkpoint yet, this run starts at step 0", file=sys.stderr)
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, cfg)
         model.load_state_dict(ckpt["model"])
