@@ -62,18 +62,18 @@ def mean_abs(p: Tensor) -> Tensor:
     """``mean(|p|)`` of the whole tensor as a 0-dim tensor (0 for an empty tensor)."""
     if p.numel() == 0:
         return torch.zeros((), dtype=mu_dtype(p), device=p.device)
-    # One pass, no |p| temporary. The sum accumulates in float64: in float32 an L1 norm of a few
-    # million elements is off by ~1e-4 relative.
-    total = torch.linalg.vector_norm(_for_autograd(p), 1, dtype=torch.float64)
-    return (total / p.numel()).to(mu_dtype(p))
+    # torch's mean sums in cascade (accurate to ~1e-8 on millions of float32 elements), unlike
+    # its CPU L1 norm, which drifts ~1e-4; it also measured faster than a float64 norm on CPU.
+    return _for_autograd(p).abs().mean(dtype=mu_dtype(p))
 
 
 def foreach_mean_abs(params: list[Tensor]) -> list[Tensor]:
-    """``mean(|p|)`` for each tensor, with one multi-tensor L1-norm kernel."""
-    dtype = mu_dtype(params[0])
-    sums = torch._foreach_norm([p.detach() for p in params], 1, dtype=torch.float64)
-    torch._foreach_div_(sums, [float(max(p.numel(), 1)) for p in params])
-    return [s.to(dtype) for s in sums]
+    """``mean(|p|)`` for each tensor: one multi-tensor L1-norm kernel on accelerators; per tensor
+    on CPU, where that kernel sums sequentially (~1e-4 relative drift over millions of elements)."""
+    if params[0].is_cpu:
+        return [mean_abs(p.detach()) for p in params]
+    sums = torch._foreach_norm([p.detach() for p in params], 1, dtype=mu_dtype(params[0]))
+    return torch._foreach_div(sums, [float(max(p.numel(), 1)) for p in params])
 
 
 def whole_mean_abs(params: list[Tensor], foreach: bool = False) -> list[Tensor]:
