@@ -92,6 +92,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None
                    help="steps between validation evaluations (default: --steps / 10)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    if not sweep:
+        g.add_argument("--fsdp", action="store_true",
+                       help="under torchrun: shard with FSDP2 (fully_shard) instead of DDP")
     g.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="autocast dtype (default: %(default)s; float16 needs CUDA)")
     g.add_argument("--threads", type=_positive_int, default=None,
@@ -137,9 +140,20 @@ def _resolve_device(args):
 
 
 def cmd_compare(args) -> int:
-    from adamhd.lab.compare import run_compare
+    from adamhd.lab import dist
 
     _resolve_device(args)
+    dist.init_from_env(args.device)  # under torchrun: DDP (or --fsdp), global --batch-size
+    try:
+        return _compare(args)
+    finally:
+        dist.shutdown()
+
+
+def _compare(args) -> int:
+    from adamhd.lab import dist
+    from adamhd.lab.compare import run_compare
+
     eval_data = [] if args.eval_data.strip().lower() == "none" else \
         [s.strip() for s in args.eval_data.split(",") if s.strip()]
     report = run_compare(
@@ -147,7 +161,9 @@ def cmd_compare(args) -> int:
         base=_base_config(args, args.lr, args.weight_decay), out=args.out, data=args.data,
         eval_data=eval_data, tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab,
         cache_dir=args.cache_dir, resume=args.resume, progress=not args.no_progress,
-        threads=args.threads, argv=args.argv)
+        threads=args.threads, argv=args.argv, fsdp=args.fsdp)
+    if not dist.is_main():
+        return 0
     print(f"report: {report} (and {report.with_suffix('.html')})")
     verdicts = report.parent / "verdicts.txt"
     if verdicts.exists():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adamhd.lab import dist
 from adamhd.lab import evaluate as ev
 from adamhd.lab.data import Corpus, check_context, train_batch
 from adamhd.lab.model import GPT, make_config, prunable_weights
@@ -196,14 +197,19 @@ class _Metrics:
 
 def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bool = False,
               stop_after: int | None = None, progress: bool = True,
-              label: str | None = None) -> dict | None:
+              label: str | None = None, fsdp: bool = False) -> dict | None:
     """Train one run in `run_dir`; return its results (also written to results.json).
 
     `resume`: continue from run_dir/checkpoint.pt if it exists (a finished run is not redone).
     `stop_after`: stop (as if killed) right after the checkpoint at this step; returns None.
+    Under torchrun (see `dist`): DDP, or FSDP2 with `fsdp`; rank 0 writes everything and returns
+    the results, the other ranks return None.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     results_path = run_dir / "results.json"
     ckpt_path = run_dir / "checkpoint.pt"
     check_context(corpus, cfg.context)
@@ -211,24 +217,25 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     if cfg.dtype == "float16" and device.type != "cuda":
         raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
     spec = parse_spec(cfg.optimizer)
+    dist.local_batch(cfg.batch_size)  # the global batch must split evenly across the ranks
 
     if resume and results_path.exists():
         done = json.loads(results_path.read_text())
         diff = mismatched(done.get("config", {}), cfg.fingerprint())
         if diff:
             raise CheckpointError(f"{results_path} is a finished run with other settings: {diff}")
-        return done
+        return done if main else None
 
     model = build_model(cfg, corpus.vocab_size).to(device)
+    par = dist.Parallel(model, fsdp=fsdp)  # the optimizer is built after wrapping
     optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     start, train_seconds, wall_seconds, rows = 0, 0.0, 0.0, []
-    if resume and not ckpt_path.exists():
+    if resume and not ckpt_path.exists() and main:
         print(f"{run_dir}: no checkpoint yet, this run starts at step 0", file=sys.stderr)
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, cfg)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        par.load_state_dicts(optimizer, ckpt["model"], ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
@@ -237,25 +244,36 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             ckpt["metrics"]
     else:
         torch.manual_seed(cfg.seed + 1_000_003)  # dropout stream, distinct from the init stream
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    step_model = torch.compile(model) if cfg.compile else model
-    metrics = _Metrics(run_dir / "metrics.jsonl", rows)
+    step_model = torch.compile(par.forward) if cfg.compile else par.forward
+    metrics = _Metrics(run_dir / "metrics.jsonl", rows) if main else _NoMetrics(rows)
     tokens_per_step = cfg.batch_size * cfg.context
 
-    def evaluate_now(step: int) -> float:
-        val = ev.evaluate_loss(model, corpus.val, context=cfg.context, batch_size=cfg.batch_size,
+    def plain_copy() -> GPT:
+        with torch.random.fork_rng(devices=[]):  # the copy's init must not move the RNG
+            return GPT(model.cfg).to(device)
+
+    def evaluate_now(step: int) -> float | None:
+        full = par.full_model(plain_copy)  # rank 0 evaluates alone, on the full weights
+        if full is None:
+            return None
+        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.batch_size,
                                max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype)
         metrics.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step,
                      "time": train_seconds, "wall": wall_seconds, "val_loss": val,
-                     "val_ppl": ev.perplexity(val), "weights": ev.weight_stats(model)})
+                     "val_ppl": ev.perplexity(val), "weights": ev.weight_stats(full)})
         return val
 
     def checkpoint(step: int) -> None:
+        model_state, optimizer_state = par.state_dicts(optimizer)
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "fingerprint": cfg.fingerprint(), "step": step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model_state, "optimizer": optimizer_state,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "data": {"sampler": "random windows, generator seeded by (seed, step)",
                      "seed": cfg.seed, "next_step": step},
@@ -263,7 +281,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             "train_seconds": train_seconds, "wall_seconds": wall_seconds,
         })
 
-    bar = _progress(progress, cfg.steps, start, label or spec.label)
+    bar = _progress(progress and main, cfg.steps, start, label or spec.label)
     last_val = next((r["val_loss"] for r in reversed(rows) if r["kind"] == "eval"), None)
     try:
         if start == 0:
@@ -275,7 +293,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = train_batch(corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
-            x, y = x.to(device), y.to(device)
+            x, y = dist.my_slice(x).to(device), dist.my_slice(y).to(device)
             with ev.autocast_for(device, cfg.dtype):
                 _, loss = step_model(x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -284,14 +302,14 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            loss_value = loss.detach().item()  # synchronises the device, so the timing is honest
+            loss_value = dist.mean_over_ranks(loss)  # synchronises the device: honest timing
             dt = time.perf_counter() - t0
             train_seconds += dt
             wall_seconds += dt
             done = step + 1
             metrics.log({"kind": "train", "step": done, "tokens": done * tokens_per_step,
                          "time": train_seconds, "loss": loss_value, "lr": lr,
-                         "grad_norm": float(grad_norm)})
+                         "grad_norm": dist.as_float(grad_norm)})
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"{spec.label} seed {cfg.seed}: loss is {loss_value} "
                                          f"at step {done}; try a lower --lr")
@@ -311,9 +329,28 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             bar.close()
         metrics.close()
 
-    results = finish_run(cfg, corpus, model, device, metrics.rows, train_seconds, wall_seconds)
-    results_path.write_text(json.dumps(results, indent=1))
+    full = par.full_model(plain_copy)
+    results = None
+    if main:
+        results = finish_run(cfg, corpus, full, device, metrics.rows, train_seconds,
+                             wall_seconds)
+        results["processes"] = dist.world()
+        results_path.write_text(json.dumps(results, indent=1))
+    dist.barrier()  # the other ranks wait for rank 0's final measurements
     return results
+
+
+class _NoMetrics:
+    """The metrics of a rank other than 0: nothing is kept or written."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = list(rows)
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):
