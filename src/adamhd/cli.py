@@ -143,6 +143,9 @@ def cmd_compare(args) -> int:
     from adamhd.lab import dist
 
     _resolve_device(args)
+    if args.fsdp and not dist.launched_by_torchrun():
+        raise ValueError("--fsdp shards over several processes: launch under "
+                         "torchrun --nproc_per_node N (N > 1)")
     dist.init_from_env(args.device)  # under torchrun: DDP (or --fsdp), global --batch-size
     try:
         return _compare(args)

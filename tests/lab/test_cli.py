@@ -66,6 +66,7 @@ def test_one_seed_says_no_interval(tmp_path, works_dir, other_domain):
     (["compare", "--optimizers", "adamw,adamw"], "same entrant twice"),
     (["compare", "--data", "/no/such/corpus"], "no such file or folder"),
     (["report", "/no/such/dir"], "holds no compare.json"),
+    (["compare", "--fsdp"], "--fsdp shards over several processes"),
 ])
 def test_bad_arguments_get_clear_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
