@@ -29,7 +29,6 @@ another process), so a resumed run recomputes ``mean|p|`` once.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -44,7 +43,6 @@ __all__ = [
     "fused_unsupported_reason",
 ]
 
-log = logging.getLogger(__name__)
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
