@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # The defaults of `adamhd compare`: sized so that the whole comparison (2 entrants x 3 seeds)
-# fits in 10 minutes on a 2-core CPU; see LAB_NOTES.md for the measured time.
+# fits in 10 minutes on a 2-core CPU; the README gives the measured time.
 DEFAULTS = dict(
     optimizers="adamw,adamhd",
     seeds=3,
