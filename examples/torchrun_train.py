@@ -97,6 +97,8 @@ def main() -> None:
     if args.out and (not dist.is_initialized() or dist.get_rank() == 0):
         torch.save(weights, args.out)
     if dist.is_initialized():
+        # every rank finishes its collectives before the group goes (gloo aborts otherwise)
+        dist.barrier()
         dist.destroy_process_group()
 
 

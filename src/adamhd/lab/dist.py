@@ -37,6 +37,7 @@ def init_from_env(device: str) -> None:
 
 def shutdown() -> None:
     if dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still talks (gloo aborts)
         dist.destroy_process_group()
 
 
