@@ -162,15 +162,10 @@ def fused_adamhd(
         reason = fused_unsupported_reason(p)
         if reason is not None:
             raise RuntimeError(f"fused AdamHD step impossible: {reason}")
-    devices = {p.device for p in params}
-    if len(devices) == 1:
-        groups = [list(range(len(params)))]
-    else:
-        by_device: dict[torch.device, list[int]] = {}
-        for i, p in enumerate(params):
-            by_device.setdefault(p.device, []).append(i)
-        groups = list(by_device.values())
-    for index in groups:
+    by_device: dict[torch.device, list[int]] = {}
+    for i, p in enumerate(params):
+        by_device.setdefault(p.device, []).append(i)
+    for index in by_device.values():
         def pick(xs: list[Tensor], index: list[int] = index) -> list[Tensor]:
             return [xs[i] for i in index] if xs else []
 
