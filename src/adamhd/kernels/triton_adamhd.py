@@ -140,7 +140,8 @@ def fused_adamhd_triton(
     found_inf: Tensor | None = None,
 ) -> None:
     """One step over tensors of one device, without host synchronisation."""
-    from adamhd.kernels import _abs_means
+    from adamhd.decay import mean_abs
+    from adamhd.kernels import _lookup_abs_means, _store_abs_means
 
     reason = unavailable_reason()
     if reason is not None:
@@ -168,11 +169,9 @@ def fused_adamhd_triton(
         d_t = None
         sum_buf = None
         if adaptive:
-            entry = _abs_means.get(p)
-            if entry is not None and entry[0] == p._version and entry[1] == p.data_ptr():
-                a = entry[2]
-            else:
-                a = torch.linalg.vector_norm(p.detach().float(), 1) / max(n, 1)
+            a = _lookup_abs_means([p])[0]
+            if a is None:
+                a = mean_abs(p.detach())
             mu = delta_mus[i]
             new_mu = mu.lerp(a.to(mu.dtype), 1.0 - decay.delta_beta)
             if found is not None:
@@ -203,6 +202,6 @@ def fused_adamhd_triton(
             if found is not None:  # a skipped step keeps the statistic of the unchanged p
                 mean = torch.where(found > 0, a.to(mean.dtype), mean)
             torch.autograd.graph.increment_version(p)
-            _abs_means[p] = (p._version, p.data_ptr(), mean)
+            _store_abs_means([p], [mean])
         else:
             torch.autograd.graph.increment_version(p)
