@@ -8,7 +8,17 @@
 
 from adamhd.decay import HuberDecay
 from adamhd.groups import param_groups
+from adamhd.optim import NSGDA, SM3, SMMF, Adafactor, AdaLo
 from adamhd.optimizer import AdamHD
 
-__all__ = ["AdamHD", "HuberDecay", "param_groups"]
+__all__ = [
+    "NSGDA",
+    "SM3",
+    "SMMF",
+    "AdaLo",
+    "Adafactor",
+    "AdamHD",
+    "HuberDecay",
+    "param_groups",
+]
 __version__ = "0.1.0"
