@@ -98,13 +98,15 @@ class CheckedOptimizer(Optimizer):
                     raise RuntimeError(f"{self.name} does not support complex parameters")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but the float statistics in ``stat_keys`` keep their saved precision
-        (torch casts floating state to the parameter's dtype: bf16 weights would round them)."""
+        """As torch's, but the float statistics in ``stat_keys`` keep their saved precision and
+        integer state (SMMF's packed signs) its dtype: torch casts every state tensor but
+        ``step`` to the parameter's dtype."""
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         id_map = dict(zip(saved_ids, params))
         keep = {
-            index: {k: v for k, v in s.items() if k in self.stat_keys and torch.is_tensor(v)}
+            index: {k: v for k, v in s.items() if torch.is_tensor(v) and k != "step"
+                    and (k in self.stat_keys or not v.is_floating_point())}
             for index, s in state_dict["state"].items()
         }
         super().load_state_dict(state_dict)
@@ -113,7 +115,8 @@ class CheckedOptimizer(Optimizer):
             if p is None:
                 continue
             for key, value in values.items():
-                self.state[p][key] = value.to(device=p.device, dtype=stat_dtype(p), copy=True)
+                dtype = stat_dtype(p) if key in self.stat_keys else value.dtype
+                self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
 
 
 def run_closure(closure: Callable[[], Any] | None) -> Any:
