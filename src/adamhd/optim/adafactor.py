@@ -19,9 +19,9 @@ are kept as means (the same ``V``, no overflow for wide matrices).
 Precision: transformers/fairseq take ``rsqrt`` of each factor and multiply
 (``rsqrt(R/mean(R)) * rsqrt(C)``), torch.optim.Adafactor forms ``V = R C / mean(R)`` and takes
 ``rsqrt``. The seed's fix forms the ratio ``mean(R)/(R C)`` and takes ``sqrt`` last; in float32
-``(mean(R)/R)/C`` overflows where a whole row and a whole column have (near-)zero gradients, which
-a 0 gradient then turns into NaN, so the ratio is clamped to the largest finite float before the
-``sqrt`` (measured in docs/optimizers.md). Factors ``R, C`` are float32 (float64 for float64
+``(mean(R)/R)/C`` overflows where a whole row and a whole column have (near-)zero gradients (a
+0 gradient then makes NaN), so where the ratio leaves the normal float range the transformers form
+is used instead (measured in docs/optimizers.md: the most precise of the forms, never inf). Factors ``R, C`` are float32 (float64 for float64
 weights); ``V`` of vectors has the weight's dtype.
 
 Differences from torch.optim.Adafactor: ``eps1`` is added to ``g**2`` (the paper) where torch
@@ -82,10 +82,15 @@ def _mean(x: Tensor, dim: int) -> Tensor:
 
 
 def inverse_sqrt_factored(row: Tensor, col: Tensor) -> Tensor:
-    """``1/sqrt(V)`` for ``V = R C / mean(R)``: the ratio first, one ``sqrt`` last (clamped)."""
-    row_ratio = (_mean(row, -1).unsqueeze(-1) / row).unsqueeze(-1)
-    inverse_v = row_ratio / col.unsqueeze(-2)
-    return inverse_v.clamp_(max=torch.finfo(inverse_v.dtype).max).sqrt_()
+    """``1/sqrt(V)`` for ``V = R C / mean(R)``: the ratio ``mean(R)/(R C)`` first and one ``sqrt``
+    last; where that ratio leaves the normal float range (it overflows long before its square
+    root would), ``rsqrt(R/mean(R)) * rsqrt(C)`` instead."""
+    mean = _mean(row, -1).unsqueeze(-1)
+    inverse_v = (mean / row).unsqueeze(-1) / col.unsqueeze(-2)
+    info = torch.finfo(inverse_v.dtype)
+    in_range = (inverse_v >= info.tiny) & (inverse_v <= info.max)
+    fallback = (row / mean).rsqrt().unsqueeze(-1) * col.rsqrt().unsqueeze(-2)
+    return torch.where(in_range, inverse_v.sqrt_(), fallback)
 
 
 def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: AdafactorHyper) -> None:
