@@ -112,7 +112,8 @@ def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0):
         if covers:
             nu = torch.empty(shape, dtype=F64)
             for idx in torch.cartesian_prod(*[torch.arange(n) for n in shape]).tolist():
-                nu[tuple(idx)] = min(float(a[i]) for a, i in zip(covers, idx)) + float(g[tuple(idx)]) ** 2
+                smallest = min(float(a[i]) for a, i in zip(covers, idx))
+                nu[tuple(idx)] = smallest + float(g[tuple(idx)]) ** 2
             covers = [
                 torch.tensor([float(nu.select(d, i).max()) for i in range(n)], dtype=F64)
                 for d, n in enumerate(shape)

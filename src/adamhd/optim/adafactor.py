@@ -20,9 +20,10 @@ Precision: transformers/fairseq take ``rsqrt`` of each factor and multiply
 (``rsqrt(R/mean(R)) * rsqrt(C)``), torch.optim.Adafactor forms ``V = R C / mean(R)`` and takes
 ``rsqrt``. The seed's fix forms the ratio ``mean(R)/(R C)`` and takes ``sqrt`` last; in float32
 ``(mean(R)/R)/C`` overflows where a whole row and a whole column have (near-)zero gradients (a
-0 gradient then makes NaN), so where the ratio leaves the normal float range the transformers form
-is used instead (measured in docs/optimizers.md: the most precise of the forms, never inf). Factors ``R, C`` are float32 (float64 for float64
-weights); ``V`` of vectors has the weight's dtype.
+0 gradient then makes NaN), so where the ratio leaves the normal float range the transformers
+form is used instead (measured in docs/optimizers.md: the most precise form, never inf).
+Factors ``R, C`` are float32 (float64 for float64 weights); ``V`` of vectors has the weight's
+dtype. torch requires ``d >= 1``; any ``d > 0`` is accepted here.
 
 Differences from torch.optim.Adafactor: ``eps1`` is added to ``g**2`` (the paper) where torch
 clamps ``V`` at ``eps1**2`` and ``mean(R)`` at ``eps1`` (its ``eps1`` defaults to the dtype's

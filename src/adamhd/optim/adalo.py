@@ -170,8 +170,9 @@ class AdaLo(CheckedOptimizer):
         if from_scaler and bool(self.found_inf):
             return loss  # GradScaler found inf/NaN: skip, changing nothing
         grad_scale = getattr(self, "grad_scale", None) if from_scaler else None
-        value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss), dtype=torch.float64)
-        level = loss_level(value.to(torch.float64))
+        if not isinstance(loss, Tensor):
+            loss = torch.tensor(float(loss), dtype=torch.float64)
+        level = loss_level(loss.detach().to(torch.float64))
         for group in self.param_groups:
             params = self.params_with_grad(group)
             for p in params:
