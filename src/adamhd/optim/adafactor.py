@@ -87,8 +87,13 @@ def inverse_sqrt_factored(row: Tensor, col: Tensor) -> Tensor:
     last; where that ratio leaves the normal float range (it overflows long before its square
     root would), ``rsqrt(R/mean(R)) * rsqrt(C)`` instead."""
     mean = _mean(row, -1).unsqueeze(-1)
-    inverse_v = (mean / row).unsqueeze(-1) / col.unsqueeze(-2)
-    info = torch.finfo(inverse_v.dtype)
+    ratio = mean / row
+    info = torch.finfo(ratio.dtype)
+    if row.numel() and col.numel():  # bounds from the factors: O(n + m), not O(n m)
+        high, low = ratio.max() / col.min(), ratio.min() / col.max()
+        if bool((high <= info.max) & (low >= info.tiny)):
+            return (ratio.unsqueeze(-1) / col.unsqueeze(-2)).sqrt_()
+    inverse_v = ratio.unsqueeze(-1) / col.unsqueeze(-2)
     in_range = (inverse_v >= info.tiny) & (inverse_v <= info.max)
     fallback = (row / mean).rsqrt().unsqueeze(-1) * col.rsqrt().unsqueeze(-2)
     return torch.where(in_range, inverse_v.sqrt_(), fallback)
@@ -109,11 +114,11 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: AdafactorHyper) -> N
         v = state["exp_avg_sq"]
         v.lerp_(g2.to(v.dtype), one_minus_beta2)
         update = v.to(g2.dtype).rsqrt().mul_(g)
-    update.div_((rms(update) / h.d).clamp_(min=1.0))
+    clip = (rms(update) / h.d).clamp_(min=1.0)
     alpha = rho * rms(p.to(update.dtype)).clamp(min=h.eps2) if h.scale_parameter else rho
     if h.weight_decay != 0.0:
         p.mul_(1.0 - h.lr * h.weight_decay)
-    p.sub_((update * alpha).to(p.dtype))
+    p.addcmul_(update.to(p.dtype), -alpha / clip)
 
 
 def adafactor(
