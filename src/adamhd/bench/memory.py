@@ -113,7 +113,8 @@ def format_table(rows: list[Row], numel: int | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adamhd bench memory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="adamhd bench memory",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer")
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=4)
