@@ -3,12 +3,26 @@
 * ``AdamHD``: the optimizer, a drop-in for ``torch.optim.AdamW``.
 * ``param_groups``: the usual decayed / exempt split of a model's parameters.
 * ``adamhd.decay``: the decay rule and its threshold (the paper's math, in one place).
+* ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
+  ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 """
 
 from adamhd.decay import HuberDecay
+from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.groups import param_groups
+from adamhd.optim import SGDW, AdafactorHD, MuonHD, NAdamHD, RAdamHD
 from adamhd.optimizer import AdamHD
 
-__all__ = ["AdamHD", "HuberDecay", "param_groups"]
+__all__ = [
+    "SGDW",
+    "AdafactorHD",
+    "AdamHD",
+    "HuberDecay",
+    "MuonHD",
+    "NAdamHD",
+    "RAdamHD",
+    "param_groups",
+    "with_decoupled_decay",
+]
 __version__ = "0.1.0"
