@@ -208,8 +208,8 @@ def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:
     foreach = group.get("foreach")
     if foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    first = params[0]
-    return bool(foreach) and all(p.device == first.device and p.dtype == first.dtype for p in params)
+    kinds = {(p.device, p.dtype) for p in params}
+    return bool(foreach) and len(kinds) == 1
 
 
 def _default_weight_decay(sig: inspect.Signature) -> float:

@@ -79,7 +79,7 @@ class MomentumSGD(Optimizer):
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(p)
                 bufs.append(state["momentum_buffer"])
             _momentum_step(params, grads, bufs, lr, momentum, foreach)
         return loss
