@@ -3,22 +3,44 @@
 * ``AdamHD``: the optimizer, a drop-in for ``torch.optim.AdamW``.
 * ``param_groups``: the usual decayed / exempt split of a model's parameters.
 * ``adamhd.decay``: the decay rule and its threshold (the paper's math, in one place).
+* ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
+  ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
+* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
+  (docs/optimizers.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 """
 
 from adamhd.decay import HuberDecay
+from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.groups import param_groups
-from adamhd.optim import NSGDA, SM3, SMMF, Adafactor, AdaLo
+from adamhd.optim import (
+    NSGDA,
+    SGDW,
+    SM3,
+    SMMF,
+    Adafactor,
+    AdafactorHD,
+    AdaLo,
+    MuonHD,
+    NAdamHD,
+    RAdamHD,
+)
 from adamhd.optimizer import AdamHD
 
 __all__ = [
     "NSGDA",
+    "SGDW",
     "SM3",
     "SMMF",
     "AdaLo",
     "Adafactor",
+    "AdafactorHD",
     "AdamHD",
     "HuberDecay",
+    "MuonHD",
+    "NAdamHD",
+    "RAdamHD",
     "param_groups",
+    "with_decoupled_decay",
 ]
 __version__ = "0.1.0"

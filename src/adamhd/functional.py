@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value, _stack_if_compiling
 
-from adamhd.decay import HuberDecay
-from adamhd.distributed import any_dtensor, global_mean_abs
+from adamhd.decay import DecayRule
+from adamhd.distributed import any_dtensor, global_mean_abs, whole_mean_abs
 
 __all__ = ["adamhd"]
 
@@ -36,7 +36,7 @@ def adamhd(
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
     *,
-    decay: HuberDecay,
+    decay: DecayRule,
     amsgrad: bool,
     beta1: float,
     beta2: float,
@@ -91,7 +91,7 @@ def _single_tensor_adamhd(
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
     *,
-    decay: HuberDecay,
+    decay: DecayRule,
     amsgrad: bool,
     beta1: float,
     beta2: float,
@@ -111,7 +111,8 @@ def _single_tensor_adamhd(
     decays = weight_decay != 0
     if decays:
         # All thresholds before any tensor changes: one all-reduce for sharded (DTensor) params.
-        all_thresholds = decay.thresholds(params, delta_mus, foreach=False)
+        abs_means = whole_mean_abs(params) if decay.adaptive else None
+        all_thresholds = decay.thresholds(params, delta_mus, foreach=False, abs_means=abs_means)
 
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
@@ -174,7 +175,7 @@ def _multi_tensor_adamhd(
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
     *,
-    decay: HuberDecay,
+    decay: DecayRule,
     amsgrad: bool,
     beta1: float,
     beta2: float,
@@ -303,7 +304,7 @@ def _multi_tensor_adamhd(
             decay.apply_(device_params, tau, thresholds, foreach=True)
 
 
-def _fused_adam_ok(decay: HuberDecay, dtype: torch.dtype) -> bool:
+def _fused_adam_ok(decay: DecayRule, dtype: torch.dtype) -> bool:
     """Whether the foreach path may use torch's fused Adam kernel for this group.
 
     Not for ``delta=inf`` (that must stay bit-identical to torch's foreach AdamW), nor under

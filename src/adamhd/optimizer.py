@@ -16,8 +16,8 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
 
 from adamhd import kernels
-from adamhd.decay import DECAY_FORMS, HuberDecay, mu_dtype, whole_mean_abs
-from adamhd.distributed import any_dtensor, fused_dtensor_reason
+from adamhd.decay import check_decay_options, mu_dtype, rule_from_group
+from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.functional import adamhd
 
 __all__ = ["AdamHD"]
@@ -57,31 +57,7 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: eps={eps} (must be >= 0)")
-    weight_decay = group["weight_decay"]
-    if not isinstance(weight_decay, (int, float)) or not weight_decay >= 0.0 or math.isinf(
-        weight_decay
-    ):
-        raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay} (must be >= 0)")
-
-    delta = group["delta"]
-    if isinstance(delta, str):
-        if delta != "adaptive":
-            raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
-    elif isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0.0:
-        raise ValueError(
-            f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
-        )
-
-    delta_scale = group["delta_scale"]
-    if not isinstance(delta_scale, (int, float)) or not 0.0 < delta_scale < math.inf:
-        raise ValueError(f"Invalid delta_scale: delta_scale={delta_scale} (must be finite and > 0)")
-    delta_beta = group["delta_beta"]
-    if not isinstance(delta_beta, (int, float)) or not 0.0 <= delta_beta < 1.0:
-        raise ValueError(f"Invalid delta_beta: delta_beta={delta_beta} (need 0 <= delta_beta < 1)")
-    if group["decay_form"] not in DECAY_FORMS:
-        raise ValueError(
-            f"Invalid decay_form: {group['decay_form']!r} (one of {', '.join(DECAY_FORMS)})"
-        )
+    check_decay_options(group)
 
 
 class AdamHD(Optimizer):
@@ -300,12 +276,7 @@ class AdamHD(Optimizer):
             path = self._select_path(group, params)
             self._paths[index] = path
             beta1, beta2 = group["betas"]
-            decay = HuberDecay(
-                delta=group["delta"],
-                delta_scale=group["delta_scale"],
-                delta_beta=group["delta_beta"],
-                form=group["decay_form"],
-            )
+            decay = rule_from_group(group)
             adamhd(
                 params,
                 grads,

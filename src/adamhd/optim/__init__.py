@@ -1,14 +1,26 @@
-"""Optimizers other than AdamHD: the survey's (arXiv ids in each module) and their math.
-
-Each module keeps the math in one plain function (``nsgda``, ``adalo``, ``adafactor``, ``smmf``,
-``sm3``) and a thin ``torch.optim.Optimizer`` class that validates and holds state. See
-docs/optimizers.md.
+"""Optimizers other than ``AdamHD``: SGDW and the Huber-decay presets of torch's optimizers, and
+the survey's optimizers (NSGDA, AdaLo, Adafactor, SMMF, SM3; see docs/optimizers.md). Each of the
+latter keeps its math in one plain function and a thin class that validates and holds state.
 """
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
 from adamhd.optim.nsgda import NSGDA
+from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
+from adamhd.optim.sgdw import SGDW, MomentumSGD
 from adamhd.optim.sm3 import SM3
 from adamhd.optim.smmf import SMMF
 
-__all__ = ["SM3", "SMMF", "AdaLo", "Adafactor", "NSGDA"]
+__all__ = [
+    "NSGDA",
+    "SGDW",
+    "SM3",
+    "SMMF",
+    "AdaLo",
+    "Adafactor",
+    "AdafactorHD",
+    "MomentumSGD",
+    "MuonHD",
+    "NAdamHD",
+    "RAdamHD",
+]
