@@ -11,9 +11,10 @@ import torch
 F64 = torch.float64
 
 
-def nsgda(p, grads, lr, momentum, eps, weight_decay=0.0):
+def nsgda(p, grads, lr, momentum, eps, weight_decay=0.0, decay=None):
     p, m = p.to(F64).clone(), torch.zeros_like(p, dtype=F64)
     for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
         m = momentum * m + (1 - momentum) * g.to(F64)
         m_hat = m / (1 - momentum**t)
         p = p * (1 - lr * weight_decay)
@@ -21,9 +22,10 @@ def nsgda(p, grads, lr, momentum, eps, weight_decay=0.0):
     return p, {"momentum_buffer": m}
 
 
-def adalo(p, grads, losses, lr, beta1, beta2, kappa, eps, weight_decay, mode):
+def adalo(p, grads, losses, lr, beta1, beta2, kappa, eps, weight_decay, mode, decay=None):
     p, m, e = p.to(F64).clone(), torch.zeros_like(p, dtype=F64), 0.0
     for g, loss in zip(grads, losses):
+        p = decay(p) if decay else p
         m = beta1 * m + (1 - beta1) * g.to(F64)
         level = (math.tanh(-math.log1p(loss) / 2) + 1) / 2
         e = beta2 * e + (1 - beta2) * level
@@ -38,7 +40,7 @@ def _rms(x):
 
 
 def adafactor(p, grads, lr=1e-2, eps1=1e-30, eps2=1e-3, d=1.0, decay_rate=-0.8,
-              relative_step=True, scale_parameter=True, weight_decay=0.0):
+              relative_step=True, scale_parameter=True, weight_decay=0.0, decay=None):
     """The paper's Algorithm with row/column *sums* (R 1_m, 1_n^T C) and V = R C / (1^T R)."""
     p = p.to(F64).clone()
     factored = p.dim() >= 2
@@ -46,6 +48,7 @@ def adafactor(p, grads, lr=1e-2, eps1=1e-30, eps2=1e-3, d=1.0, decay_rate=-0.8,
     c = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=F64) if factored else None
     v = None if factored else torch.zeros_like(p, dtype=F64)
     for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
         g = g.to(F64)
         b2 = 1 - t**decay_rate
         rho = min(lr, 1 / math.sqrt(t)) if relative_step else lr
@@ -81,13 +84,14 @@ def _factor(a):
 
 
 def smmf(p, grads, lr=1e-3, beta=0.9, eps=1e-8, decay_rate=-0.5, growth_rate=0.999,
-         weight_decay=0.0):
+         weight_decay=0.0, decay=None):
     shape = _square(p.numel())
     p = p.to(F64).clone()
     sign = torch.ones(shape, dtype=torch.bool)
     rm, cm = torch.zeros(shape[0], dtype=F64), torch.zeros(shape[1], dtype=F64)
     rv, cv = rm.clone(), cm.clone()
     for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
         g = g.to(F64).reshape(shape)
         m = torch.where(sign, 1.0, -1.0) * torch.outer(rm, cm)
         v = torch.outer(rv, cv)
@@ -100,7 +104,7 @@ def smmf(p, grads, lr=1e-3, beta=0.9, eps=1e-8, decay_rate=-0.5, growth_rate=0.9
     return p, {"row_m": rm, "col_m": cm, "row_v": rv, "col_v": cv, "sign": sign}
 
 
-def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0):
+def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0, decay=None):
     """SM3-II by brute force over index tuples: nu(i) = min_d acc_d[i_d] + g(i)^2."""
     p = p.to(F64).clone()
     shape = tuple(p.shape)
@@ -108,6 +112,7 @@ def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0):
     full = None if covers else torch.zeros(shape, dtype=F64)
     m = torch.zeros(shape, dtype=F64)
     for g in grads:
+        p = decay(p) if decay else p
         g = g.to(F64)
         if covers:
             nu = torch.empty(shape, dtype=F64)
@@ -125,3 +130,20 @@ def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0):
         m = momentum * m + (1 - momentum) * u if momentum else u
         p = p * (1 - lr * weight_decay) - lr * m
     return p, {"covers": covers, "full": full}
+
+
+def huber_explicit(tau, delta=None, scale=1.5, beta=0.99):
+    """The explicit Huber rule ``p - tau*clip(p, -d, d)`` as a pre-step hook. ``delta=None``: the
+    adaptive ``d = scale*mu``, ``mu_1 = mean|p_1|``, ``mu = lerp(mu, mean|p|, 1-beta)``."""
+    mu = []
+
+    def hook(p):
+        if delta is not None:
+            d = delta
+        else:
+            a = float(p.abs().mean())
+            mu.append(a if not mu else beta * mu[-1] + (1 - beta) * a)
+            d = scale * mu[-1]
+        return p - tau * p.clamp(-d, d)
+
+    return hook

@@ -115,15 +115,26 @@ class _DecoupledDecay:
         super().add_param_group(param_group)  # type: ignore[misc]
         remember_initial_lr(self.param_groups[-1])
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure``, decay, run the base step (with ``weight_decay=0``), decay."""
-        loss = None
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Evaluate ``closure``, decay, run the base step (with ``weight_decay=0``), decay.
+
+        Bases whose ``step`` takes the loss (``adamhd.AdaLo``) get ``loss=`` (the closure's, or
+        the one given here); other keyword arguments are refused before anything changes."""
+        loss = kwargs.pop("loss", None)
+        takes_loss = "loss" in inspect.signature(self._decay_base.step).parameters
+        if kwargs or (loss is not None and not takes_loss):
+            extra = sorted(kwargs) if kwargs else ["loss"]
+            raise TypeError(f"{type(self).__name__}.step() got unexpected arguments {extra}")
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if loss is None and getattr(self, "_step_requires_loss", False):
+            raise ValueError(f"{self._decay_base.__name__} needs the loss: step(closure) or "
+                             "step(loss=loss)")
+        base_kwargs = {"loss": loss} if takes_loss and loss is not None else {}
         if _skipped_by_grad_scaler(self):
             with _base_weight_decay_off(self.param_groups):
-                self._base_step()
+                self._base_step(**base_kwargs)
             return loss
         coefficients = [group_decay_coefficient(g) for g in self.param_groups]  # may raise
         with torch.no_grad():
@@ -135,7 +146,7 @@ class _DecoupledDecay:
                 elif plan.rule.before_update:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
         with _base_weight_decay_off(self.param_groups):
-            self._base_step()
+            self._base_step(**base_kwargs)
         with torch.no_grad():
             for plan in plans:
                 for p, mu in plan.new_mus.items():
@@ -146,13 +157,13 @@ class _DecoupledDecay:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
         return loss
 
-    def _base_step(self) -> None:
+    def _base_step(self, **kwargs: Any) -> None:
         """The base class's own ``step`` without torch's step hooks (they run once, around this
         class's ``step``)."""
         step = self._decay_base.step
         while getattr(step, "hooked", False):
             step = step.__wrapped__
-        step(self)
+        step(self, **kwargs)
 
     def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
         """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no

@@ -111,6 +111,7 @@ class AdaLo(CheckedOptimizer):
     name = "AdaLo"
     stat_keys = ("loss_ema",)
     _step_supports_amp_scaling = True  # unscales and skips inf steps itself (see module doc)
+    _step_requires_loss = True  # with_decoupled_decay(AdaLo) checks this before it decays
 
     def __init__(
         self,
@@ -164,11 +165,11 @@ class AdaLo(CheckedOptimizer):
                 return scaler.step(self, loss=loss)
         elif scaler is not None:
             raise ValueError("scaler= is for the closure case; otherwise use scaler.step(opt)")
+        if from_scaler and bool(self.found_inf):
+            return loss  # GradScaler found inf/NaN: skip, changing nothing
         if loss is None:
             raise ValueError("AdaLo needs the loss: call step(closure) or step(loss=loss)")
         self.check_grads()
-        if from_scaler and bool(self.found_inf):
-            return loss  # GradScaler found inf/NaN: skip, changing nothing
         grad_scale = getattr(self, "grad_scale", None) if from_scaler else None
         if not isinstance(loss, Tensor):
             loss = torch.tensor(float(loss), dtype=torch.float64)
