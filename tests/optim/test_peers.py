@@ -100,3 +100,13 @@ def test_smmf_state_is_far_below_adamw():
     assert opt.state[p]["sign"].dtype == torch.uint8
     assert nbytes / p.numel() == pytest.approx(1 / 8 + 4 * 4 * 1024 / p.numel(), rel=1e-3)
     assert math.isclose(nbytes / p.numel(), 0.1406, rel_tol=1e-3)
+
+
+def test_sign_packing_layout_and_round_trip():
+    from adamhd.optim.smmf import pack_signs, unpack_signs
+
+    flags = torch.tensor([1, 1, 1, 0, 0, 1, 0, 1, 1], dtype=torch.bool)
+    assert pack_signs(flags).tolist() == [0b10100111, 0b1]  # flag 8*i + j is bit j of byte i
+    for n in (0, 1, 8, 13, 1000):
+        x = torch.rand(n, generator=torch.Generator().manual_seed(n)) > 0.5
+        assert torch.equal(unpack_signs(pack_signs(x), n), x)

@@ -49,7 +49,7 @@ from adamhd.optim._base import (
 
 __all__ = ["SMMF", "SMMFHyper", "nnmf", "pack_signs", "smmf", "square_shape", "unpack_signs"]
 
-_BITS = 2 ** torch.arange(8, dtype=torch.uint8)
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,22 @@ def square_shape(n: int) -> tuple[int, int]:
 
 
 def pack_signs(nonneg: Tensor) -> Tensor:
-    """A flat bool tensor as uint8, 8 flags per byte (zero-padded)."""
+    """A bool tensor, flattened, as uint8: flag ``8*i + j`` is bit ``j`` of byte ``i``."""
     flat = nonneg.reshape(-1)
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    bits = _BITS.to(flat.device)
-    return (flat.view(-1, 8).to(torch.uint8) * bits).sum(1, dtype=torch.uint8)
+    flags = flat.view(torch.uint8).view(-1, 8)
+    packed = flags[:, 0].clone()
+    for j in range(1, 8):
+        packed |= flags[:, j] << j
+    return packed
 
 
 def unpack_signs(packed: Tensor, n: int) -> Tensor:
     """Inverse of ``pack_signs``: the first ``n`` flags as a bool tensor."""
-    bits = _BITS.to(packed.device)
-    return (packed.unsqueeze(1) & bits).ne(0).reshape(-1)[:n]
+    flags = (packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1
+    return flags.view(torch.bool).reshape(-1)[:n]
 
 
 def nnmf(a: Tensor) -> tuple[Tensor, Tensor]:
