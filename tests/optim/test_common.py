@@ -166,3 +166,26 @@ def test_dtensor_params_are_rejected_clearly(name, monkeypatch):
     monkeypatch.setattr(base, "is_dtensor", lambda t: t is p)
     with pytest.raises(RuntimeError, match="DTensor"):
         make(name, [p])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradscaler_skipped_step_changes_nothing(name):
+    from adamhd import AdaLo
+
+    params = tensors()
+    opt = make(name, params)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    kwargs = {"loss": 1.0} if isinstance(opt, AdaLo) else {}
+    for t in range(2):
+        scaler.scale(torch.zeros(()))  # GradScaler's scale tensor is made lazily here
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(t)) * 8.0
+        if t == 1:
+            params[0].grad[0, 0] = math.nan
+            before = common.snapshot(params, opt)
+        scaler.step(opt, **kwargs)
+        scaler.update()
+    assert scaler.get_scale() == 4.0
+    after = common.snapshot(params, opt)
+    assert all(torch.equal(a, b) for a, b in zip(after[0], before[0]))
+    common.assert_state_equal(after[1]["state"], before[1]["state"])

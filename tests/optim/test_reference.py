@@ -150,3 +150,19 @@ def test_nsgda_foreach_equals_single_path_bit_for_bit():
                                  for i, p in enumerate(params)])
         out.append([p.detach() for p in params])
     assert all(torch.equal(a, b) for a, b in zip(*out))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.sampled_from([(3, 4), (2, 2, 3), (5,), (1, 6), (7, 1)]), seed=st.integers(0, 2**16),
+    log_scale=st.floats(-12.0, 6.0), name=st.sampled_from(["adafactor", "smmf", "sm3"]),
+)
+def test_factored_optimizers_hypothesis(shape, seed, log_scale, name):
+    """Gradients from 1e-12 to 1e6 in scale, thin and wide matrices."""
+    cls, kwargs = common.CASES[name]
+    grads = [g * 10.0**log_scale for g in common.grads_for(shape, 3, seed)]
+    p0 = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    p = p0.clone().requires_grad_()
+    common.run(cls([p], **kwargs), [p], [grads])
+    torch.testing.assert_close(p.detach(), _ref(name, p0, grads, kwargs)[0], rtol=1e-10,
+                               atol=1e-12)
