@@ -56,7 +56,7 @@ __all__ = [
 
 
 def centralize(params: Params) -> None:
-    """``g <- g - mean(g over all dims but 0)`` for gradients with ``dim > 1`` (arXiv 2004.01461)."""
+    """``g <- g - mean(g over all dims but 0)`` for gradients of ``dim > 1`` (arXiv 2004.01461)."""
     transform_grads(Centralize(), params)
 
 

@@ -144,7 +144,7 @@ def with_grads(params: Tensor | Iterable[Tensor]) -> list[Tensor]:
 
 @torch.no_grad()
 def transform_grads(transform: GradTransform, params: Tensor | Iterable[Tensor]) -> None:
-    """Apply ``transform`` in place to the ``.grad`` of every parameter in ``params`` that has one."""
+    """Apply ``transform`` in place to ``p.grad`` of each parameter in ``params`` that has one."""
     params = with_grads(params)
     per_param = [transform.requests(p, p.grad) for p in params]
     stats = iter(statistics([r for reqs in per_param for r in reqs]))
