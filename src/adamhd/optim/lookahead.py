@@ -23,8 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adamhd.distributed import is_dtensor
+
 SLOW = "lookahead_slow"
 COUNT = "lookahead_step"
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
 class Lookahead(torch.optim.Optimizer):
@@ -82,9 +88,11 @@ class Lookahead(torch.optim.Optimizer):
     def _sync(self, params: list[Tensor]) -> None:
         if not params:
             return
-        slow = [self.state[p][SLOW] for p in params]
-        torch._foreach_lerp_(slow, [p.detach() for p in params], self.alpha)
-        torch._foreach_copy_([p.detach() for p in params], slow)
+        # elementwise, so DTensors (FSDP2) sync shard by shard on their local tensors
+        slow = [_local(self.state[p][SLOW]) for p in params]
+        fast = [_local(p.detach()) for p in params]
+        torch._foreach_lerp_(slow, fast, self.alpha)
+        torch._foreach_copy_(fast, slow)
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's ``state_dict`` with each parameter's slow weights added to its
