@@ -257,3 +257,17 @@ def test_equals_pytorch_optimizer_lookahead():
     train(ref_model, theirs, range(7))
     for a, b in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_deepcopy_keeps_the_wrapper_and_trains_the_same():
+    model = make_model()
+    opt = Lookahead(torch.optim.AdamW(model.parameters(), lr=0.05), k=2, alpha=0.8)
+    train(model, opt, range(3))
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert (opt2.k, opt2.alpha) == (2, 0.8) and opt2.param_groups is opt2.optimizer.param_groups
+    assert opt2.param_groups[0]["params"][0] is next(model2.parameters())
+    train(model, opt, range(3, 6))
+    train(model2, opt2, range(3, 6))
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    assert_same_state(opt, opt2)

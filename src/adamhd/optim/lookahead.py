@@ -137,5 +137,8 @@ class Lookahead(torch.optim.Optimizer):
             for p, value in slow.items():
                 self.state[p][SLOW].copy_(value)
 
+    def __getstate__(self) -> dict[str, Any]:  # torch's keeps only defaults/state/groups
+        return dict(self.__dict__)
+
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.optimizer!r})"
