@@ -8,11 +8,16 @@
 * The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
   (docs/optimizers.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
+* ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
+* ``Lookahead``: k steps forward, 1 step back, around any optimizer.
+* ``soft_median``: a soft median of per-sample losses.
 """
 
+from adamhd import transforms
 from adamhd.decay import HuberDecay
 from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.groups import param_groups
+from adamhd.losses import soft_median
 from adamhd.optim import (
     NSGDA,
     SGDW,
@@ -21,6 +26,7 @@ from adamhd.optim import (
     Adafactor,
     AdafactorHD,
     AdaLo,
+    Lookahead,
     MuonHD,
     NAdamHD,
     RAdamHD,
@@ -37,10 +43,13 @@ __all__ = [
     "AdafactorHD",
     "AdamHD",
     "HuberDecay",
+    "Lookahead",
     "MuonHD",
     "NAdamHD",
     "RAdamHD",
     "param_groups",
+    "soft_median",
+    "transforms",
     "with_decoupled_decay",
 ]
 __version__ = "0.1.0"

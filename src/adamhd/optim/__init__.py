@@ -1,10 +1,11 @@
-"""Optimizers other than ``AdamHD``: SGDW and the Huber-decay presets of torch's optimizers, and
-the survey's optimizers (NSGDA, AdaLo, Adafactor, SMMF, SM3; see docs/optimizers.md). Each of the
-latter keeps its math in one plain function and a thin class that validates and holds state.
+"""Optimizers other than ``AdamHD`` and optimizer wrappers: SGDW and the Huber-decay presets of
+torch's optimizers, Lookahead, and the survey's optimizers (NSGDA, AdaLo, Adafactor, SMMF, SM3;
+see docs/optimizers.md), each of the latter one plain math function and a thin class.
 """
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
+from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
 from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
 from adamhd.optim.sgdw import SGDW, MomentumSGD
@@ -19,6 +20,7 @@ __all__ = [
     "AdaLo",
     "Adafactor",
     "AdafactorHD",
+    "Lookahead",
     "MomentumSGD",
     "MuonHD",
     "NAdamHD",
