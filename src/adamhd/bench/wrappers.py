@@ -10,8 +10,10 @@ matrices, so Muon can take them; fixed gradients):
 Contenders are interleaved: each round times one step of each, in an order rotated every round,
 after ``warmup`` untimed steps. The ratio is the median over rounds of ``contender / base`` (the
 two steps of a round run back to back, so a machine that slows down for a while, as a shared one
-does, affects both): 1.10 means the decay adds 10% to the base step. Run ``python -m adamhd.bench.wrappers --help`` or
-``run(...)`` from Python; ``main(argv)`` prints the table.
+does, affects both): 1.10 means the decay adds 10% to the base step.
+
+Run ``python -m adamhd.bench.wrappers --help``, or ``run(...)`` from Python; ``main(argv)``
+prints the table.
 """
 
 from __future__ import annotations
