@@ -503,3 +503,7 @@ def test_bad_base_arguments_name_the_class():
         with_decoupled_decay(torch.optim.Adam)(make_params([(2,)]), lr=1e-3, betaz=(0.9, 0.9))
     with pytest.raises(TypeError, match="multiple values"):
         with_decoupled_decay(torch.optim.Adam)(make_params([(2,)]), 1e-3, lr=1e-3)
+    with pytest.raises(TypeError, match="multiple values for 'weight_decay'"):
+        with_decoupled_decay(torch.optim.Adam)(
+            make_params([(2,)]), 1e-3, (0.9, 0.999), 1e-8, 0.1, weight_decay=0.2
+        )

@@ -8,9 +8,12 @@ matrices, so Muon can take them; fixed gradients):
 * ``cautious``: the same with ``cautious_decay=True`` (it keeps a copy of ``p_t`` for the mask).
 
 Contenders are interleaved: each round times one step of each, in an order rotated every round,
-after ``warmup`` untimed steps. The ratio is ``median(contender) / median(base)``: 1.10 means the
-decay adds 10% to the base step. Run ``python -m adamhd.bench.wrappers --help`` or
-``run(...)`` from Python; ``main(argv)`` prints the table.
+after ``warmup`` untimed steps. The ratio is the median over rounds of ``contender / base`` (the
+two steps of a round run back to back, so a machine that slows down for a while, as a shared one
+does, affects both): 1.10 means the decay adds 10% to the base step.
+
+Run ``python -m adamhd.bench.wrappers --help``, or ``run(...)`` from Python; ``main(argv)``
+prints the table.
 """
 
 from __future__ import annotations
@@ -93,9 +96,12 @@ def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int
             start = time.perf_counter()
             opts[v].step()
             times[v].append(time.perf_counter() - start)
-    med = {v: statistics.median(t) for v, t in times.items()}
-    return Row(name, 1e3 * med["base"], med["huber"] / med["base"],
-               med["cautious"] / med["base"])
+    base_times = times["base"]
+
+    def ratio(v: str) -> float:  # paired: each round's step over the base step of that round
+        return statistics.median(t / b for t, b in zip(times[v], base_times))
+
+    return Row(name, 1e3 * statistics.median(base_times), ratio("huber"), ratio("cautious"))
 
 
 def run(

@@ -62,7 +62,6 @@ __all__ = ["classes", "with_decoupled_decay"]
 DECAY_KEYS = ("weight_decay", *DECAY_DEFAULTS)
 FALLBACK_WEIGHT_DECAY = 1e-2  # AdamW's default, for bases whose own default is 0 or absent
 MU_KEY = "delta_mu"
-_UNSET: Any = object()
 
 
 @dataclass
@@ -92,6 +91,8 @@ class _DecoupledDecay:
         except TypeError as err:
             raise TypeError(f"{type(self).__name__}: {err}") from None
         if "weight_decay" in bound.arguments:  # given positionally: it is the decay coefficient
+            if "weight_decay" in options:
+                raise TypeError(f"{type(self).__name__}: multiple values for 'weight_decay'")
             options["weight_decay"] = bound.arguments.pop("weight_decay")
         defaults = {**DECAY_DEFAULTS, "weight_decay": _default_weight_decay(base_sig)}
         defaults.update(self._decay_overrides)
@@ -109,9 +110,9 @@ class _DecoupledDecay:
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         defaults = getattr(self, "_pending_decay_defaults", None) or self.defaults
-        for key in DECAY_KEYS:
-            param_group.setdefault(key, defaults[key])
-        check_decay_options({"lr": self.defaults.get("lr"), **param_group})
+        options = {key: param_group.get(key, defaults[key]) for key in DECAY_KEYS}
+        check_decay_options({"lr": self.defaults.get("lr"), **param_group, **options})
+        param_group.update(options)
         super().add_param_group(param_group)  # type: ignore[misc]
         remember_initial_lr(self.param_groups[-1])
 
