@@ -29,7 +29,9 @@ weights before the step)::
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
-  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported.
+  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
+  takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
+  a base that requires one (``_step_requires_loss``) raises before any decay when none is given.
 * Known difference: with ``decay="l2"`` on ``torch.optim.Adafactor`` the base computes its
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
