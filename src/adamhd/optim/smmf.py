@@ -81,10 +81,14 @@ def pack_signs(nonneg: Tensor) -> Tensor:
     return packed
 
 
+def _unpack_flags(packed: Tensor, n: int) -> Tensor:
+    """The first ``n`` flags of ``pack_signs`` as uint8 zeros and ones."""
+    return ((packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1).reshape(-1)[:n]
+
+
 def unpack_signs(packed: Tensor, n: int) -> Tensor:
     """Inverse of ``pack_signs``: the first ``n`` flags as a bool tensor."""
-    flags = (packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1
-    return flags.view(torch.bool).reshape(-1)[:n]
+    return _unpack_flags(packed, n).view(torch.bool)
 
 
 def nnmf(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,9 +106,8 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SMMFHyper) -> None:
     t = float(state["step"])
     shape = square_shape(p.numel())
     g = g.reshape(shape).to(stat_dtype(p))
-    sign = unpack_signs(state["sign"], p.numel()).reshape(shape)
-    m = torch.outer(state["row_m"], state["col_m"])
-    m = torch.where(sign, m, -m)
+    flags = _unpack_flags(state["sign"], p.numel()).reshape(shape).view(torch.int8)
+    m = torch.outer(state["row_m"], state["col_m"]).mul_(flags * 2 - 1)  # +1 where M >= 0
     v = torch.outer(state["row_v"], state["col_v"])
     beta_m = h.beta * h.growth_rate ** (t - 1.0)
     beta_v = 1.0 - t**h.decay_rate
