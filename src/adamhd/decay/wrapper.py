@@ -29,7 +29,8 @@ weights before the step)::
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
-  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported.
+  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Complex parameters and
+  ``differentiable=True`` are rejected at construction.
 * Known difference: with ``decay="l2"`` on ``torch.optim.Adafactor`` the base computes its
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
@@ -112,6 +113,7 @@ class _DecoupledDecay:
         defaults = getattr(self, "_pending_decay_defaults", None) or self.defaults
         options = {key: param_group.get(key, defaults[key]) for key in DECAY_KEYS}
         check_decay_options({"lr": self.defaults.get("lr"), **param_group, **options})
+        _check_real(param_group)
         param_group.update(options)
         super().add_param_group(param_group)  # type: ignore[misc]
         remember_initial_lr(self.param_groups[-1])
@@ -201,6 +203,21 @@ def _apply_cautious(plan: _GroupDecay) -> None:
         else:
             plan.rule.apply_([p], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
     plan.before = None
+
+
+def _check_real(param_group: dict[str, Any]) -> None:
+    """The rules clip real numbers: complex parameters are rejected (``ValueError``)."""
+    params = param_group["params"]
+    if isinstance(params, Tensor):
+        params = [params]
+    elif not isinstance(params, list | tuple):  # a generator: read it once, hand torch the list
+        if isinstance(params, set):
+            return  # torch's own error names this
+        params = param_group["params"] = list(params)
+    for item in params:
+        p = item[1] if isinstance(item, tuple) else item
+        if isinstance(p, Tensor) and torch.is_complex(p):
+            raise ValueError("with_decoupled_decay does not support complex parameters")
 
 
 def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:
