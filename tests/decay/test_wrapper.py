@@ -492,7 +492,7 @@ def test_complex_parameters_and_differentiable_are_rejected_at_construction():
     with pytest.raises(ValueError, match="complex"):
         W([z])
     with pytest.raises(ValueError, match="complex"):
-        W((p for p in [make_params([(2,)])[0], z]))
+        W(p for p in [make_params([(2,)])[0], z])
     with pytest.raises(ValueError, match="differentiable"):
         W(make_params([(2,)]), differentiable=True)
     named = W([("w", make_params([(2,)])[0])])  # named parameters pass through to torch
