@@ -2,7 +2,7 @@
 
 * ``AdamHD``: the optimizer, a drop-in for ``torch.optim.AdamW``.
 * ``param_groups``: the usual decayed / exempt split of a model's parameters.
-* ``adamhd.decay``: the decay rule and its threshold (the paper's math, in one place).
+* ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
 * ``Lookahead``: k steps forward, 1 step back, around any optimizer.

@@ -1,7 +1,7 @@
 """``AdamHD``: a drop-in ``torch.optim.AdamW`` with decoupled Huber decay.
 
 This class validates hyperparameters and holds state; the math is in ``adamhd.functional`` (Adam
-moments) and ``adamhd.decay`` (the Huber decay and its threshold).
+moments) and ``adamhd.decay`` (the decay rules, their threshold, strength and option checks).
 """
 
 from __future__ import annotations
