@@ -23,7 +23,8 @@ weights before the step)::
   for the groups with ``cautious_decay=True`` and takes ``u ∝ p_t - p_new``, the step the base
   really made (whatever its rule: Adam, a sign, an orthogonalised matrix, a relative step size).
   Cost: one weight-sized copy of those groups' weights during the step (4 bytes per fp32
-  parameter), plus a one-tensor temporary.
+  parameter), plus temporaries the size of one tensor (displacement, signs, mask) while each
+  tensor is decayed.
 * A step that GradScaler skips (inf/NaN gradients) applies no decay: GradScaler does not call
   ``step`` for most optimizers; bases that take ``grad_scale``/``found_inf`` themselves
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
