@@ -115,6 +115,9 @@ class AdamHD(Optimizer):
             the group's, set by an lr scheduler or else the lr at construction, which must be
             > 0).
 
+    A non-finite ``mean|p|`` (a NaN or inf weight) does not enter the adaptive EMA, so one bad
+    gradient element costs that element only, as in AdamW (``docs/decay.md``).
+
     The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
     without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are
     rejected with an error before anything changes.
