@@ -196,7 +196,7 @@ def _apply_cautious(plan: _GroupDecay) -> None:
     added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
     assert plan.before is not None
     for i, (p, p_t) in enumerate(zip(plan.params, plan.before)):
-        mask = plan.rule.masks([p_t - p], [p_t], foreach=False)
+        mask = plan.rule.masks([p_t - p], [p_t], foreach=True)  # 0/1 in p.dtype: no bool cast
         if plan.rule.before_update:
             p.sub_(p_t)
             plan.rule.apply_([p_t], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
