@@ -2,7 +2,7 @@
 
 * ``AdamHD``: the optimizer, a drop-in for ``torch.optim.AdamW``.
 * ``param_groups``: the usual decayed / exempt split of a model's parameters.
-* ``adamhd.decay``: the decay rule and its threshold (the paper's math, in one place).
+* ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
 * The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``

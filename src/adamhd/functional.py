@@ -6,9 +6,11 @@
 * ``_multi_tensor_adamhd``: ``torch._foreach_*`` ops over lists of tensors;
 * the fused kernels of ``adamhd.kernels`` (one pass over memory per tensor).
 
-The decay itself (Huber, explicit or proximal, fixed or adaptive threshold) lives in
-``adamhd.decay``; this module only decides *when* it is applied: before the Adam update for the
-explicit form (on the same ``p`` AdamW decays), after it for the proximal form.
+The decay itself (L2 or Huber, explicit or proximal, fixed or adaptive threshold, optionally
+cautious) lives in ``adamhd.decay``; this module only decides *when* it is applied: before the Adam
+update for the explicit form (on the same ``p`` AdamW decays), after it for the proximal form. A
+cautious rule needs the update's sign first, so its explicit form is applied after the moments,
+just before ``p -= lr*u``. The hyperparameters come in one record, ``adamhd.hyper.AdamStep``.
 """
 
 from __future__ import annotations

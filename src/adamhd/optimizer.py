@@ -1,7 +1,7 @@
 """``AdamHD``: a drop-in ``torch.optim.AdamW`` with decoupled Huber decay.
 
 This class validates hyperparameters and holds state; the math is in ``adamhd.functional`` (Adam
-moments) and ``adamhd.decay`` (the Huber decay and its threshold).
+moments) and ``adamhd.decay`` (the decay rules, their threshold, strength and option checks).
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ class AdamHD(Optimizer):
             (``tau = (lr_t/initial_lr)*weight_decay``, SGDW's ``eta_t*lambda``; ``initial_lr`` is
             the group's, set by an lr scheduler or else the lr at construction, which must be
             > 0).
+
+    A non-finite ``mean|p|`` (a NaN or inf weight) does not enter the adaptive EMA, so one bad
+    gradient element costs that element only, as in AdamW (``docs/decay.md``).
 
     The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
     without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are

@@ -486,6 +486,19 @@ def test_bad_options_raise_before_anything_changes(kwargs, match):
     assert len(opt.param_groups) == 1
 
 
+def test_complex_parameters_and_differentiable_are_rejected_at_construction():
+    W = with_decoupled_decay(torch.optim.Adam)
+    z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    with pytest.raises(ValueError, match="complex"):
+        W([z])
+    with pytest.raises(ValueError, match="complex"):
+        W(p for p in [make_params([(2,)])[0], z])
+    with pytest.raises(ValueError, match="differentiable"):
+        W(make_params([(2,)]), differentiable=True)
+    named = W([("w", make_params([(2,)])[0])])  # named parameters pass through to torch
+    assert len(named.param_groups[0]["params"]) == 1
+
+
 def test_schedule_with_unusable_initial_lr_raises_before_any_decay():
     W = with_decoupled_decay(torch.optim.SGD)
     a, b = make_params([(3,), (3,)])

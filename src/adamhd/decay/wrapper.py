@@ -23,7 +23,8 @@ weights before the step)::
   for the groups with ``cautious_decay=True`` and takes ``u ∝ p_t - p_new``, the step the base
   really made (whatever its rule: Adam, a sign, an orthogonalised matrix, a relative step size).
   Cost: one weight-sized copy of those groups' weights during the step (4 bytes per fp32
-  parameter), plus a one-tensor temporary.
+  parameter), plus temporaries the size of one tensor (displacement, signs, mask) while each
+  tensor is decayed.
 * A step that GradScaler skips (inf/NaN gradients) applies no decay: GradScaler does not call
   ``step`` for most optimizers; bases that take ``grad_scale``/``found_inf`` themselves
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
@@ -32,6 +33,7 @@ weights before the step)::
   so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
   takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
   a base that requires one (``_step_requires_loss``) raises before any decay when none is given.
+  Complex parameters and ``differentiable=True`` are rejected at construction.
 * Known difference: with ``decay="l2"`` on ``torch.optim.Adafactor`` the base computes its
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
@@ -114,6 +116,7 @@ class _DecoupledDecay:
         defaults = getattr(self, "_pending_decay_defaults", None) or self.defaults
         options = {key: param_group.get(key, defaults[key]) for key in DECAY_KEYS}
         check_decay_options({"lr": self.defaults.get("lr"), **param_group, **options})
+        _check_real(param_group)
         param_group.update(options)
         super().add_param_group(param_group)  # type: ignore[misc]
         remember_initial_lr(self.param_groups[-1])
@@ -206,7 +209,7 @@ def _apply_cautious(plan: _GroupDecay) -> None:
     added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
     assert plan.before is not None
     for i, (p, p_t) in enumerate(zip(plan.params, plan.before)):
-        mask = plan.rule.masks([p_t - p], [p_t], foreach=False)
+        mask = plan.rule.masks([p_t - p], [p_t], foreach=True)  # 0/1 in p.dtype: no bool cast
         if plan.rule.before_update:
             p.sub_(p_t)
             plan.rule.apply_([p_t], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
@@ -214,6 +217,21 @@ def _apply_cautious(plan: _GroupDecay) -> None:
         else:
             plan.rule.apply_([p], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
     plan.before = None
+
+
+def _check_real(param_group: dict[str, Any]) -> None:
+    """The rules clip real numbers: complex parameters are rejected (``ValueError``)."""
+    params = param_group["params"]
+    if isinstance(params, Tensor):
+        params = [params]
+    elif not isinstance(params, list | tuple):  # a generator: read it once, hand torch the list
+        if isinstance(params, set):
+            return  # torch's own error names this
+        params = param_group["params"] = list(params)
+    for item in params:
+        p = item[1] if isinstance(item, tuple) else item
+        if isinstance(p, Tensor) and torch.is_complex(p):
+            raise ValueError("with_decoupled_decay does not support complex parameters")
 
 
 def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:
