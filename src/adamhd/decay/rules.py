@@ -83,10 +83,11 @@ def clip(x: Tensor, d: Threshold, scale: float | Tensor = 1.0) -> Tensor:
 
 
 def cautious_mask(u: Tensor, p: Tensor) -> Tensor:
-    """``u * p >= 0`` as a boolean tensor, from the signs (a product of two tiny numbers of
-    opposite sign underflows to ``-0.0``, which ``>= 0`` would wrongly accept)."""
+    """``u * p >= 0`` as a boolean tensor, computed as ``sign(u) * p >= 0``: exact, where the
+    product ``u * p`` of two tiny numbers of opposite sign underflows to ``-0.0``, which
+    ``>= 0`` would wrongly accept."""
     with torch.no_grad():
-        return torch.sign(u).mul_(torch.sign(p)) >= 0
+        return torch.sign(u).mul_(p) >= 0
 
 
 def huber_explicit_(
