@@ -28,10 +28,13 @@ def results(tmp_path_factory) -> dict:
     path = os.pathsep.join([str(REPO / "src"), str(REPO)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "tests.distributed.transforms_worker", "--out", str(out)]
-    proc = subprocess.run(
-        [*cmd, "--port", str(free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
+    for _attempt in range(2):  # a free port can be taken by another job before the worker binds it
+        proc = subprocess.run(
+            [*cmd, "--port", str(free_port())],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+        )
+        if proc.returncode == 0 or "ddress already in use" not in proc.stderr + proc.stdout:
+            break
     if proc.returncode != 0:
         raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return torch.load(out / "results.pt", weights_only=False)
