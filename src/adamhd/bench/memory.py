@@ -112,27 +112,38 @@ def format_table(rows: list[Row], numel: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adamhd bench memory",
-                                     description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer")
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--only", default="", help="comma-separated optimizer names")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+        raise ValueError("--rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in args.only.split(",") if n] or None
+    unknown = sorted(set(names or []) - set(contenders()))
+    if unknown:
+        raise ValueError(f"--only: unknown optimizers {', '.join(unknown)} "
+                         f"(known: {', '.join(contenders())})")
     rows = run(args.rounds, names, n_embd=args.n_embd, n_layer=args.n_layer, vocab=args.vocab)
     numel = sum(p.numel() for p in gpt_params(args.n_embd, args.n_layer, args.vocab))
     print(f"GPT-like parameter set: {numel} parameters; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(format_table(rows))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adamhd bench memory",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -131,14 +131,25 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adamhd.bench.precision",
-                                     description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise ValueError(f"--cases: unknown {', '.join(unknown)} (known: {', '.join(CASES)})")
     torch.set_num_threads(1)
-    print(format_table(run([c for c in args.cases.split(",") if c])))
+    print(format_table(run(cases)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adamhd bench precision",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
