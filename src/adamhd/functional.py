@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_value, _stack_if_compiling
+from torch.optim.optimizer import _get_value, _stack_if_compiling, _to_scalar
 
 from adamhd.decay import HuberDecay
 from adamhd.distributed import any_dtensor, global_mean_abs
@@ -38,8 +38,8 @@ def adamhd(
     *,
     decay: HuberDecay,
     amsgrad: bool,
-    beta1: float,
-    beta2: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     lr: float | Tensor,
     weight_decay: float,
     eps: float,
@@ -55,12 +55,15 @@ def adamhd(
 
     ``delta_mus`` holds the adaptive threshold's EMA per tensor (empty for a fixed threshold).
     ``grad_scale``/``found_inf`` (from ``torch.amp.GradScaler``) are honoured by the fused path
-    only, as in torch.
+    only, as in torch. ``beta1``/``beta2`` may be 1-element Tensors (see ``AdamHD``).
     """
+    beta1, beta2 = _to_scalar(beta1), _to_scalar(beta2)
     if fused:
         from adamhd.kernels import fused_adamhd
 
         func = fused_adamhd
+        # the kernels take betas as numbers (torch's fused Adam reads Tensor betas the same way)
+        beta1, beta2 = _number(beta1), _number(beta2)
     else:
         if grad_scale is not None or found_inf is not None:
             raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
@@ -93,8 +96,8 @@ def _single_tensor_adamhd(
     *,
     decay: HuberDecay,
     amsgrad: bool,
-    beta1: float,
-    beta2: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     lr: float | Tensor,
     weight_decay: float,
     eps: float,
@@ -103,10 +106,7 @@ def _single_tensor_adamhd(
     differentiable: bool,
 ) -> None:
     tensor_math = capturable or differentiable
-    if not tensor_math:
-        lr = _get_value(lr)
-    elif isinstance(lr, Tensor) and lr.dim() != 0:
-        lr = lr.squeeze()
+    lr = _to_scalar(lr)  # a Tensor lr stays a 0-dim Tensor, as in torch's AdamW (same rounding)
     tau = lr * weight_decay
     decays = weight_decay != 0
     if decays:
@@ -128,7 +128,8 @@ def _single_tensor_adamhd(
             if decay.before_update:
                 decay.apply_([param], tau, thresholds, foreach=False)
 
-        exp_avg.lerp_(grad, 1 - beta1)
+        # a Tensor beta1 in the parameter's dtype and device, as torch does (pytorch#140601)
+        exp_avg.lerp_(grad, 1 - _like(beta1, param))
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
         if tensor_math:
@@ -176,8 +177,8 @@ def _multi_tensor_adamhd(
     *,
     decay: HuberDecay,
     amsgrad: bool,
-    beta1: float,
-    beta2: float,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
     lr: float | Tensor,
     weight_decay: float,
     eps: float,
@@ -266,9 +267,14 @@ def _multi_tensor_adamhd(
                 decay.apply_(device_params, tau, thresholds, foreach=True)
             continue
 
-        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - _on_device(beta1, device_params))
         torch._foreach_mul_(device_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
+        if isinstance(beta2, Tensor):  # _foreach_addcmul_ takes a number only (pytorch#139795)
+            scaled_grads = torch._foreach_mul(device_grads, 1 - beta2)
+            torch._foreach_addcmul_(device_exp_avg_sqs, scaled_grads, device_grads, 1.0)
+            del scaled_grads
+        else:
+            torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
         del device_grads
 
         if amsgrad:
@@ -301,6 +307,21 @@ def _multi_tensor_adamhd(
 
         if decays and not decay.before_update:
             decay.apply_(device_params, tau, thresholds, foreach=True)
+
+
+def _like(beta: float | Tensor, p: Tensor) -> float | Tensor:
+    return beta.to(device=p.device, dtype=p.dtype) if isinstance(beta, Tensor) else beta
+
+
+def _on_device(beta: float | Tensor, ps: list[Tensor]) -> float | Tensor:
+    """A Tensor beta on the group's device (torch keeps a CPU one where it is)."""
+    if isinstance(beta, Tensor) and not ps[0].is_cpu:
+        return beta.to(device=ps[0].device)
+    return beta
+
+
+def _number(x: float | Tensor) -> float:
+    return float(x) if isinstance(x, Tensor) else x
 
 
 def _fused_adam_ok(decay: HuberDecay, dtype: torch.dtype) -> bool:
