@@ -89,7 +89,7 @@ def probe(path: str) -> list[dict]:
         [sys.executable, "-m", "tests.core.bad_state_probe", path],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert done.returncode == 0, f"the probe process died ({done.returncode}): {done.stderr[-2000:]}"
+    assert done.returncode == 0, f"probe died ({done.returncode}): {done.stderr[-2000:]}"
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
@@ -106,7 +106,7 @@ def test_bad_state_is_refused_before_anything_changes(path):
         where = f"{r['name']} ({r['how']})"
         assert r["error"] == "StateError", where
         key = BAD[r["name"]][0]
-        assert f"param_groups[0]['params'][0]" in r["message"], where
+        assert "param_groups[0]['params'][0]" in r["message"], where
         assert f"'{key}'" in r["message"], where
         assert ("expected" in r["message"]) or ("missing" in r["message"]), where
         assert r["unchanged"], where
@@ -144,7 +144,8 @@ def test_step_checks_dtype_and_device_strictly():
     run(ps, opt, 1, seed=1)
     opt.state[ps[1]]["delta_mu"] = opt.state[ps[1]]["delta_mu"].to(torch.bfloat16)
     opt._state_checked = False  # as after construction or a load
-    with pytest.raises(StateError, match="'delta_mu' has dtype torch.bfloat16, expected torch.float32"):
+    bf16_mu = "'delta_mu' has dtype torch.bfloat16, expected torch.float32"
+    with pytest.raises(StateError, match=bf16_mu):
         opt.step()
     opt.state[ps[1]]["delta_mu"] = opt.state[ps[1]]["delta_mu"].float()
     opt.state[ps[0]]["exp_avg"] = opt.state[ps[0]]["exp_avg"].to("meta")
