@@ -45,16 +45,34 @@ def adamhd(
     fused: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    rule_states: list[dict[str, Tensor]] | None = None,
 ) -> None:
     """One AdamHD step over lists of tensors, updating ``params`` and the state lists in place.
 
     ``hyper``: the group's hyperparameters (``AdamStep.from_group``). ``delta_mus`` holds the
     adaptive threshold's EMA per tensor (empty for a fixed threshold). ``grad_scale``/``found_inf``
     (from ``torch.amp.GradScaler``) are honoured by the fused path only, as in torch.
-    ``hyper.beta1``/``beta2`` may be 0-dim Tensors (see ``AdamHD``).
+    ``hyper.beta1``/``beta2`` may be 0-dim Tensors (see ``AdamHD``). An update rule other than
+    plain Adam (``hyper.update``) runs in ``adamhd.functional_rules`` (``rule_states``: each
+    parameter's state dict, for the rules that keep state).
     """
+    if not hyper.update.plain and not fused:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
+        from adamhd.functional_rules import rules_adamhd
+
+        rules_adamhd(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, hyper,
+            rule_states or [{} for _ in params], foreach,
+        )
+        return
     if fused:
         from adamhd.kernels import fused_adamhd
+        from adamhd.optimizer import fused_update_reason
+
+        reason = fused_update_reason(hyper.update)
+        if reason is not None:
+            raise RuntimeError(f"fused step impossible: {reason}; use foreach or single")
 
         # the kernels take betas as numbers (torch's fused Adam reads Tensor betas the same way)
         hyper = dataclasses.replace(hyper, beta1=_number(hyper.beta1), beta2=_number(hyper.beta2))

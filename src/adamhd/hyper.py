@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim.optimizer import _to_scalar
 
 from adamhd.decay import DecayRule, group_decay_coefficient, rule_from_group
+from adamhd.update_rules import UpdateRule
 
 __all__ = ["AdamStep"]
 
@@ -37,6 +38,7 @@ class AdamStep:
     maximize: bool = False
     capturable: bool = False
     differentiable: bool = False
+    update: UpdateRule = UpdateRule()
 
     @property
     def decays(self) -> bool:
@@ -57,4 +59,5 @@ class AdamStep:
             maximize=group.get("maximize", False),
             capturable=group.get("capturable", False),
             differentiable=group.get("differentiable", False),
+            update=UpdateRule.from_group(group),
         )

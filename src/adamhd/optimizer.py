@@ -26,7 +26,8 @@ from adamhd.decay import (
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.functional import adamhd
 from adamhd.hyper import AdamStep
-from adamhd.state import ADAM_STATE, CheckedState, Entry
+from adamhd.state import ADAM_STATE, CheckedState, Entry, statistic_dtype
+from adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
 
 __all__ = ["AdamHD"]
 
@@ -62,12 +63,24 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps} (eps must be >= 0)")
     check_decay_options(group)
+    check_update_options(group)
+
+
+def fused_update_reason(update: UpdateRule) -> str | None:
+    """Why the fused kernels cannot run ``update`` (``None`` if they can): the kernels' own answer
+    where they declare one (``kernels.fused_update_reason``), else only plain Adam."""
+    declared = getattr(kernels, "fused_update_reason", None)
+    if declared is not None:
+        return declared(update)
+    return None if update.plain else f"the fused kernels do not implement {update.describe()}"
 
 
 def _check_fused_rule(group: dict[str, Any]) -> None:
-    """``fused=True`` with a decay rule the kernels lack: a clear error naming the option."""
+    """``fused=True`` with a decay or update rule the kernels lack: a clear error naming it."""
     if group.get("fused"):
-        reason = kernels.fused_rule_reason(rule_from_group(group))
+        reason = kernels.fused_rule_reason(rule_from_group(group)) or fused_update_reason(
+            UpdateRule.from_group(group)
+        )
         if reason is not None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
@@ -168,7 +181,12 @@ class AdamHD(CheckedState, Optimizer):
     changed); ``delta_mu`` stays float32 (float64 for float64 weights) for bf16/fp16 weights.
     """
 
-    state_spec = {**ADAM_STATE, "delta_mu": Entry(shape="scalar", dtype="statistic")}
+    state_spec = {
+        **ADAM_STATE,
+        "delta_mu": Entry(shape="scalar", dtype="statistic"),
+        "adanorm_e": Entry(shape="scalar", dtype="statistic"),
+        "prev_grad": Entry(),
+    }
 
     def __init__(
         self,
@@ -191,6 +209,14 @@ class AdamHD(CheckedState, Optimizer):
         decay: str = "huber",
         cautious_decay: bool = False,
         decay_scaling: str = "lr",
+        update: str = "adam",
+        atan2_a: float = 1.27,
+        atan2_b: float = 1.0,
+        softplus_beta: float = 50.0,
+        cautious: bool = False,
+        trust_ratio: bool = False,
+        adanorm: bool = False,
+        diffgrad: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -204,6 +230,14 @@ class AdamHD(CheckedState, Optimizer):
             decay=decay,
             cautious_decay=cautious_decay,
             decay_scaling=decay_scaling,
+            update=update,
+            atan2_a=atan2_a,
+            atan2_b=atan2_b,
+            softplus_beta=softplus_beta,
+            cautious=cautious,
+            trust_ratio=trust_ratio,
+            adanorm=adanorm,
+            diffgrad=diffgrad,
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
@@ -247,7 +281,7 @@ class AdamHD(CheckedState, Optimizer):
             group.setdefault("fused", None)
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
-            for key, value in DECAY_DEFAULTS.items():
+            for key, value in {**DECAY_DEFAULTS, **UPDATE_DEFAULTS}.items():
                 group.setdefault(key, value)
             on_device = group["capturable"] or group["fused"]
             for p in group["params"]:
@@ -275,6 +309,7 @@ class AdamHD(CheckedState, Optimizer):
         if (
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
+            and fused_update_reason(hyper.update) is None
             and not any_dtensor(params)
             and kernels.fused_is_default(params)
         ):
@@ -313,6 +348,7 @@ class AdamHD(CheckedState, Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._init_rule_state(group, p, state)
             if adaptive and "delta_mu" not in state:
                 fresh_mu.append(p)
             exp_avgs.append(state["exp_avg"])
@@ -326,6 +362,14 @@ class AdamHD(CheckedState, Optimizer):
             for p, a in zip(fresh_mu, whole_mean_abs(fresh_mu)):
                 self.state[p]["delta_mu"] = a.to(mu_dtype(p)).clone()
             delta_mus.extend(self.state[p]["delta_mu"] for p in params)
+
+    @staticmethod
+    def _init_rule_state(group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """AdaNorm's gradient-norm EMA (``e_0 = 0``) and diffGrad's previous gradient (zeros)."""
+        if group["adanorm"] and "adanorm_e" not in state:
+            state["adanorm_e"] = torch.zeros((), dtype=statistic_dtype(p), device=p.device)
+        if group["diffgrad"] and "prev_grad" not in state:
+            state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _check_before_step(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
@@ -387,5 +431,6 @@ class AdamHD(CheckedState, Optimizer):
                 fused=path == "fused",
                 grad_scale=getattr(self, "grad_scale", None) if path == "fused" else None,
                 found_inf=getattr(self, "found_inf", None) if path == "fused" else None,
+                rule_states=None if hyper.update.plain else [self.state[p] for p in params],
             )
         return loss
