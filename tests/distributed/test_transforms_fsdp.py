@@ -76,3 +76,12 @@ def test_lookahead_resume_under_fsdp_is_bit_exact(results):
     assert_close_dicts(got["resumed_weights"], got["weights"], exact=True)
     assert_close_dicts(got["resumed_slow"], got["slow"], exact=True)
     assert got["resumed_step"] == [common.STEPS] * 2
+
+
+def test_lookahead_dcp_resume_under_fsdp_is_bit_exact(results):
+    """get_state_dict/dcp.save after 2 steps; a fresh model and Lookahead (state created by
+    DCP's zero-gradient step) load it and continue: the same weights, slow weights, count."""
+    got = results["lookahead"]
+    assert_close_dicts(got["dcp_weights"], got["weights"], exact=True)
+    assert_close_dicts(got["dcp_slow"], got["slow"], exact=True)
+    assert got["dcp_step"] == [common.STEPS] * 2

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.utils._pytree import tree_map
@@ -43,12 +45,14 @@ def clone_tree(tree):
     return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tree)
 
 
-def lookahead_run(rank: int, world: int) -> dict:
+def lookahead_run(rank: int, world: int, out: Path) -> dict:
     data = common.batches()
     model = sharded_model()
     opt = tc.lookahead_optimizer(model)
     steps(model, opt, data[: tc.RESUME_AT], rank, world)
     saved_model, saved_opt = clone_tree(model.state_dict()), clone_tree(opt.state_dict())
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "lookahead_dcp"))
     steps(model, opt, data[tc.RESUME_AT :], rank, world)
     slow_types = {type(s[tc.SLOW_KEY]).__name__ for s in opt.state.values()}
 
@@ -57,7 +61,20 @@ def lookahead_run(rank: int, world: int) -> dict:
     resumed_opt = tc.lookahead_optimizer(resumed)
     resumed_opt.load_state_dict(saved_opt)
     steps(resumed, resumed_opt, data[tc.RESUME_AT :], rank, world)
+
+    # torch.distributed.checkpoint into a fresh model and Lookahead (DCP initialises its state)
+    fresh = sharded_model()
+    fresh_opt = tc.lookahead_optimizer(fresh)
+    msd, osd = get_state_dict(fresh, fresh_opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(out / "lookahead_dcp"))
+    set_state_dict(fresh, fresh_opt, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    steps(fresh, fresh_opt, data[tc.RESUME_AT :], rank, world)
     return {
+        "dcp_weights": common.weights(fresh),
+        "dcp_slow": tc.slow_weights(fresh, fresh_opt),
+        "dcp_step": [g["lookahead_step"] for g in fresh_opt.param_groups],
         "weights": common.weights(model),
         "slow": tc.slow_weights(model, opt),
         "slow_types": slow_types,
@@ -78,7 +95,7 @@ def run(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     results = {
         "transforms": {case: transform_run(rank, world, case) for case in tc.TRANSFORM_CASES},
-        "lookahead": lookahead_run(rank, world),
+        "lookahead": lookahead_run(rank, world, Path(out)),
     }
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")
