@@ -13,10 +13,12 @@ import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.tensor import DTensor
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.utils._pytree import tree_map
 
+from adamhd import transforms
 from tests.distributed import common
 from tests.distributed import transforms_common as tc
 from tests.distributed.worker import sharded_model
@@ -88,6 +90,25 @@ def lookahead_run(rank: int, world: int, out: Path) -> dict:
     }
 
 
+def tp_run(world: int) -> dict:
+    """Plain calls of each transform on DTensors sharded on dims 0, 1 and 2 of one mesh."""
+    mesh = init_device_mesh("cpu", (world,))
+    result = {}
+    for name in transforms.TRANSFORMS:
+        params = []
+        for (p, grad), (_, dim) in zip(tc.tp_inputs(), tc.TP_TENSORS):
+            param = nn.Parameter(distribute_tensor(p, mesh, [Shard(dim)]))
+            param.grad = distribute_tensor(grad, mesh, [Shard(dim)])
+            params.append(param)
+        with CommDebugMode() as comm:
+            getattr(transforms, name)(params)
+        result[name] = {
+            "grads": [p.grad.full_tensor() for p in params],
+            "comm_counts": {str(op): n for op, n in comm.get_comm_counts().items()},
+        }
+    return result
+
+
 def run(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
@@ -96,6 +117,7 @@ def run(rank: int, world: int, port: int, out: str) -> None:
     results = {
         "transforms": {case: transform_run(rank, world, case) for case in tc.TRANSFORM_CASES},
         "lookahead": lookahead_run(rank, world, Path(out)),
+        "tensor_parallel": tp_run(world),
     }
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")
