@@ -88,6 +88,7 @@ def run_set(set_name: str, shapes: list[tuple[int, ...]], config: BenchConfig,
     opt.step()  # state, kernels
     rows = {name: Row(name) for name in ["AdamHD", *TRANSFORMS]}
     lookahead = Lookahead(opt, k=config.lookahead_k)
+    lookahead._ensure_slow()  # created by its first step, which the bench does not take
     sync = Row(f"Lookahead sync (every {config.lookahead_k} steps)")
     contenders = list(rows)
     for r in range(config.rounds):
