@@ -28,8 +28,8 @@ class AdamStep:
 
     decay: DecayRule
     lr: float | Tensor
-    beta1: float
-    beta2: float
+    beta1: float | Tensor  # a 0-dim Tensor where the group's betas are Tensors
+    beta2: float | Tensor
     eps: float
     weight_decay: float
     amsgrad: bool = False

@@ -83,10 +83,11 @@ def clip(x: Tensor, d: Threshold, scale: float | Tensor = 1.0) -> Tensor:
 
 
 def cautious_mask(u: Tensor, p: Tensor) -> Tensor:
-    """``u * p >= 0`` as a boolean tensor, from the signs (a product of two tiny numbers of
-    opposite sign underflows to ``-0.0``, which ``>= 0`` would wrongly accept)."""
+    """``u * p >= 0`` as a boolean tensor, computed as ``sign(u) * p >= 0``: exact, where the
+    product ``u * p`` of two tiny numbers of opposite sign underflows to ``-0.0``, which
+    ``>= 0`` would wrongly accept."""
     with torch.no_grad():
-        return torch.sign(u).mul_(torch.sign(p)) >= 0
+        return torch.sign(u).mul_(p) >= 0
 
 
 def huber_explicit_(
@@ -99,26 +100,21 @@ def huber_explicit_(
     if mask is None and _is_inf(d):
         p.mul_(1 - tau)
         return
-    pull = clip(p, d)
-    if mask is not None:
-        pull.mul_(mask)
-    _add_scaled_(p, pull, -tau)
+    _add_scaled_(p, _pull(p, d, 1.0, mask), -tau)
 
 
 def huber_proximal_(
     q: Tensor, tau: float | Tensor, d: Threshold, mask: Tensor | None = None
 ) -> None:
     """``q <- prox_{tau*H_d}(q)`` in place where ``mask`` (everywhere without one)."""
-    pull = clip(q, d, 1 + tau)
-    if mask is not None:
-        pull.mul_(mask)
-    _add_scaled_(q, pull, -tau / (1 + tau))
+    _add_scaled_(q, _pull(q, d, 1 + tau, mask), -tau / (1 + tau))
 
 
 def foreach_cautious_mask(us: list[Tensor], ps: list[Tensor]) -> list[Tensor]:
     """``u * p >= 0`` for each pair, as 0/1 tensors of ``p``'s dtype (see ``cautious_mask``)."""
     signs = torch._foreach_sign(us)
-    torch._foreach_mul_(signs, torch._foreach_sign(ps))  # -1, 0 or 1
+    torch._foreach_mul_(signs, ps)  # sign(u)*p: exact (a product with -1, 0 or 1)
+    torch._foreach_sign_(signs)  # sign(u)*sign(p): -1, 0 or 1
     torch._foreach_add_(signs, 1.0)
     torch._foreach_clamp_max_(signs, 1.0)  # -1 -> 0; 0, 1 -> 1
     return signs
@@ -143,19 +139,33 @@ def foreach_huber_explicit_(
     if masks is None and all(_is_inf(d) for d in ds):
         torch._foreach_mul_(ps, 1 - tau)
         return
-    pulls = foreach_clip(ps, ds)
-    if masks is not None:
-        torch._foreach_mul_(pulls, masks)
-    torch._foreach_add_(ps, pulls, alpha=-tau)
+    torch._foreach_add_(ps, _foreach_pull(ps, ds, 1.0, masks), alpha=-tau)
 
 
 def foreach_huber_proximal_(
     qs: list[Tensor], tau: float, ds: list[Threshold], masks: list[Tensor] | None = None
 ) -> None:
-    pulls = foreach_clip(qs, ds, 1 + tau)
-    if masks is not None:
-        torch._foreach_mul_(pulls, masks)
-    torch._foreach_add_(qs, pulls, alpha=-tau / (1 + tau))
+    torch._foreach_add_(qs, _foreach_pull(qs, ds, 1 + tau, masks), alpha=-tau / (1 + tau))
+
+
+def _pull(x: Tensor, d: Threshold, scale: float | Tensor, mask: Tensor | None) -> Tensor:
+    """``[mask *] clip(x, -scale*d, scale*d)`` (``[mask *] x`` for ``d = inf``: one pass)."""
+    if mask is None:
+        return clip(x, d, scale)
+    return for_autograd(x) * mask if _is_inf(d) else clip(x, d, scale).mul_(mask)
+
+
+def _foreach_pull(
+    xs: list[Tensor], ds: list[Threshold], scale: float, masks: list[Tensor] | None
+) -> list[Tensor]:
+    """``_pull`` for each tensor of ``xs``."""
+    if masks is None:
+        return foreach_clip(xs, ds, scale)
+    if all(_is_inf(d) for d in ds):
+        return torch._foreach_mul(xs, masks)
+    pulls = foreach_clip(xs, ds, scale)
+    torch._foreach_mul_(pulls, masks)
+    return pulls
 
 
 def _add_scaled_(x: Tensor, y: Tensor, alpha: float | Tensor) -> None:

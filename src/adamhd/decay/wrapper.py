@@ -30,8 +30,10 @@ weights before the step)::
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
-  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Complex parameters and
-  ``differentiable=True`` are rejected at construction.
+  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
+  takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
+  a base that requires one (``_step_requires_loss``) raises before any decay when none is given.
+  Complex parameters and ``differentiable=True`` are rejected at construction.
 * Known difference: with ``decay="l2"`` on ``torch.optim.Adafactor`` the base computes its
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
@@ -119,15 +121,26 @@ class _DecoupledDecay:
         super().add_param_group(param_group)  # type: ignore[misc]
         remember_initial_lr(self.param_groups[-1])
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure``, decay, run the base step (with ``weight_decay=0``), decay."""
-        loss = None
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Evaluate ``closure``, decay, run the base step (with ``weight_decay=0``), decay.
+
+        Bases whose ``step`` takes the loss (``adamhd.AdaLo``) get ``loss=`` (the closure's, or
+        the one given here); other keyword arguments are refused before anything changes."""
+        loss = kwargs.pop("loss", None)
+        takes_loss = "loss" in inspect.signature(self._decay_base.step).parameters
+        if kwargs or (loss is not None and not takes_loss):
+            extra = sorted(kwargs) if kwargs else ["loss"]
+            raise TypeError(f"{type(self).__name__}.step() got unexpected arguments {extra}")
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if loss is None and getattr(self, "_step_requires_loss", False):
+            raise ValueError(f"{self._decay_base.__name__} needs the loss: step(closure) or "
+                             "step(loss=loss)")
+        base_kwargs = {"loss": loss} if takes_loss and loss is not None else {}
         if _skipped_by_grad_scaler(self):
             with _base_weight_decay_off(self.param_groups):
-                self._base_step()
+                self._base_step(**base_kwargs)
             return loss
         coefficients = [group_decay_coefficient(g) for g in self.param_groups]  # may raise
         with torch.no_grad():
@@ -139,7 +152,7 @@ class _DecoupledDecay:
                 elif plan.rule.before_update:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
         with _base_weight_decay_off(self.param_groups):
-            self._base_step()
+            self._base_step(**base_kwargs)
         with torch.no_grad():
             for plan in plans:
                 for p, mu in plan.new_mus.items():
@@ -150,13 +163,13 @@ class _DecoupledDecay:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
         return loss
 
-    def _base_step(self) -> None:
+    def _base_step(self, **kwargs: Any) -> None:
         """The base class's own ``step`` without torch's step hooks (they run once, around this
         class's ``step``)."""
         step = self._decay_base.step
         while getattr(step, "hooked", False):
             step = step.__wrapped__
-        step(self)
+        step(self, **kwargs)
 
     def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
         """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no
