@@ -148,6 +148,7 @@ def test_groups_added_after_attach_and_params_without_grads():
         (lambda o, m: transforms.attach(o, "agc", exclude=["x"], model=m), ValueError, "matches"),
         (lambda o, m: transforms.attach(o, "agc", exclude=[3], model=m), TypeError, "exclude"),
         (lambda o, m: transforms.attach(o, AGC(), clip=2), TypeError, "constructor"),
+        (lambda o, m: transforms.attach(o, ("agc", {}), clip=2), TypeError, "either"),
         (lambda o, m: transforms.attach(m, "agc"), TypeError, "torch.optim.Optimizer"),
     ],
 )
