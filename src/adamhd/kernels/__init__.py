@@ -77,6 +77,23 @@ def forget_abs_means(params: list[Tensor] | None = None) -> None:
         _abs_means.pop(p, None)
 
 
+def _lookup_abs_means(params: list[Tensor]) -> list[Any]:
+    """CUDA: ``mean|p_t|`` per tensor, as cached by the previous step if ``p`` is unchanged."""
+    out: list[Any] = []
+    for p in params:
+        entry = _abs_means.get(p)
+        if entry is not None and entry[0] == p._version and entry[1] == p.data_ptr():
+            out.append(entry[2])
+        else:
+            out.append(None)
+    return out
+
+
+def _store_abs_means(params: list[Tensor], means: list[Any]) -> None:
+    for p, mean in zip(params, means):
+        _abs_means[p] = (p._version, p.data_ptr(), mean)
+
+
 def _cpu_module():
     from adamhd.kernels import cpu
 
