@@ -8,6 +8,7 @@ import torch
 
 from adamhd import AdamHD
 from adamhd.decay import HuberDecay
+from adamhd.hyper import AdamStep
 from adamhd.kernels import fused_adamhd
 from tests.kernels.conftest import clone_params, grads_for
 
@@ -34,14 +35,14 @@ def test_list_call_equals_per_tensor_calls_bit_for_bit(cpu_kernel, kw):
     sa, sb = _state(ps), _state(qs)
     args = dict(decay=HuberDecay(), amsgrad=False, beta1=0.9, beta2=0.999, lr=1e-2,
                 weight_decay=0.1, eps=1e-8, maximize=False)
-    args.update(kw)
+    hyper = AdamStep(**{**args, **kw})
     for _ in range(3):
         gs = [torch.randn(p.shape, generator=gen) for p in ps]
         fused_adamhd(ps, [g.clone() for g in gs], sa["ms"], sa["vs"], sa["xs"], sa["steps"],
-                     sa["mus"], **args)
+                     sa["mus"], hyper)
         for i in range(len(qs)):
             fused_adamhd([qs[i]], [gs[i].clone()], [sb["ms"][i]], [sb["vs"][i]], [sb["xs"][i]],
-                         [sb["steps"][i]], [sb["mus"][i]], **args)
+                         [sb["steps"][i]], [sb["mus"][i]], hyper)
     for a, b in zip(ps + sa["ms"] + sa["vs"] + sa["mus"], qs + sb["ms"] + sb["vs"] + sb["mus"]):
         assert torch.equal(a, b)
 

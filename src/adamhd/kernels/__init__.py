@@ -6,11 +6,14 @@ Contract, used by ``AdamHD`` and ``adamhd.functional``:
   saying why not (shown to a user who asked for ``fused=True``).
 * ``fused_is_default(params)``: whether ``fused=None`` should pick the fused path for ``params``
   (only where it is verified and measured fastest).
+* ``fused_rule_reason(decay)``: ``None`` if the kernels implement the decay rule record
+  ``decay`` (``adamhd.decay.DecayRule``), else why not.
 * ``fused_adamhd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus,
-  *, decay, amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, capturable, differentiable,
-  grad_scale, found_inf)``: one step, in place. With ``grad_scale`` (``torch.amp.GradScaler``) the
-  gradients are unscaled in place in the same pass, as torch's fused AdamW does; a step with a
-  non-zero ``found_inf`` changes nothing (weights, state, gradients).
+  hyper, *, grad_scale, found_inf)``: one step, in place; ``hyper`` is an
+  ``adamhd.hyper.AdamStep`` (its ``weight_decay`` is the coefficient: ``tau = lr*weight_decay``).
+  With ``grad_scale`` (``torch.amp.GradScaler``) the gradients are unscaled in place in the same
+  pass, as torch's fused AdamW does; a step with a non-zero ``found_inf`` changes nothing
+  (weights, state, gradients).
 
 Kernels:
 
@@ -42,16 +45,20 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+if TYPE_CHECKING:
+    from adamhd.hyper import AdamStep
+
 __all__ = [
     "forget_abs_means",
     "fused_adamhd",
     "fused_is_default",
+    "fused_rule_reason",
     "fused_unsupported_reason",
 ]
 
@@ -122,6 +129,13 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
             return f"the fused CUDA (Triton) kernel does not support {p.dtype} parameters"
         return _triton_reason()
     return f"no fused AdamHD kernel is available for parameters on {p.device.type}"
+
+
+def fused_rule_reason(decay: Any) -> str | None:
+    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``."""
+    if decay.cautious:
+        return "the fused AdamHD kernels do not implement cautious_decay=True yet"
+    return None
 
 
 def _cpu_fused_by_default() -> bool:
@@ -201,35 +215,24 @@ def fused_adamhd(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
+    hyper: AdamStep,
     *,
-    decay,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float | Tensor,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    capturable: bool = False,
-    differentiable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
-    if differentiable:
+    if hyper.differentiable:
         raise RuntimeError("fused AdamHD kernels do not support differentiable=True")
+    reason = fused_rule_reason(hyper.decay)
+    if reason is not None:
+        raise RuntimeError(f"fused AdamHD step impossible: {reason}")
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus)
-    kwargs: dict[str, Any] = dict(
-        decay=decay, amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
-        weight_decay=weight_decay, eps=eps, maximize=maximize, grad_scale=grad_scale,
-        found_inf=found_inf,
-    )
     if torch.compiler.is_compiling():  # traced once; the op checks every tensor at run time
         if params[0].device.type == "cpu":
-            _fused_cpu(*lists, **kwargs)
+            _fused_cpu(lists, hyper, grad_scale, found_inf)
         else:
-            _fused_triton(lists, capturable, kwargs)
+            _fused_triton(lists, hyper, grad_scale, found_inf)
         return
     plan = _plan(params)
     if plan.reason is not None:
@@ -239,15 +242,19 @@ def fused_adamhd(
         if len(plan.by_device) > 1:
             part = tuple([xs[i] for i in index] if xs else [] for xs in lists)
         if plan.device_type == "cpu" or part[0][0].device.type == "cpu":
-            _fused_cpu(*part, **kwargs)
+            _fused_cpu(part, hyper, grad_scale, found_inf)
         else:
-            _fused_triton(part, capturable, kwargs)
+            _fused_triton(part, hyper, grad_scale, found_inf)
 
 
-def _fused_triton(lists, capturable: bool, kwargs: dict[str, Any]) -> None:
+def _fused_triton(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
     from adamhd.kernels import triton_adamhd
 
-    triton_adamhd.fused_adamhd_triton(*lists, capturable=capturable, **kwargs)
+    triton_adamhd.fused_adamhd_triton(
+        *lists, decay=hyper.decay, amsgrad=hyper.amsgrad, beta1=hyper.beta1, beta2=hyper.beta2,
+        lr=hyper.lr, weight_decay=hyper.weight_decay, eps=hyper.eps, maximize=hyper.maximize,
+        capturable=hyper.capturable, grad_scale=grad_scale, found_inf=found_inf,
+    )
 
 
 def _cpu_op():
@@ -258,44 +265,45 @@ def _cpu_op():
 
 
 def _decay_kind(decay, weight_decay: float) -> int:
-    """0: no decay (``weight_decay == 0``), 1: explicit, 2: proximal."""
+    """0: no decay (``weight_decay == 0``), 1: explicit, 2: proximal. L2 decay is Huber decay with
+    ``d = inf`` in either form (``excess = 0``), so it takes the same code."""
     if weight_decay == 0:
         return 0
     return 1 if decay.form == "explicit" else 2
 
 
-def _fused_cpu(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
-    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf,
-) -> None:
+def _fused_cpu(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
     """One call of the C++ op for the whole list: no per-tensor Python work, no host sync."""
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus = lists
+    decay = hyper.decay
     adaptive = decay.adaptive
+    lr = hyper.lr
     lr_tensor = lr if isinstance(lr, Tensor) else None
     _cpu_op()(
         params,
         grads,
         exp_avgs,
         exp_avg_sqs,
-        max_exp_avg_sqs if amsgrad else [],
+        max_exp_avg_sqs if hyper.amsgrad else [],
         state_steps,
-        delta_mus if adaptive and weight_decay != 0 else [],
+        delta_mus if adaptive and hyper.decays else [],
         lr_tensor,
         grad_scale,
         found_inf,
         0.0 if lr_tensor is not None else float(lr),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        _decay_kind(decay, weight_decay),
+        float(hyper.beta1),
+        float(hyper.beta2),
+        float(hyper.eps),
+        float(hyper.weight_decay),
+        _decay_kind(decay, hyper.weight_decay),
         math.inf if adaptive else float(decay.delta),
         float(decay.delta_scale),
         float(decay.delta_beta),
         adaptive,
-        amsgrad,
-        maximize,
+        hyper.amsgrad,
+        hyper.maximize,
         0,
         1.0,
         1.0,
-        False,
+        bool(decay.cautious),
     )
