@@ -132,10 +132,32 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
 
 
 def fused_rule_reason(decay: Any) -> str | None:
-    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``."""
-    if decay.cautious:
-        return "the fused AdamHD kernels do not implement cautious_decay=True yet"
+    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``.
+
+    They implement L2 and Huber decay (fixed or adaptive threshold), explicit or proximal, with
+    or without ``cautious`` (decay only where ``sign(u)*sign(p_t) >= 0``).
+    """
+    if getattr(decay, "name", None) not in ("huber", "l2"):
+        return f"the fused AdamHD kernels do not implement the decay rule {decay!r}"
     return None
+
+
+UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
+SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: softplus(x) = x above it
+
+
+def update_args(hyper: Any) -> tuple[int, float, float]:
+    """``(kind, a, b)`` of the update rule for the kernels, from the step record's ``update``,
+    ``atan2_a``, ``atan2_b``, ``softplus_beta`` (COMMON.md's names; absent means Adam)."""
+    update = getattr(hyper, "update", "adam")
+    if update not in UPDATE_KINDS:
+        raise ValueError(f"the fused AdamHD kernels do not implement update={update!r} "
+                         f"(one of {', '.join(UPDATE_KINDS)})")
+    if update == "atan2":
+        return 1, float(getattr(hyper, "atan2_a", 1.27)), float(getattr(hyper, "atan2_b", 1.0))
+    if update == "softplus":
+        return 2, float(getattr(hyper, "softplus_beta", 50.0)), SOFTPLUS_THRESHOLD
+    return 0, 1.0, 1.0
 
 
 def _cpu_fused_by_default() -> bool:
@@ -302,8 +324,6 @@ def _fused_cpu(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
         adaptive,
         hyper.amsgrad,
         hyper.maximize,
-        0,
-        1.0,
-        1.0,
+        *update_args(hyper),
         bool(decay.cautious),
     )

@@ -5,10 +5,13 @@
 // order of operations, computed in float (double for float64 tensors) and rounded once on store:
 //
 //   GradScaler:      g = g / grad_scale, written back to the gradient (as torch's fused AdamW)
-//   explicit decay:  p = p*(1 - tau) + tau*(p - clip(p, -d, d))          (before the Adam update)
-//   Adam:            m = lerp(m, g, 1 - beta1);  v = v*beta2 + (1 - beta2)*g*g
-//                    p = p + (-step_size) * m / (sqrt(v)/bc2_sqrt + eps)
+//   moments:         m = lerp(m, g, 1 - beta1);  v = v*beta2 + (1 - beta2)*g*g
+//   explicit decay:  p = p*(1 - tau) + tau*(p - clip(p, -d, d))          (on p_t)
+//   update:          adam     p = p + (-step_size) * m / (sqrt(v)/bc2_sqrt + eps)
+//                    atan2    p = p - lr * a*atan2(m/bc1, b*sqrt(v)/bc2_sqrt)
+//                    softplus p = p - lr * (m/bc1) / softplus_beta(sqrt(v)/bc2_sqrt)
 //   proximal decay:  x = p/(1 + tau);  p = x + tau*(x - clip(x, -d, d))  (after it)
+//   cautious:        either decay only where sign(m)*sign(p_t) >= 0, else p keeps its value
 //
 // Work is cut into chunks of kChunk elements (a tensor's last chunk is shorter; a small tensor is
 // one chunk) and the chunks of all tensors are shared by the threads of ONE parallel region, taken
@@ -99,29 +102,92 @@ struct Consts {
   T d;
   T neg_d;
   T grad_scale;
+  T neg_lr;         // -lr (atan2 and softplus updates)
+  T bc1;            // 1 - beta1**t
+  T update_a;       // atan2: a; softplus: beta
+  T update_b;       // atan2: b; softplus: beta * x above which softplus(x) = x (torch's 20)
 };
 
 template <typename T, typename S>
 Consts<T> broadcast(const Consts<S>& c) {
   return Consts<T>{T(c.weight1),   T(c.beta2),         T(c.one_minus_beta2), T(c.neg_step_size),
                    T(c.bc2_sqrt),  T(c.eps),           T(c.tau),             T(c.one_minus_tau),
-                   T(c.one_plus_tau), T(c.d),          T(c.neg_d),           T(c.grad_scale)};
+                   T(c.one_plus_tau), T(c.d),          T(c.neg_d),           T(c.grad_scale),
+                   T(c.neg_lr),    T(c.bc1),           T(c.update_a),        T(c.update_b)};
 }
+
+enum Update : int64_t { kAdam = 0, kAtan2 = 1, kSoftplus = 2 };
 
 struct Flags {
   bool lerp_low;  // weight1 < 0.5: torch.lerp's "start + w*(end - start)" branch
   bool maximize;
   bool scaled;    // divide g by grad_scale (and store the result back into the gradient)
+  int64_t update; // Update
+  bool cautious;  // decay only where sign(u) * sign(p_t) >= 0
 };
 
+// u * p >= 0 from the signs (no underflow), false where either is NaN (as sign(NaN) >= 0 is).
+template <typename T>
+inline auto same_sign_or_zero(const T& u, const T& p) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return (u >= T(0) && p >= T(0)) || (u <= T(0) && p <= T(0));
+  } else {
+    const T zero(0);
+    return ((u >= zero) & (p >= zero)) | ((u <= zero) & (p <= zero));
+  }
+}
+
+template <typename T, typename M>
+inline T select(const M& mask, const T& yes, const T& no) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return mask ? yes : no;
+  } else {
+    return T::blendv(no, yes, mask);
+  }
+}
+
+template <typename T>
+inline T vatan2(const T& y, const T& x) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return std::atan2(y, x);
+  } else {
+    return y.atan2(x);
+  }
+}
+
+// torch.nn.functional.softplus(x, beta, threshold): x where beta*x > threshold, else
+// log1p(exp(beta*x))/beta.
+template <typename T>
+inline T vsoftplus(const T& x, const T& beta, const T& threshold) {
+  const T bx = x * beta;
+  if constexpr (std::is_floating_point_v<T>) {
+    return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
+  } else {
+    return select(bx > threshold, x, bx.exp().log1p() / beta);
+  }
+}
+
+// The step p += -lr * u for the update rule, given m and the second moment (v or max_v).
+template <typename T>
+inline T add_update(const T& p, const T& m, const T& second, const Consts<T>& c, const Flags& f) {
+  if (f.update == kAtan2) {
+    const T sqrt_v_hat = vsqrt(second) / c.bc2_sqrt;
+    return p + c.neg_lr * (c.update_a * vatan2(m / c.bc1, c.update_b * sqrt_v_hat));
+  }
+  if (f.update == kSoftplus) {
+    const T sqrt_v_hat = vsqrt(second) / c.bc2_sqrt;
+    return p + c.neg_lr * ((m / c.bc1) / vsoftplus(sqrt_v_hat, c.update_a, c.update_b));
+  }
+  const T denom = vsqrt(second) / c.bc2_sqrt + c.eps;
+  return p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
+}
+
 // One element (or one vector of elements) with the gradient already unscaled: returns the new p;
-// updates m, v, max_v in place. DECAY: 0 none, 1 explicit, 2 proximal.
+// updates m, v, max_v in place. DECAY: 0 none, 1 explicit, 2 proximal. The explicit decay only
+// reads p_t, so it can follow the moments (the cautious mask needs the new m).
 template <int DECAY, bool AMSGRAD, typename T>
 inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const Flags& f) {
   if (f.maximize) g = T(0) - g;
-  if constexpr (DECAY == 1) {
-    p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
-  }
   // as torch.lerp: fmadd(w, g - m, m) for small w, else fmadd(w - 1, g - m, g)
   if constexpr (std::is_floating_point_v<T>) {
     m = f.lerp_low ? std::fma(c.weight1, g - m, m) : std::fma(c.weight1 - T(1), g - m, g);
@@ -130,17 +196,18 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
                    : at::vec::fmadd(c.weight1 - T(1), g - m, g);
   }
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
-  T denom;
-  if constexpr (AMSGRAD) {
-    max_v = vmaximum(max_v, v);
-    denom = vsqrt(max_v) / c.bc2_sqrt + c.eps;
-  } else {
-    denom = vsqrt(v) / c.bc2_sqrt + c.eps;
+  if constexpr (AMSGRAD) max_v = vmaximum(max_v, v);
+  const T& second = AMSGRAD ? max_v : v;
+  const T p_t = p;
+  if constexpr (DECAY == 1) {
+    const T decayed = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+    p = f.cautious ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
-  p = p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
+  p = add_update(p, m, second, c, f);
   if constexpr (DECAY == 2) {
-    T x = p / c.one_plus_tau;
-    p = x + excess(x, c.neg_d, c.d) * c.tau;
+    const T x = p / c.one_plus_tau;
+    const T decayed = x + excess(x, c.neg_d, c.d) * c.tau;
+    p = f.cautious ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
   return p;
 }
@@ -518,7 +585,10 @@ struct Operands {
 
 // One fused AdamHD step over lists of CPU tensors, in place (see the top of this file).
 // decay_kind: 0 none (weight_decay == 0), 1 explicit, 2 proximal. delta: the fixed threshold
-// (ignored when adaptive). update_kind, update_a, update_b, cautious: reserved (0, -, -, false).
+// (ignored when adaptive). update_kind: 0 adam (u = m_hat/(sqrt(v_hat) + eps)), 1 atan2
+// (u = a*atan2(m_hat, b*sqrt(v_hat)); update_a = a, update_b = b), 2 softplus
+// (u = m_hat/softplus_beta(sqrt(v_hat)); update_a = beta, update_b = torch's threshold 20).
+// cautious: decay only where sign(m) * sign(p_t) >= 0 (the sign of u is m's).
 void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  at::TensorList mus, const std::optional<at::Tensor>& lr_tensor,
@@ -530,10 +600,8 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                  bool cautious) {
   TORCH_CHECK(decay_kind >= 0 && decay_kind <= 2, "adamhd fused step: bad decay kind ",
               decay_kind);
-  TORCH_CHECK(update_kind == 0 && !cautious,
-              "adamhd fused step: this kernel supports update='adam' without cautious decay");
-  (void)update_a;
-  (void)update_b;
+  TORCH_CHECK(update_kind >= kAdam && update_kind <= kSoftplus,
+              "adamhd fused step: bad update kind ", update_kind);
   const bool advance = adaptive && decay_kind != 0;
   check_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, mus, amsgrad,
                advance);
@@ -604,8 +672,9 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     job.c = Consts<double>{weight1,     beta2,    1.0 - beta2, -(lr / bc1),
                            std::pow(1.0 - std::pow(beta2, step), 0.5),
                            eps,         tau,      1.0 - tau,   1.0 + tau,
-                           d,           -d,       scale > 0 ? scale : 1.0};
-    job.f = Flags{weight1 < 0.5, maximize, scale > 0};
+                           d,           -d,       scale > 0 ? scale : 1.0,
+                           -lr,         bc1,      update_a,    update_b};
+    job.f = Flags{weight1 < 0.5, maximize, scale > 0, update_kind, cautious};
   }
 
   ChunkList chunks = list_chunks(jobs, all);
