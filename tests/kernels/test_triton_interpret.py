@@ -42,6 +42,7 @@ def test_triton_kernel_matches_reference_in_interpreter():
     assert out["skipped_step_unchanged"]  # weights, state and gradients
     assert out["mixed_dtypes_equal"]  # one launch per dtype, same as separate calls
     assert out["non_finite_guard"]
+    assert out["options_tolerance_used"] < 1  # cautious, L2, atan2, softplus vs float64
     for case, res in zip(CASES, out["results"]):
         assert res["steps"] == [float(case["steps"])] * len(res["steps"])
         assert res["grads_unscaled"]  # written back in the kernel's pass (grad_scale cases)

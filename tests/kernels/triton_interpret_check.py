@@ -118,8 +118,49 @@ def non_finite_weight():
             and abs(a["mus"][1].item() - fresh.item()) < 1e-7)
 
 
+def options():
+    """cautious decay, L2, atan2 and softplus updates against the float64 reference of
+    test_fused_options.py: the largest |got - want| / (1e-5*|want| + 1e-6) over weights and
+    moments (below 1: within rtol 1e-5, atol 1e-6)."""
+    from adamhd.decay import L2Decay
+    from adamhd.kernels import update_args
+    from tests.kernels.test_fused_options import SHAPES, StepWithUpdate, reference_step
+
+    worst = 0.0
+    for update, decay in [("atan2", HuberDecay(cautious=True)),
+                          ("softplus", L2Decay(form="proximal", cautious=True)),
+                          ("adam", HuberDecay(delta=0.2, form="proximal", cautious=True)),
+                          ("atan2", HuberDecay(delta=0.2))]:
+        h = StepWithUpdate(decay=decay, lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-8,
+                           weight_decay=0.5, update=update, atan2_a=1.1, atan2_b=0.8,
+                           softplus_beta=30.0, maximize=update == "softplus")
+        gen = torch.Generator().manual_seed(4)
+        ps = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
+        a = state([], torch.float32, False, True)
+        a.update(ps=[p.float() for p in ps], ms=[torch.zeros(p.shape) for p in ps],
+                 vs=[torch.zeros(p.shape) for p in ps], steps=[torch.zeros(()) for _ in ps],
+                 mus=[p.float().abs().mean().nan_to_num() for p in ps])
+        ref = [(p.clone(), torch.zeros_like(p), torch.zeros_like(p), mu.item())
+               for p, mu in zip(ps, a["mus"])]
+        for t in range(1, 5):
+            gs = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ps]
+            triton_adamhd.fused_adamhd_triton(
+                a["ps"], [g.float() for g in gs], a["ms"], a["vs"], [], a["steps"], a["mus"],
+                decay=decay, amsgrad=False, beta1=h.beta1, beta2=h.beta2, lr=h.lr,
+                weight_decay=h.weight_decay, eps=h.eps, maximize=h.maximize,
+                update=update_args(h))
+            ref = [reference_step(p, g, m, v, t, mu, h) for (p, m, v, mu), g in zip(ref, gs)]
+        for got, want in zip(a["ps"] + a["ms"] + a["vs"],
+                             [r[0] for r in ref] + [r[1] for r in ref] + [r[2] for r in ref]):
+            if got.numel():
+                err = ((got.double() - want).abs() / (1e-5 * want.abs() + 1e-6)).max().item()
+                worst = max(worst, err)
+    return worst
+
+
 if __name__ == "__main__":
     cases = json.loads(sys.argv[1])
     out = {"results": [run(c) for c in cases], "skipped_step_unchanged": skipped_step(),
-           "mixed_dtypes_equal": mixed_dtypes(), "non_finite_guard": non_finite_weight()}
+           "mixed_dtypes_equal": mixed_dtypes(), "non_finite_guard": non_finite_weight(),
+           "options_tolerance_used": options()}
     print("RESULT " + json.dumps(out))

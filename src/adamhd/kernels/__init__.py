@@ -276,6 +276,7 @@ def _fused_triton(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
         *lists, decay=hyper.decay, amsgrad=hyper.amsgrad, beta1=hyper.beta1, beta2=hyper.beta2,
         lr=hyper.lr, weight_decay=hyper.weight_decay, eps=hyper.eps, maximize=hyper.maximize,
         capturable=hyper.capturable, grad_scale=grad_scale, found_inf=found_inf,
+        update=update_args(hyper),
     )
 
 

@@ -52,12 +52,36 @@ BLOCK = 1024
 if triton is not None:
 
     @triton.jit
+    def _atan2_nonneg_x(y, x):
+        """``atan2(y, x)`` for ``x >= 0``, in fp32 (Cephes' atanf: range reduction to
+        ``|r| <= tan(pi/8)`` and a degree-9 odd polynomial, about 1e-7 relative); the interpreter
+        has no libdevice."""
+        r = tl.abs(y) / x
+        big = r > 2.414213562373095
+        mid = r > 0.4142135623730950
+        xr = tl.where(big, -1.0 / r, tl.where(mid, (r - 1.0) / (r + 1.0), r))
+        base = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
+        z = xr * xr
+        poly = ((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z
+        a = base + (poly - 3.33329491539e-1) * z * xr + xr
+        a = tl.where(y == 0.0, 0.0, a)
+        return tl.where(y < 0.0, -a, a)
+
+    @triton.jit
+    def _softplus(x, beta, threshold):
+        """``torch.nn.functional.softplus(x, beta, threshold)`` (``x >= 0`` here)."""
+        bx = x * beta
+        return tl.where(bx > threshold, x, tl.log(1.0 + tl.exp(tl.minimum(bx, threshold))) / beta)
+
+    @triton.jit
     def _adamhd_multi_kernel(
         p_tab, g_tab, m_tab, v_tab, x_tab, numel_tab, block_tensor, block_start,
         step_tab, d_tab, sum_tab, lr_ptr, lr_value, scale_ptr, found_ptr,
-        beta1, beta2, eps, weight_decay,
+        beta1, beta2, eps, weight_decay, update_a, update_b,
         DTYPE: tl.constexpr,
         DECAY: tl.constexpr,  # 0 none, 1 explicit, 2 proximal
+        UPDATE: tl.constexpr,  # 0 adam, 1 atan2 (a, b), 2 softplus (beta, threshold)
+        CAUTIOUS: tl.constexpr,
         AMSGRAD: tl.constexpr,
         MAXIMIZE: tl.constexpr,
         LR_PTR: tl.constexpr,
@@ -99,22 +123,32 @@ if triton is not None:
         if MAXIMIZE:
             g = -g
 
-        if DECAY == 1:
-            p = p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau
         m = m + (1.0 - beta1) * (g - m)
         v = v * beta2 + (1.0 - beta2) * g * g
         if AMSGRAD:
             x_ptr = tl.load(x_tab + t).to(tl.pointer_type(DTYPE))
-            mv = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            mv = tl.maximum(mv, v)
-            denom = tl.sqrt(mv) / bc2_sqrt + eps
-            tl.store(x_ptr + offsets, mv.to(DTYPE), mask=mask)
+            second = tl.maximum(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), v)
+            tl.store(x_ptr + offsets, second.to(DTYPE), mask=mask)
         else:
-            denom = tl.sqrt(v) / bc2_sqrt + eps
-        p = p + neg_step_size * m / denom
+            second = v
+        p_t = p
+        if CAUTIOUS:  # sign(u) * sign(p_t) >= 0; u has m's sign
+            keep = ((m >= 0.0) & (p_t >= 0.0)) | ((m <= 0.0) & (p_t <= 0.0))
+        else:
+            keep = mask
+        if DECAY == 1:
+            p = tl.where(keep, p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau, p)
+        if UPDATE == 1:  # atan2: u = a * atan2(m_hat, b * sqrt(v_hat))
+            u = update_a * _atan2_nonneg_x(m / bc1, update_b * (tl.sqrt(second) / bc2_sqrt))
+            p = p - lr * u
+        elif UPDATE == 2:  # softplus: u = m_hat / softplus_beta(sqrt(v_hat))
+            u = (m / bc1) / _softplus(tl.sqrt(second) / bc2_sqrt, update_a, update_b)
+            p = p - lr * u
+        else:
+            p = p + neg_step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
         if DECAY == 2:
             x = p / (1.0 + tau)
-            p = x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau
+            p = tl.where(keep, x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau, p)
 
         p_out = p.to(DTYPE)
         tl.store(p_ptr + offsets, p_out, mask=mask)
@@ -201,8 +235,12 @@ def fused_adamhd_triton(
     capturable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    update: tuple[int, float, float] = (0, 1.0, 1.0),
 ) -> None:
-    """One step over tensors of one device, one launch per dtype, without host synchronisation."""
+    """One step over tensors of one device, one launch per dtype, without host synchronisation.
+
+    ``update``: the update rule as ``adamhd.kernels.update_args`` gives it, ``(kind, a, b)``.
+    """
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
@@ -218,17 +256,18 @@ def fused_adamhd_triton(
             part = [[xs[i] for i in index] if xs else [] for xs in lists]
         _step_one_dtype(*part, decay=decay, amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
                         weight_decay=weight_decay, eps=eps, maximize=maximize,
-                        grad_scale=grad_scale, found_inf=found_inf)
+                        grad_scale=grad_scale, found_inf=found_inf, update=update)
 
 
 def _step_one_dtype(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
-    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf,
+    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf, update,
 ) -> None:
     from adamhd.decay import foreach_mean_abs
     from adamhd.kernels import _lookup_abs_means, _store_abs_means
 
     device = params[0].device
+    update_kind, update_a, update_b = update
     decays = weight_decay != 0
     adaptive = decay.adaptive and decays
     decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
@@ -273,8 +312,9 @@ def _step_one_dtype(
             lr_t if lr_t is not None else dummy, 0.0 if lr_t is not None else float(lr),
             grad_scale if grad_scale is not None else dummy,
             found if found is not None else dummy,
-            beta1, beta2, eps, weight_decay,
-            DTYPE=_TL_DTYPES[params[0].dtype], DECAY=decay_kind, AMSGRAD=amsgrad,
+            beta1, beta2, eps, weight_decay, update_a, update_b,
+            DTYPE=_TL_DTYPES[params[0].dtype], DECAY=decay_kind, UPDATE=update_kind,
+            CAUTIOUS=bool(decay.cautious) and decays, AMSGRAD=amsgrad,
             MAXIMIZE=maximize, LR_PTR=lr_t is not None, HAS_SCALE=grad_scale is not None,
             HAS_FOUND=found is not None, WANT_SUM=adaptive, BLOCK_SIZE=BLOCK,
         )
