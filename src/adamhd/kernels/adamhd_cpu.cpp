@@ -106,6 +106,9 @@ struct Consts {
   T bc1;            // 1 - beta1**t
   T update_a;       // atan2: a; softplus: beta
   T update_b;       // atan2: b; softplus: beta * x above which softplus(x) = x (torch's 20)
+  T inv_bc1;        // 1/bc1, 1/bc2_sqrt, 1/update_a: the atan2 and softplus updates multiply
+  T inv_bc2_sqrt;
+  T inv_update_a;
 };
 
 template <typename T, typename S>
@@ -113,7 +116,8 @@ Consts<T> broadcast(const Consts<S>& c) {
   return Consts<T>{T(c.weight1),   T(c.beta2),         T(c.one_minus_beta2), T(c.neg_step_size),
                    T(c.bc2_sqrt),  T(c.eps),           T(c.tau),             T(c.one_minus_tau),
                    T(c.one_plus_tau), T(c.d),          T(c.neg_d),           T(c.grad_scale),
-                   T(c.neg_lr),    T(c.bc1),           T(c.update_a),        T(c.update_b)};
+                   T(c.neg_lr),    T(c.bc1),           T(c.update_a),        T(c.update_b),
+                   T(c.inv_bc1),   T(c.inv_bc2_sqrt),  T(c.inv_update_a)};
 }
 
 enum Update : int64_t { kAdam = 0, kAtan2 = 1, kSoftplus = 2 };
@@ -146,24 +150,67 @@ inline T select(const M& mask, const T& yes, const T& no) {
   }
 }
 
+// atan2(y, x) for x >= 0. Float vectors: Cephes' atanf (range reduction to |r| <= tan(pi/8), a
+// degree-9 odd polynomial; about 1e-7 relative), inline: a library call per vector cost 3x the
+// whole memory-bound step. Otherwise the library function.
 template <typename T>
-inline T vatan2(const T& y, const T& x) {
-  if constexpr (std::is_floating_point_v<T>) {
+inline T atan2_nonneg_x(const T& y, const T& x) {
+  if constexpr (std::is_same_v<T, Vectorized<float>>) {
+    const T zero(0.f);
+    // r = |y|/x reduced to -1/r, (r - 1)/(r + 1) or r, with one division
+    const T ay = y.abs();
+    const T big = ay > x * T(2.414213562373095f);
+    const T mid = ay > x * T(0.4142135623730950f);
+    const T num = T::blendv(T::blendv(ay, ay - x, mid), zero - x, big);
+    const T den = T::blendv(T::blendv(x, ay + x, mid), ay, big);
+    const T xr = num / den;
+    const T base =
+        T::blendv(T::blendv(zero, T(0.7853981633974483f), mid), T(1.5707963267948966f), big);
+    const T z = xr * xr;
+    using at::vec::fmadd;
+    const T poly = fmadd(fmadd(fmadd(T(8.05374449538e-2f), z, T(-1.38776856032e-1f)), z,
+                               T(1.99777106478e-1f)),
+                         z, T(-3.33329491539e-1f));
+    T a = base + fmadd(poly * z, xr, xr);
+    a = T::blendv(a, zero, y == zero);
+    return T::blendv(a, zero - a, y < zero);
+  } else if constexpr (std::is_floating_point_v<T>) {
     return std::atan2(y, x);
   } else {
     return y.atan2(x);
   }
 }
 
-// torch.nn.functional.softplus(x, beta, threshold): x where beta*x > threshold, else
-// log1p(exp(beta*x))/beta.
+// log1p(w) for float vectors with 0 <= w <= 1: Cephes' logf polynomial on 1 + w (written as
+// x = w, or x = (w - 1)/2 and one ln 2 where 1 + w > sqrt 2; about 1e-7 relative), inline.
+inline Vectorized<float> log1p_unit(const Vectorized<float>& w) {
+  using V = Vectorized<float>;
+  const V one(1.f), half(0.5f);
+  const V e = V::blendv(V(0.f), one, w > V(0.41421356237309503f));
+  const V x = V::blendv(w, (w - one) * half, e == one);
+  const V z = x * x;
+  V y(7.0376836292e-2f);
+  for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
+                  -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
+    y = at::vec::fmadd(y, x, V(c));
+  }
+  y = at::vec::fmadd(y * x, z, at::vec::fmadd(e, V(-2.12194440e-4f), V(0.f) - half * z));
+  return x + at::vec::fmadd(e, V(0.693359375f), y);
+}
+
+// torch.nn.functional.softplus(x, beta, threshold) for x >= 0: x where beta*x > threshold, else
+// log1p(exp(beta*x))/beta = (beta*x + log1p(exp(-beta*x)))/beta. Float vectors: inline (torch's
+// 20-ulp exp, log1p_unit); a library call per vector cost 3x the whole memory-bound step.
 template <typename T>
-inline T vsoftplus(const T& x, const T& beta, const T& threshold) {
+inline T vsoftplus(const T& x, const T& beta, const T& inv_beta, const T& threshold) {
   const T bx = x * beta;
   if constexpr (std::is_floating_point_v<T>) {
     return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
+  } else if constexpr (std::is_same_v<T, Vectorized<float>>) {
+    const T small = vminimum(bx, threshold);
+    return select(bx > threshold, x, (small + log1p_unit((T(0.f) - small).exp_u20())) * inv_beta);
   } else {
-    return select(bx > threshold, x, bx.exp().log1p() / beta);
+    return select(bx > threshold, x, vminimum(bx, threshold).exp().log1p() / beta);
   }
 }
 
@@ -171,12 +218,13 @@ inline T vsoftplus(const T& x, const T& beta, const T& threshold) {
 template <typename T>
 inline T add_update(const T& p, const T& m, const T& second, const Consts<T>& c, const Flags& f) {
   if (f.update == kAtan2) {
-    const T sqrt_v_hat = vsqrt(second) / c.bc2_sqrt;
-    return p + c.neg_lr * (c.update_a * vatan2(m / c.bc1, c.update_b * sqrt_v_hat));
+    const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
+    return p + c.neg_lr * (c.update_a * atan2_nonneg_x(m * c.inv_bc1, c.update_b * sqrt_v_hat));
   }
   if (f.update == kSoftplus) {
-    const T sqrt_v_hat = vsqrt(second) / c.bc2_sqrt;
-    return p + c.neg_lr * ((m / c.bc1) / vsoftplus(sqrt_v_hat, c.update_a, c.update_b));
+    const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
+    const T softplus = vsoftplus(sqrt_v_hat, c.update_a, c.inv_update_a, c.update_b);
+    return p + c.neg_lr * ((m * c.inv_bc1) / softplus);
   }
   const T denom = vsqrt(second) / c.bc2_sqrt + c.eps;
   return p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
@@ -673,7 +721,9 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                            std::pow(1.0 - std::pow(beta2, step), 0.5),
                            eps,         tau,      1.0 - tau,   1.0 + tau,
                            d,           -d,       scale > 0 ? scale : 1.0,
-                           -lr,         bc1,      update_a,    update_b};
+                           -lr,         bc1,      update_a,    update_b,
+                           1.0 / bc1,   1.0 / std::pow(1.0 - std::pow(beta2, step), 0.5),
+                           1.0 / update_a};
     job.f = Flags{weight1 < 0.5, maximize, scale > 0, update_kind, cautious};
   }
 
