@@ -161,8 +161,7 @@ class AdamHD(CheckedState, Optimizer):
             options are ignored).
         cautious_decay: decay only coordinates where the Adam update ``u`` and the weight
             ``p_t`` satisfy ``u*p_t >= 0`` (arXiv 2510.12402; with ``decay="l2"`` this is the
-            paper's cautious AdamW). Default ``False``. Not in the fused kernels yet:
-            ``fused=None`` then takes the foreach or single-tensor path, ``fused=True`` raises.
+            paper's cautious AdamW). Default ``False``. The fused kernels implement it.
         decay_scaling: ``"lr"`` (default, ``tau = lr_t*weight_decay``) or ``"schedule"``
             (``tau = (lr_t/initial_lr)*weight_decay``, SGDW's ``eta_t*lambda``; ``initial_lr`` is
             the group's, set by an lr scheduler or else the lr at construction, which must be

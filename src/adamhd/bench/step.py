@@ -64,9 +64,27 @@ def layer_stack_1b_shapes(layers: int) -> list[tuple[int, ...]]:
     return shapes
 
 
+def gpt_like_shapes() -> list[tuple[int, ...]]:
+    """146 tensors, 42.5M parameters: 12 layers of d=512 (MLP 2048), vocabulary 8192, context 1024
+    (embeddings, attention and MLP matrices, biases, norms): the set of issue 13."""
+    d, ff, vocab, ctx, layers = 512, 2048, 8192, 1024, 12
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,)]
+        shapes += [(d,), (d,), (ff, d), (ff,), (d, ff), (d,)]
+    return shapes
+
+
+def tiny_shapes(count: int) -> list[tuple[int, ...]]:
+    """``count`` tensors of 16 elements: the fixed cost per tensor, not bandwidth."""
+    return [(16,)] * count
+
+
 PARAM_SETS: dict[str, Callable[[argparse.Namespace], list[tuple[int, ...]]]] = {
     "gpt2-124m": lambda args: gpt2_124m_shapes(),
+    "gpt-like": lambda args: gpt_like_shapes(),
     "1b-stack": lambda args: layer_stack_1b_shapes(args.layers),
+    "tiny": lambda args: tiny_shapes(args.tiny),
 }
 
 
@@ -88,28 +106,89 @@ class Contender:
     error: str | None = None
 
 
+class KernelStep:
+    """Steps ``adamhd.kernels.fused_adamhd`` directly with an update rule (``update``, ``atan2_a``,
+    ``atan2_b``, ``softplus_beta``) that ``AdamHD`` may not take as an option yet; its plain
+    ``update="adam"`` twin is the baseline of those rows."""
+
+    def __init__(self, params: list[Tensor], lr: float, weight_decay: float, **update) -> None:
+        from dataclasses import make_dataclass
+
+        from adamhd.decay import HuberDecay
+        from adamhd.hyper import AdamStep
+
+        record = make_dataclass("StepWithUpdate", [(k, type(v), v) for k, v in update.items()],
+                                bases=(AdamStep,), frozen=True)
+        self.hyper = record(decay=HuberDecay(), lr=lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                            weight_decay=weight_decay)
+        self.params = list(params)
+        self.state: dict[Tensor, dict[str, Tensor]] = {}
+
+    def step(self) -> None:
+        from adamhd.kernels import fused_adamhd
+
+        for p in self.params:
+            if p not in self.state:
+                self.state[p] = dict(step=torch.zeros(()), exp_avg=torch.zeros_like(p),
+                                     exp_avg_sq=torch.zeros_like(p),
+                                     delta_mu=p.detach().abs().mean())
+        states = [self.state[p] for p in self.params]
+        fused_adamhd(self.params, [p.grad for p in self.params],
+                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                     [s["step"] for s in states], [s["delta_mu"] for s in states], self.hyper)
+
+
+def option_contenders(lr: float, wd: float) -> list[Contender]:
+    """Each elementwise option of the fused kernel next to its plain baseline."""
+    from adamhd import AdamHD
+
+    out = []
+    for name, kw in (("cautious_decay", dict(cautious_decay=True)), ("decay=l2", dict(decay="l2")),
+                     ("decay=l2 cautious", dict(decay="l2", cautious_decay=True))):
+        out.append(Contender(f"AdamHD fused {name}",
+                             lambda ps, kw=kw: AdamHD(ps, lr=lr, weight_decay=wd, fused=True, **kw),
+                             "adamhd", prime=True))
+    for name, kw in (("adam (baseline)", dict(update="adam")),
+                     ("atan2", dict(update="atan2", atan2_a=1.27, atan2_b=1.0)),
+                     ("softplus", dict(update="softplus", softplus_beta=50.0))):
+        out.append(Contender(f"fused kernel update={name}",
+                             lambda ps, kw=kw: KernelStep(ps, lr, wd, **kw),  # type: ignore
+                             "adamhd", prime=True))
+    return out
+
+
+def _compiled(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` with its ``step`` replaced by ``torch.compile(opt.step)``."""
+    opt.step = torch.compile(opt.step)  # type: ignore[method-assign]
+    return opt
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
     from adamhd import AdamHD
     from adamhd.kernels import fused_unsupported_reason
 
     lr, wd = 1e-4, 0.1
+    torch_paths = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+                   "fused": dict(fused=True)}
     out = [
-        Contender(
-            "torch AdamW single",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=False),
-            "torch",
-        ),
-        Contender(
-            "torch AdamW foreach",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=True),
-            "torch",
-        ),
-        Contender(
-            "torch AdamW fused",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True),
-            "torch",
-        ),
+        Contender(f"torch AdamW {path}",
+                  lambda ps, kw=torch_paths[path]: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
+                                                                     **kw),
+                  "torch")
+        for path in _split(args.torch)
     ]
+    if args.compile:
+        out.append(Contender(
+            "torch AdamW fused compiled",
+            lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
+            "torch",
+        ))
+        out.append(Contender(
+            "AdamHD default compiled",
+            lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)),
+            "adamhd",
+            prime=True,
+        ))
     paths = [p for p in args.paths.split(",") if p]
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
     for path in paths:
@@ -130,6 +209,8 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
 
                 out.append(Contender(name, make, "adamhd",
                                      prime=path == "fused" and delta == "adaptive"))
+    if args.options and fused_ok:
+        out += option_contenders(lr, wd)
     if args.external:
         try:
             import heavyball
@@ -293,6 +374,7 @@ def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.N
             "gb_per_s": numel * BYTES_PER_PARAM / (ms / 1e3) / 1e9 if c.times else math.nan,
             "ratio_to_torch_fused": ms / fused_ms,
             "ratio_to_torch_foreach": ms / foreach_ms,
+            "us_per_tensor": ms * 1e3 / len(shapes),
             "state_bytes_per_param": c.state_bytes_per_param,
             "peak_extra_bytes_per_param": c.peak_extra_bytes_per_param,
             "times_ms": [t * 1e3 for t in c.times],
@@ -312,16 +394,17 @@ def format_table(result: dict, copy_gbs: float) -> str:
         f"### {result['param_set']}: {result['parameters'] / 1e6:.1f}M parameters in "
         f"{result['tensors']} tensors (copy bandwidth {copy_gbs:.1f} GB/s)",
         "",
-        "| contender | median ms | GB/s | % of copy | x torch fused | x torch foreach "
-        "| state B/param | peak extra B/param |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | median ms | range ms | us/tensor | GB/s | % of copy | x torch fused "
+        "| x torch foreach | state B/param | peak extra B/param |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if r["error"]:
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['name']} | {r['median_ms']:.1f} | {r['gb_per_s']:.1f} | "
+            f"| {r['name']} | {r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
+            f"{r['us_per_tensor']:.2f} | {r['gb_per_s']:.1f} | "
             f"{100 * r['gb_per_s'] / copy_gbs:.0f}% | {r['ratio_to_torch_fused']:.2f} | "
             f"{r['ratio_to_torch_foreach']:.2f} | {r['state_bytes_per_param']:.2f} | "
             f"{r['peak_extra_bytes_per_param']:.1f} |"
@@ -358,7 +441,44 @@ def plot(results: list[dict], copy_gbs: float, path: Path) -> bool:
     return True
 
 
+def _split(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, or ``None``: checked before anything runs."""
+    for name in _split(args.sets):
+        if name not in PARAM_SETS:
+            return f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})"
+    for flag, paths in (("--paths", args.paths), ("--torch", args.torch)):
+        for path in _split(paths):
+            if path not in ("single", "foreach", "fused"):
+                return f"unknown path {path!r} in {flag} (single, foreach, fused)"
+    for form in _split(args.forms):
+        if form not in ("explicit", "proximal"):
+            return f"unknown decay form {form!r} (explicit, proximal)"
+    for delta in _split(args.deltas):
+        try:
+            ok = delta == "adaptive" or float(delta) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"bad threshold {delta!r} in --deltas ('adaptive' or a positive number)"
+    if not _split(args.sets):
+        return "--sets names no parameter set"
+    for flag, value in (("--layers", args.layers), ("--rounds", args.rounds),
+                        ("--tiny", args.tiny)):
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.threads < 0:
+        return f"--threads must be >= 0, got {args.threads}"
+    return None
+
+
 def cmd_step(args: argparse.Namespace) -> int:
+    problem = check_args(args)
+    if problem is not None:
+        raise ValueError(problem)  # the CLI prints "adamhd bench: error: ..." and exits 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -372,9 +492,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     copy_before = copy_bandwidth()
     log(f"copy bandwidth {copy_before:.1f} GB/s")
     results = []
-    for name in [s for s in args.sets.split(",") if s]:
-        if name not in PARAM_SETS:
-            raise ValueError(f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})")
+    for name in _split(args.sets):
         results.append(run_param_set(name, PARAM_SETS[name](args), args, log))
     copy_after = copy_bandwidth()
     copy_gbs = max(copy_before, copy_after)
@@ -408,13 +526,21 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "step", help="time one optimizer step: AdamHD paths vs torch AdamW (and others)",
         description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--sets", default="gpt2-124m,1b-stack",
+    p.add_argument("--sets", default="gpt2-124m,gpt-like,1b-stack,tiny",
                    help=f"comma-separated parameter sets ({', '.join(PARAM_SETS)}); "
                         "default: %(default)s")
     p.add_argument("--layers", type=int, default=1,
                    help="layers of the 1B stack (24 in the full model; default %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="timed steps per contender")
+    p.add_argument("--tiny", type=int, default=1000,
+                   help="tensors of 16 elements in the 'tiny' set (default %(default)s)")
+    p.add_argument("--options", action="store_true",
+                   help="add the fused kernel's options (cautious, l2, atan2, softplus)")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile(opt.step) of torch's fused AdamW and AdamHD's default")
     p.add_argument("--paths", default="single,foreach,fused", help="AdamHD paths")
+    p.add_argument("--torch", default="single,foreach,fused",
+                   help="torch AdamW paths (the ratios need fused and foreach)")
     p.add_argument("--deltas", default="adaptive,0.05",
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
     p.add_argument("--forms", default="explicit,proximal", help="AdamHD decay forms")
