@@ -67,8 +67,7 @@ def adamhd(
         )
         return
     if fused:
-        from adamhd.kernels import fused_adamhd
-        from adamhd.optimizer import fused_update_reason
+        from adamhd.kernels import fused_adamhd, fused_update_reason
 
         reason = fused_update_reason(hyper.update)
         if reason is not None:

@@ -66,19 +66,10 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     check_update_options(group)
 
 
-def fused_update_reason(update: UpdateRule) -> str | None:
-    """Why the fused kernels cannot run ``update`` (``None`` if they can): the kernels' own answer
-    where they declare one (``kernels.fused_update_reason``), else only plain Adam."""
-    declared = getattr(kernels, "fused_update_reason", None)
-    if declared is not None:
-        return declared(update)
-    return None if update.plain else f"the fused kernels do not implement {update.describe()}"
-
-
 def _check_fused_rule(group: dict[str, Any]) -> None:
     """``fused=True`` with a decay or update rule the kernels lack: a clear error naming it."""
     if group.get("fused"):
-        reason = kernels.fused_rule_reason(rule_from_group(group)) or fused_update_reason(
+        reason = kernels.fused_rule_reason(rule_from_group(group)) or kernels.fused_update_reason(
             UpdateRule.from_group(group)
         )
         if reason is not None:
@@ -308,7 +299,7 @@ class AdamHD(CheckedState, Optimizer):
         if (
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
-            and fused_update_reason(hyper.update) is None
+            and kernels.fused_update_reason(hyper.update) is None
             and not any_dtensor(params)
             and kernels.fused_is_default(params)
         ):

@@ -283,8 +283,12 @@ def test_bad_options_raise_before_anything_changes(kwargs, pattern):
     assert len(opt.param_groups) == 1
 
 
-@pytest.mark.parametrize("rule", [dict(update="atan2"), dict(trust_ratio=True)], ids=name)
+@pytest.mark.parametrize(
+    "rule", [dict(update="atan2", cautious=True), dict(trust_ratio=True)], ids=name
+)
 def test_fused_true_raises_and_fused_none_avoids_the_kernels(rule):
+    """Options with a per-tensor statistic are not in the kernels (elementwise ones are:
+    tests/kernels/test_fused_options.py)."""
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(RuntimeError, match="fused=True cannot be honoured.*update="):
         AdamHD([p], fused=True, **rule)
