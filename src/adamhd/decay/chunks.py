@@ -1,0 +1,72 @@
+"""Chunk-by-chunk execution of the decay formulas on CPU: an execution detail, not math.
+
+A decay formula applied to a whole tensor allocates weight-sized temporaries (``|p|`` for
+``mean|p|``, the clipped pull, the cautious mask). On CPU each of them streams through main memory
+once more, and torch's CPU allocator hands such large blocks back to the operating system, so
+every step pays a page fault per 4 KiB page of every temporary as well. Applied to flat chunks of
+``CHUNK_ELEMENTS`` elements instead, the *same* formula's temporaries are a few hundred KiB: they
+stay in the core's L2 cache and malloc recycles them, so the decay costs about one read and write
+of ``p`` (and the adaptive threshold one read more), as the paper's "O(1) extra cost" means.
+
+Elementwise formulas give the same bits on a chunk as on the whole tensor (every element's result
+depends on that element's inputs only; ``tests/decay/test_chunks.py`` checks every rule, form and
+cautious combination across chunk boundaries). ``sweep`` splits only where that is safe and
+useful: CPU tensors of torch's own ``Tensor``/``Parameter`` types (not DTensor or other
+subclasses, whose ops go through their own dispatch), contiguous, larger than one chunk, with no
+autograd recording (``differentiable=True``) and not under ``torch.compile``; otherwise the
+formula runs once on the whole tensors, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["CHUNK_ELEMENTS", "chunks", "splits", "sweep"]
+
+#: Elements per chunk: 256 KiB of float32, so a chunk and its few temporaries fit in L2 (and each
+#: temporary stays under glibc's default mmap threshold growth); a multiple of every vector width.
+CHUNK_ELEMENTS = 1 << 16
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def splits(*tensors: Tensor | None) -> bool:
+    """Whether ``sweep`` over these tensors runs chunk by chunk (see the module docstring)."""
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return False
+    numel = present[0].numel()
+    if numel <= CHUNK_ELEMENTS or torch.compiler.is_compiling():
+        return False
+    recording = torch.is_grad_enabled()
+    return all(
+        type(t) in _PLAIN_TYPES
+        and t.is_cpu
+        and t.numel() == numel
+        and t.is_contiguous()
+        and not (recording and t.requires_grad)
+        for t in present
+    )
+
+
+def chunks(t: Tensor) -> tuple[Tensor, ...]:
+    """Views of the flat ``t`` (contiguous), ``CHUNK_ELEMENTS`` elements each, the last shorter."""
+    return t.view(-1).split(CHUNK_ELEMENTS)
+
+
+def sweep(fn: Callable[..., None], *tensors: Tensor | None) -> None:
+    """``fn(*tensors)``, run on aligned chunks of the tensors where ``splits(*tensors)``.
+
+    ``fn`` must be elementwise (each output element depends only on the same element of its
+    inputs) and update its tensors in place; ``None`` arguments are passed through as ``None``.
+    """
+    if not splits(*tensors):
+        fn(*tensors)
+        return
+    per_tensor = [None if t is None else chunks(t) for t in tensors]
+    count = len(next(c for c in per_tensor if c is not None))
+    for i in range(count):
+        fn(*(None if c is None else c[i] for c in per_tensor))
