@@ -62,6 +62,7 @@ __all__ = [
     "DecayRule",
     "HuberDecay",
     "L2Decay",
+    "TensorDecay",
     "Threshold",
     "cautious_mask",
     "cautious_weights",
@@ -130,30 +131,47 @@ def huber_explicit_(
     the decay runs, without a weight-sized mask. ``d = inf`` without a mask is the L2 limit and is
     written as AdamW writes it, ``p*(1 - tau)``.
     """
-    if mask is None and signs is None and _is_inf(d):
-        p.mul_(1 - tau)
-        return
-    _decay_(p, _Pull.of(d, 1.0, p.dtype), -tau, mask, signs)
+    sweep(TensorDecay.of("explicit", tau, d, p.dtype), p, mask, signs)
 
 
 def huber_proximal_(
     q: Tensor, tau: float | Tensor, d: Threshold, mask: Tensor | None = None
 ) -> None:
     """``q <- prox_{tau*H_d}(q)`` in place where ``mask`` (everywhere without one)."""
-    _decay_(q, _Pull.of(d, 1 + tau, q.dtype), -tau / (1 + tau), mask, None)
+    sweep(TensorDecay.of("proximal", tau, d, q.dtype), q, mask, None)
 
 
-def _decay_(
-    x: Tensor, pull: _Pull, alpha: float | Tensor, mask: Tensor | None, signs: Tensor | None
-) -> None:
-    """``x += alpha * [mask *] pull(x)`` in place, chunk by chunk where ``chunks.splits``."""
+@dataclass(frozen=True)
+class TensorDecay:
+    """One tensor's decay this step, its numbers made once (not once per chunk)::
 
-    def step(x: Tensor, mask: Tensor | None, signs: Tensor | None) -> None:
+        x <- x + alpha * [mask *] clip(x, -bound, bound)
+        explicit:  alpha = -tau,            bound = d;    x * (1 - tau) for d = inf, no mask
+        proximal:  alpha = -tau/(1 + tau),  bound = (1 + tau)*d
+
+    Called on the whole tensor or on any chunk of it (elementwise): ``decay(x, mask, signs)``
+    updates ``x`` in place; ``signs`` (explicit form) makes the mask ``cautious_weights(signs, x)``.
+    """
+
+    pull: _Pull
+    alpha: float | Tensor
+    l2_factor: float | Tensor | None  # explicit form with d = inf: AdamW's x*(1 - tau)
+
+    @classmethod
+    def of(cls, form: Form, tau: float | Tensor, d: Threshold, dtype: torch.dtype) -> TensorDecay:
+        if form == "explicit":
+            return cls(_Pull.of(d, 1.0, dtype), -tau, 1 - tau if _is_inf(d) else None)
+        return cls(_Pull.of(d, 1 + tau, dtype), -tau / (1 + tau), None)
+
+    def __call__(
+        self, x: Tensor, mask: Tensor | None = None, signs: Tensor | None = None
+    ) -> None:
         if signs is not None:
             mask = cautious_weights(signs, x)
-        _add_scaled_(x, pull(x, mask), alpha)
-
-    sweep(step, x, mask, signs)
+        if mask is None and self.l2_factor is not None:
+            x.mul_(self.l2_factor)
+            return
+        _add_scaled_(x, self.pull(x, mask), self.alpha)
 
 
 @dataclass(frozen=True)
@@ -369,6 +387,11 @@ class DecayRule:
             masks_ = None if masks is None else [masks[i] for i in indices]
         step_foreach = foreach_huber_explicit_ if self.before_update else foreach_huber_proximal_
         step_foreach(ps, tau, [ds[i] for i in indices], masks_)
+
+    def on(self, tau: float | Tensor, d: Threshold, dtype: torch.dtype) -> TensorDecay:
+        """This rule's decay of one tensor (or chunk) of ``dtype`` with strength ``tau`` and
+        threshold ``d``, its numbers prepared once: ``self.on(tau, d, p.dtype)(p, mask)``."""
+        return TensorDecay.of(self.form, tau, d, dtype)
 
     def masks(self, us: list[Tensor], params: list[Tensor], foreach: bool) -> list[Tensor] | None:
         """The cautious masks for updates ``us`` and weights ``params`` (``None`` if not

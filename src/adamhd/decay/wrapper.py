@@ -58,7 +58,7 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from adamhd.decay.chunks import sweep
 from adamhd.decay.options import DECAY_DEFAULTS, check_decay_options, rule_from_group
-from adamhd.decay.rules import DecayRule, Threshold
+from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
 from adamhd.decay.strength import decay_strength, group_decay_coefficient, remember_initial_lr
 from adamhd.decay.threshold import mu_dtype
 from adamhd.distributed import whole_mean_abs
@@ -212,21 +212,21 @@ def _apply_cautious(plan: _GroupDecay) -> None:
     assert plan.before is not None
     for p, p_t, d in zip(plan.params, plan.before, plan.ds):
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
-        sweep(partial(_decay_cautiously, plan.rule, plan.tau, d), p, p_t)
+        decay = plan.rule.on(plan.tau, d, p.dtype)
+        sweep(partial(_decay_cautiously, plan.rule, decay), p, p_t)
     plan.before = None
 
 
-def _decay_cautiously(rule: DecayRule, tau: float | Tensor, d: Threshold, p: Tensor,
-                      p_t: Tensor) -> None:
+def _decay_cautiously(rule: DecayRule, decay: TensorDecay, p: Tensor, p_t: Tensor) -> None:
     """``_apply_cautious`` on one tensor (or one chunk of it): ``p`` after the base step, ``p_t``
     a copy of it before."""
-    mask = rule.masks([p_t - p], [p_t], foreach=False)
+    [mask] = rule.masks([p_t - p], [p_t], foreach=False)  # type: ignore[misc]
     if rule.before_update:
         p.sub_(p_t)
-        rule.apply_([p_t], tau, [d], foreach=False, masks=mask)
+        decay(p_t, mask)
         p.add_(p_t)
     else:
-        rule.apply_([p], tau, [d], foreach=False, masks=mask)
+        decay(p, mask)
 
 
 def _check_real(param_group: dict[str, Any]) -> None:
