@@ -257,6 +257,13 @@ def _add_scaled_(x: Tensor, y: Tensor, alpha: float | Tensor) -> None:
         x.add_(y, alpha=alpha)
 
 
+def _chunk_in_foreach(p: Tensor) -> bool:
+    """Whether a ``foreach`` decay takes ``p`` on its own, chunk by chunk: large CPU tensors of
+    float32/float64. (For bfloat16/float16 torch's ``foreach`` ops round number arguments such as
+    ``1 - tau`` to the tensor's dtype and per-tensor ops do not: the bits would differ.)"""
+    return p.dtype in (torch.float32, torch.float64) and splits(p)
+
+
 def _readable_on_host(t: Tensor) -> bool:
     """A 0-dim CPU tensor whose value may be read (no device sync, no autograd, no tracing)."""
     return (
@@ -355,7 +362,8 @@ class DecayRule:
             return
         step = huber_explicit_ if self.before_update else huber_proximal_
         if foreach and not isinstance(tau, Tensor):
-            rest = [i for i, p in enumerate(params) if not splits(p)]
+            in_place = masks is None and signs is None and all(_is_inf(d) for d in ds)
+            rest = [i for i, p in enumerate(params) if in_place or not _chunk_in_foreach(p)]
             if rest:
                 self._apply_foreach_(rest, params, tau, ds, masks, signs)
             if len(rest) == len(params):
@@ -404,7 +412,8 @@ class DecayRule:
         if not foreach:
             return [cautious_weights(u, p) for u, p in zip(us, params)]
         out: list[Tensor | None] = [
-            cautious_weights(u, p) if splits(u, p) else None for u, p in zip(us, params)
+            cautious_weights(u, p) if _chunk_in_foreach(p) and splits(u, p) else None
+            for u, p in zip(us, params)
         ]
         rest = [i for i, m in enumerate(out) if m is None]
         if rest:
