@@ -19,6 +19,7 @@ from adamhd.decay import HuberDecay, L2Decay, mean_abs
 from adamhd.decay.chunks import splits, sweep
 
 CHUNK = chunks.CHUNK_ELEMENTS
+SUM_SPLIT_ABOVE = chunks.SUM_SPLIT_ABOVE
 SIZES = [2 * CHUNK + 12345, 3 * CHUNK]  # a short last chunk; an exact multiple
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
 
@@ -30,9 +31,11 @@ def unchunked(monkeypatch):
     class Switch:
         def __enter__(self):
             monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", 1 << 62)
+            monkeypatch.setattr(chunks, "SUM_SPLIT_ABOVE", 1 << 62)
 
         def __exit__(self, *exc):
             monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", CHUNK)
+            monkeypatch.setattr(chunks, "SUM_SPLIT_ABOVE", SUM_SPLIT_ABOVE)
 
     return Switch
 
@@ -157,7 +160,7 @@ def test_mean_abs_by_chunks_is_as_accurate_as_float64():
     g = torch.Generator().manual_seed(0)
     n = 3 * 2**20 + 4321
     p = (torch.randn(n, generator=g, dtype=torch.float64) * 0.02 + 0.01).float()
-    assert splits(p)
+    assert splits(p, above=SUM_SPLIT_ABOVE)
     want = p.double().abs().mean().item()
     got = mean_abs(p)
     assert got.dtype == torch.float32
@@ -172,8 +175,8 @@ def test_mean_abs_by_chunks_is_as_accurate_as_float64():
 
 
 def test_mean_abs_of_non_finite_weights():
-    p = torch.ones(SIZES[0])
-    p[CHUNK + 5] = math.inf
+    p = torch.ones(SUM_SPLIT_ABOVE + 3)
+    p[SUM_SPLIT_ABOVE - 5] = math.inf
     assert mean_abs(p).item() == math.inf
     p[7] = math.nan
     assert math.isnan(mean_abs(p).item())

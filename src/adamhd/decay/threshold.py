@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from adamhd.decay.chunks import chunks, splits
+import adamhd.decay.chunks as _chunks
 
 __all__ = [
     "foreach_mean_abs",
@@ -56,7 +56,7 @@ def mean_abs(p: Tensor) -> Tensor:
     """``mean(|p|)`` of the (local) tensor as a 0-dim tensor (0 for an empty tensor)."""
     if p.numel() == 0:
         return torch.zeros((), dtype=mu_dtype(p), device=p.device)
-    if splits(p):
+    if _chunks.splits(p, above=_chunks.SUM_SPLIT_ABOVE):
         return (chunked_sum_abs(p) / p.numel()).to(mu_dtype(p))
     # torch's mean sums in cascade (accurate to ~1e-8 on millions of float32 elements), unlike
     # its CPU L1 norm, which drifts ~1e-4; it also measured faster than a float64 norm on CPU.
@@ -68,7 +68,7 @@ def chunked_sum_abs(p: Tensor) -> Tensor:
     ``|p|``: ``|chunk|`` in one reused buffer, each chunk summed in torch's cascade (in
     ``mu_dtype(p)``, as ``mean`` sums), the chunk sums added in float64. At least as accurate as
     the whole tensor's cascade ``mean`` (``tests/decay/test_chunks.py``)."""
-    parts = chunks(p)
+    parts = _chunks.chunks(p, _chunks.SUM_CHUNK_ELEMENTS)
     sums = torch.empty(len(parts), dtype=mu_dtype(p), device=p.device)
     scratch = torch.empty(parts[0].numel(), dtype=p.dtype, device=p.device)
     for i, part in enumerate(parts):
