@@ -290,3 +290,13 @@ def test_wrapper_chunked_equals_whole(form, cautious, unchunked):
         want, _ = run_steps(factory, params)
     for a, b in zip(got, want):
         assert_same_bits(a.detach(), b.detach())
+
+
+def test_signs_only_for_the_cautious_explicit_form_and_nothing_changes():
+    p, u = weights_and_updates(100, torch.float32)
+    before = p.clone()
+    for rule in (HuberDecay(delta=0.25, form="proximal", cautious=True),
+                 HuberDecay(delta=0.25, cautious=False)):
+        with pytest.raises(ValueError, match="signs"):
+            rule.apply_([p], 0.1, [0.25], True, signs=[u])
+    assert torch.equal(p, before)
