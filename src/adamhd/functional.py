@@ -159,10 +159,13 @@ def _single_tensor_adamhd(
             numer, value = exp_avg, -step_size
 
         # Cautious decay: the mask needs the update u (its sign is exp_avg's: the bias correction
-        # and the denominator are positive) and p_t, so the explicit decay moves here.
-        masks = decay.masks([exp_avg], [param], foreach=False) if decays else None
+        # and the denominator are positive) and p_t, so the explicit decay moves here and takes
+        # the mask as it runs; the proximal one takes it now and decays after the update.
+        masks = None
         if decays and decay.before_update and decay.cautious:
-            decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
+            decay.apply_([param], tau, thresholds, foreach=False, signs=[exp_avg])
+        elif decays:
+            masks = decay.masks([exp_avg], [param], foreach=False)
         param.addcdiv_(numer, denom, value=value)
         if decays and not decay.before_update:
             decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
@@ -301,9 +304,11 @@ def _multi_tensor_adamhd(
             torch._foreach_add_(denom, eps)
 
         # Cautious decay: masks from sign(u) = sign(exp_avg) and p_t (see the single path).
-        masks = decay.masks(device_exp_avgs, device_params, foreach=True) if decays else None
+        masks = None
         if decays and decay.before_update and decay.cautious:
-            decay.apply_(device_params, tau, thresholds, foreach=True, masks=masks)
+            decay.apply_(device_params, tau, thresholds, foreach=True, signs=device_exp_avgs)
+        elif decays:
+            masks = decay.masks(device_exp_avgs, device_params, foreach=True)
         if step_sizes is None:
             torch._foreach_addcdiv_(device_params, device_exp_avgs, denom)
         else:
