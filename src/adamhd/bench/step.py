@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from adamhd.argtypes import choices_of, nonneg_int, positive_int
+
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
 
 
@@ -110,7 +112,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
             "torch",
         ),
     ]
-    paths = [p for p in args.paths.split(",") if p]
+    paths = args.paths
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
     for path in paths:
         if path == "fused" and not fused_ok:
@@ -120,7 +122,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
               "fused": dict(fused=True)}[path]
         for delta in args.deltas.split(","):
             delta_value: float | str = delta if delta == "adaptive" else float(delta)
-            for form in args.forms.split(","):
+            for form in args.forms:
                 name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
                 name += f" {form}"
 
@@ -372,7 +374,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     copy_before = copy_bandwidth()
     log(f"copy bandwidth {copy_before:.1f} GB/s")
     results = []
-    for name in [s for s in args.sets.split(",") if s]:
+    for name in args.sets:
         if name not in PARAM_SETS:
             raise ValueError(f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})")
         results.append(run_param_set(name, PARAM_SETS[name](args), args, log))
@@ -408,19 +410,21 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "step", help="time one optimizer step: AdamHD paths vs torch AdamW (and others)",
         description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--sets", default="gpt2-124m,1b-stack",
+    p.add_argument("--sets", type=choices_of(PARAM_SETS), default="gpt2-124m,1b-stack",
                    help=f"comma-separated parameter sets ({', '.join(PARAM_SETS)}); "
                         "default: %(default)s")
-    p.add_argument("--layers", type=int, default=1,
+    p.add_argument("--layers", type=positive_int, default=1,
                    help="layers of the 1B stack (24 in the full model; default %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per contender")
-    p.add_argument("--paths", default="single,foreach,fused", help="AdamHD paths")
+    p.add_argument("--rounds", type=positive_int, default=5, help="timed steps per contender")
+    p.add_argument("--paths", type=choices_of(("single", "foreach", "fused")),
+                   default="single,foreach,fused", help="AdamHD paths")
     p.add_argument("--deltas", default="adaptive,0.05",
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
-    p.add_argument("--forms", default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--forms", type=choices_of(("explicit", "proximal")),
+                   default="explicit,proximal", help="AdamHD decay forms")
     p.add_argument("--no-external", dest="external", action="store_false",
                    help="skip heavyball / pytorch_optimizer even if installed")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_step)
 

@@ -49,19 +49,56 @@ def _adam(groups, lr, weight_decay, **kw):
     return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **kw)
 
 
-# name -> (factory, the class whose keywords a spec may override)
-REGISTRY: dict[str, tuple[Factory, type]] = {
-    "adamw": (_adamw, torch.optim.AdamW),
-    "adamhd": (_adamhd, AdamHD),
-    "adam": (_adam, torch.optim.Adam),
-}
+@dataclass(frozen=True)
+class Entrant:
+    """A registered optimizer: `factory(groups, lr, weight_decay, **overrides)` builds it;
+    `cls`'s constructor keywords are the overrides a spec may set; `step_kwargs(loss)` gives
+    extra keywords for `optimizer.step` (e.g. an optimizer that needs the loss)."""
+
+    factory: Factory
+    cls: type
+    note: str = ""
+    step_kwargs: Callable[[torch.Tensor], dict] | None = None
+
+
+REGISTRY: dict[str, Entrant] = {}
 
 _RESERVED = {"params", "lr", "weight_decay"}
 
 
-def register(name: str, factory: Factory, cls: type) -> None:
-    """Add an entrant; `factory(groups, lr, weight_decay, **overrides)` returns the optimizer."""
-    REGISTRY[name] = (factory, cls)
+def register(name: str, factory: Factory, cls: type, note: str = "",
+             step_kwargs: Callable[[torch.Tensor], dict] | None = None) -> None:
+    """Add an entrant (replacing one of the same name). Example, a torch optimizer:
+
+        register("sgdw", lambda groups, lr, wd, **kw: SGDW(groups, lr=lr, weight_decay=wd, **kw),
+                 SGDW, "SGD with decoupled decay")
+    """
+    if not name or name != name.strip().lower() or any(c in name for c in ":,="):
+        raise ValueError(f"entrant names are lower case without ':', ',' or '=': {name!r}")
+    REGISTRY[name] = Entrant(factory, cls, note, step_kwargs)
+
+
+register("adamw", _adamw, torch.optim.AdamW, "torch.optim.AdamW (the baseline)")
+register("adamhd", _adamhd, AdamHD, "AdamHD: AdamW with decoupled Huber decay")
+register("adam", _adam, torch.optim.Adam, "torch.optim.Adam without decay (a reference)")
+
+
+def _adamhd_variant(name: str, note: str, **fixed) -> None:
+    """AdamHD with options fixed, registered only if this AdamHD has those options."""
+    if not set(fixed) <= set(inspect.signature(AdamHD).parameters):
+        return
+
+    def factory(groups, lr, weight_decay, **kw):
+        return AdamHD(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
+
+    register(name, factory, AdamHD, note)
+
+
+_adamhd_variant("adamhd-atan2", "AdamHD, update=atan2 (Adam-atan2, no eps)", update="atan2")
+_adamhd_variant("adamhd-cautious", "AdamHD, cautious=True (masked update, arXiv 2411.16085)",
+                cautious=True)
+_adamhd_variant("adamhd-cdecay", "AdamHD, cautious_decay=True (arXiv 2510.12402)",
+                cautious_decay=True)
 
 
 @dataclass(frozen=True)
@@ -81,9 +118,12 @@ class OptimizerSpec:
         return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in self.label)
 
     def build(self, model: torch.nn.Module, lr: float, weight_decay: float):
-        factory, _ = REGISTRY[self.name]
         groups = param_groups(model, weight_decay)
-        return factory(groups, lr, weight_decay, **self.overrides)
+        return REGISTRY[self.name].factory(groups, lr, weight_decay, **self.overrides)
+
+    def step_kwargs(self, loss: torch.Tensor) -> dict:
+        extra = REGISTRY[self.name].step_kwargs
+        return extra(loss) if extra else {}
 
 
 def _value(text: str):
@@ -115,7 +155,7 @@ def parse_spec(text: str) -> OptimizerSpec:
         raise ValueError(
             f"unknown optimizer {name!r}; registered: {', '.join(sorted(REGISTRY))}"
         )
-    allowed = set(inspect.signature(REGISTRY[name][1]).parameters) - _RESERVED
+    allowed = set(inspect.signature(REGISTRY[name].cls).parameters) - _RESERVED
     overrides = {}
     for item in _split_top(rest, ",") if rest.strip() else []:
         key, eq, val = item.partition("=")
@@ -132,11 +172,14 @@ def parse_spec(text: str) -> OptimizerSpec:
 
 
 def parse_specs(text: str) -> list[OptimizerSpec]:
-    """`adamw,adamhd:delta_scale=2.0,delta_beta=0.9` -> two specs.
+    """`adamw,adamhd:delta_scale=2.0,delta_beta=0.9` -> two specs; `all` -> every registered
+    entrant (adamw first, as the baseline).
 
     A comma-separated part that is a key=value pair continues the current entrant's overrides;
     any other part (a name, or name:overrides) starts a new entrant.
     """
+    if text.strip().lower() == "all":
+        text = ",".join(["adamw", *sorted(n for n in REGISTRY if n != "adamw")])
     specs: list[str] = []
     for part in _split_top(text, ","):
         head = part.strip().partition(":")[0]
