@@ -184,7 +184,7 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from adamhd.lab.report import build_report
-    from adamhd.lab.sweep_report import build_sweep_report
+    from adamhd.lab.sweep import build_any_report
 
     dirs = [Path(d) for d in args.dir]
     if (dirs[0] / "compare.json").is_file():
@@ -193,7 +193,7 @@ def cmd_report(args) -> int:
                              "the shards of one sweep")
         report = build_report(dirs[0])
     elif (dirs[0] / "sweep.json").is_file():
-        report = build_sweep_report(dirs, Path(args.out) if args.out else None)
+        report = build_any_report(dirs, Path(args.out) if args.out else None)
     else:
         raise ValueError(f"{dirs[0]} holds no compare.json or sweep.json: not the --out folder "
                          "of adamhd compare, sweep or leaderboard")
@@ -211,14 +211,14 @@ def cmd_sweep(args) -> int:
             "decay_form": args.decay_form}
     budgets = args.decay_budget
     if budgets is None and args.weight_decay is None:
-        budgets = list(SWEEP_BUDGETS)
+        budgets = list(SWEEP_BUDGETS) if args.command == "sweep" else [DEFAULTS["decay_budget"]]
     report = run_sweep(
         optimizers=args.optimizers, lrs=args.lr, weight_decays=args.weight_decay, grid=grid,
         budgets=budgets, seeds=args.seeds,
         base=_base_config(args, args.lr[0], 0.0), out=args.out, data=args.data,
         tokenizer=args.tokenizer, bpe_vocab=args.bpe_vocab, cache_dir=args.cache_dir,
         resume=args.resume, progress=not args.no_progress, threads=args.threads, shard=shard,
-        jobs=args.jobs, use_ray=args.ray, argv=args.argv)
+        jobs=args.jobs, use_ray=args.ray, argv=args.argv, kind=args.command)
     if report is None:
         print(f"shard {args.shard} done in {args.out}; when every shard is done: "
               f"adamhd report {args.out} [other shard folders...]")
@@ -278,6 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "else a local one; needs `pip install ray`)")
     _add_run_options(p, kind="sweep")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("leaderboard", help="every registered entrant at its best lr, ranked",
+                       description="Train every entrant (default: all registered) at each lr "
+                                   "of a small grid on the same seeds, then rank each at its "
+                                   "best lr: final loss, paired difference from adamw, steps to "
+                                   "adamw's final loss, state bytes, step time, sparsity.")
+    p.add_argument("--optimizers", default="all",
+                   help="entrants, adamw first (default: all registered)")
+    p.add_argument("--lr", type=list_of(positive_float), default=[1e-3, 3e-3, 1e-2],
+                   help="comma-separated learning rates (default: 1e-3,3e-3,1e-2)")
+    wd = p.add_mutually_exclusive_group()
+    wd.add_argument("--weight-decay", type=list_of(nonneg_float), default=None,
+                    help="weight decay for every entrant and lr")
+    wd.add_argument("--decay-budget", type=list_of(nonneg_float), default=None,
+                    help="decay budget, solved to a weight_decay per lr (default: 1)")
+    p.add_argument("--shard", default=None, help="i/N, as for sweep")
+    p.add_argument("--ray", action="store_true", help="as for sweep")
+    _add_run_options(p, kind="leaderboard")
+    p.set_defaults(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None,
+                   seeds=2)
 
     # ------------------------------------------------------------------------------------------
     # Extension point: `adamhd bench ...` lives in the module `adamhd.bench` (owned elsewhere).

@@ -15,14 +15,21 @@ def tiny_args(out, works_dir, other_domain, *extra):
 
 def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain, capsys):
     out = tmp_path / "out"
-    assert cli.main(tiny_args(out, works_dir, other_domain)) == 0
+    args = tiny_args(out, works_dir, other_domain)
+    args[args.index("--grid-budgets") + 1] = "0.5"
+    assert cli.main(args + ["--decay-budget", "1"]) == 0
     for name in ("report.md", "report.html", "val_loss.png", "pruning.png",
                  "weight_histograms.png", "small_weights.png", "compare.json"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "The paper's claims: adamhd vs adamw" in md
-    for claim in ("| a |", "| a (steps) |", "| b |", "| c |", "| d |"):
+    for claim in ("| a |", "| a (steps) |", "| b |", "| c |", "| c (task) |", "| d |",
+                  "| best vs best |"):
         assert claim in md
+    assert "Regime: **decay at equilibrium**" in md and "Where the time went" in md
+    assert (out / "sweep" / "sweep.md").is_file() and (out / "sweep" / "sweep.png").is_file()
+    sweep = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert len(sweep["points"]) == 2 * 2 * 2  # 2 budgets x 2 entrants x 2 seeds
     assert "unigram entropy" in md and "![validation loss](val_loss.png)" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "src='val_loss.png'" not in html
@@ -42,7 +49,7 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
 
     # --resume on a finished comparison trains nothing and reports the same numbers
     results = (out / "runs" / "adamhd" / "seed1" / "results.json").read_text()
-    assert cli.main(tiny_args(out, works_dir, other_domain, "--resume")) == 0
+    assert cli.main(args + ["--decay-budget", "1", "--resume"]) == 0
     assert (out / "runs" / "adamhd" / "seed1" / "results.json").read_text() == results
 
 

@@ -62,9 +62,10 @@ class Regime:
 
     @property
     def name(self) -> str:
-        if self.budget < 0.1:
+        budget = round(self.budget, 6)  # a budget solved for 1 is 1, not 0.9999999
+        if budget < 0.1:
             return "decay negligible"
-        if self.budget < 1.0:
+        if budget < 1.0:
             return "decay partial"
         return "decay at equilibrium"
 
@@ -74,12 +75,12 @@ class Regime:
                 f"shrink a weight by {shrink:.1f}% over the run; decay timescale "
                 f"1/(lr x weight_decay) = {self.timescale:.3g} steps at the peak lr, against a "
                 f"run of {self.steps} steps. ")
-        if self.budget < 0.1:
+        if self.name == "decay negligible":
             return head + ("Regime: **decay negligible**. The timescale is far longer than the "
                            "run, so AdamW and AdamHD, which differ only in the decay term, train "
                            "nearly the same model; a null result here says little about the "
                            "paper's claims.")
-        if self.budget < 1.0:
+        if self.name == "decay partial":
             return head + ("Regime: **decay partial**. Decay acts, but the weights do not reach "
                            "the balance between gradient and decay; LLM pre-training runs sit "
                            "further out (budgets of about 3 to 20).")

@@ -88,8 +88,9 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
               resume: bool = False, progress: bool = True, threads: int | None = None,
               budgets=None, shard: tuple[int, int] | None = None, jobs: int = 1,
               use_ray: bool = False, argv: list[str] | None = None,
-              build_report: bool = True) -> Path | None:
-    """Train the grid (or this shard of it); return the report's path, or None for a shard."""
+              build_report: bool = True, kind: str = "sweep") -> Path | None:
+    """Train the grid (or this shard of it); return the report's path, or None for a shard.
+    kind "leaderboard": the runs also measure the pruning curve, and the report ranks."""
     from adamhd.lab.compare import corpus_key, grid_config
 
     if seeds < 1:
@@ -100,7 +101,8 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
     specs = grid_specs(optimizers, grid)
     corpus = load_corpus(data, tokenizer=tokenizer, bpe_vocab=bpe_vocab, eval_sources=[],
                          cache_dir=cache_dir)
-    base = replace(grid_config(base), corpus_key=corpus_key(corpus), optimizer="")
+    base = replace(grid_config(base), corpus_key=corpus_key(corpus), optimizer="",
+                   prune=kind == "leaderboard")
     pairs = sweep_points(specs, lrs, weight_decays, seeds, base, budgets)
     for lr, wd in {(p.lr, p.weight_decay) for _, p in pairs}:
         check_run_inputs(replace(base, lr=lr, weight_decay=wd), specs, corpus)
@@ -110,6 +112,7 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
                   f"seed {p.seed}") for k, (spec, p) in enumerate(pairs, 1)]
     meta = sweep_meta(specs, [p for _, p in pairs], base, seeds, corpus,
                       argv if argv is not None else sys.argv[1:])
+    meta["kind"] = kind
     lock_name = ".lock" if shard is None else f".lock-shard-{shard[0]}-of-{shard[1]}"
     with locked(out, lock_name):
         write_sweep_meta(out, meta)
@@ -117,6 +120,18 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
                   threads=threads, fresh=True, use_ray=use_ray)
     if shard is not None or not build_report:
         return None
+    return build_any_report([out])
+
+
+def build_any_report(folders: list[Path], out: Path | None = None) -> Path:
+    """The sweep or leaderboard report of `folders` (the shards of one grid)."""
+    from adamhd.lab.files import read_json
+
+    kind = read_json(Path(folders[0]) / SWEEP_FILE).get("kind", "sweep")
+    if kind == "leaderboard":
+        from adamhd.lab.leaderboard import build_leaderboard_report
+
+        return build_leaderboard_report(folders, out)
     from adamhd.lab.sweep_report import build_sweep_report
 
-    return build_sweep_report([out])
+    return build_sweep_report(folders, out)

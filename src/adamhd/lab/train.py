@@ -78,6 +78,11 @@ class RunConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
     @property
+    def eval_batch(self) -> int:
+        """Windows per evaluation batch: larger than a small training batch (no gradients)."""
+        return max(64, self.batch_size)
+
+    @property
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else max(1, self.steps // 10)
 
@@ -276,7 +281,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
         full = par.full_model(plain_copy)  # rank 0 evaluates alone, on the full weights
         if full is None:
             return None
-        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.batch_size,
+        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.eval_batch,
                                max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype,
                                subset_seed=EVAL_SUBSET_SEED)
         metrics.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step,
@@ -397,7 +402,7 @@ def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_s
         clock = now
 
     def loss_on(tokens, windows, subset_seed=None):
-        return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.batch_size,
+        return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.eval_batch,
                                 max_windows=windows, device=device, dtype=cfg.dtype,
                                 subset_seed=subset_seed)
 
@@ -406,7 +411,7 @@ def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_s
                for name, tokens in corpus.eval_sets.items()} if cfg.domains else {}
     lap("final_eval_seconds")
     task = choice.accuracy(model, corpus.choice[:cfg.choice_items], context=cfg.context,
-                           batch_size=cfg.batch_size, device=device)
+                           batch_size=cfg.eval_batch, device=device)
     lap("choice_seconds")
     n_prunable = sum(w.numel() for w in prunable_weights(model).values())
     n_total = model.num_params()
