@@ -26,7 +26,7 @@ $(LAB_STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	touch $(LAB_STAMP)
 
 $(TEST_STAMP): $(LAB_STAMP)
-	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,peers]'
+	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers]'
 	touch $(TEST_STAMP)
 
 venv: $(LAB_STAMP)

@@ -24,13 +24,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from adamhd import decay  # attributes read at call time: decay imports this module too
+from adamhd.decay.threshold import foreach_mean_abs, mean_abs, mu_dtype
 
 __all__ = [
     "any_dtensor",
     "fused_dtensor_reason",
     "global_mean_abs",
     "is_dtensor",
+    "whole_mean_abs",
 ]
 
 
@@ -94,14 +95,14 @@ def global_mean_abs(params: list[Tensor]) -> list[Tensor]:
         if is_dtensor(p):
             dims = _sharded_mesh_dims(p)
             device = p.to_local().device  # type: ignore[attr-defined]
-            key = (p.device_mesh, dims, device, decay.mu_dtype(p))  # type: ignore[attr-defined]
+            key = (p.device_mesh, dims, device, mu_dtype(p))  # type: ignore[attr-defined]
             buckets.setdefault(key, []).append(i)
         else:
-            out[i] = decay.mean_abs(p.detach())
+            out[i] = mean_abs(p.detach())
 
     for (mesh, mesh_dims, device, dtype), indices in buckets.items():
         locals_ = [params[i].to_local().detach() for i in indices]  # type: ignore[attr-defined]
-        # float64 sums, as in decay.mean_abs: float32 loses ~1e-4 over millions of elements
+        # float64 sums, as in mean_abs: float32 loses ~1e-4 over millions of elements
         sums = torch.stack(torch._foreach_norm(locals_, 1, dtype=torch.float64))
         for mesh_dim in mesh_dims:
             torch.distributed.all_reduce(sums, group=mesh.get_group(mesh_dim))
@@ -111,3 +112,13 @@ def global_mean_abs(params: list[Tensor]) -> list[Tensor]:
         for i, mean in zip(indices, (sums / numels).to(dtype).unbind(0)):
             out[i] = mean
     return out  # type: ignore[return-value]
+
+
+def whole_mean_abs(params: list[Tensor], foreach: bool = False) -> list[Tensor]:
+    """``mean(|p|)`` of each *whole* tensor: sharded DTensor parameters (FSDP2) are summed across
+    ranks with one all-reduce for all of them (``global_mean_abs``); plain tensors locally."""
+    if not params:
+        return []
+    if any_dtensor(params):
+        return global_mean_abs(params)
+    return foreach_mean_abs(params) if foreach else [mean_abs(p) for p in params]

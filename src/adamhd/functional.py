@@ -6,9 +6,11 @@
 * ``_multi_tensor_adamhd``: ``torch._foreach_*`` ops over lists of tensors;
 * the fused kernels of ``adamhd.kernels`` (one pass over memory per tensor).
 
-The decay itself (Huber, explicit or proximal, fixed or adaptive threshold) lives in
-``adamhd.decay``; this module only decides *when* it is applied: before the Adam update for the
-explicit form (on the same ``p`` AdamW decays), after it for the proximal form.
+The decay itself (L2 or Huber, explicit or proximal, fixed or adaptive threshold, optionally
+cautious) lives in ``adamhd.decay``; this module only decides *when* it is applied: before the Adam
+update for the explicit form (on the same ``p`` AdamW decays), after it for the proximal form. A
+cautious rule needs the update's sign first, so its explicit form is applied after the moments,
+just before ``p -= lr*u``. The hyperparameters come in one record, ``adamhd.hyper.AdamStep``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value, _stack_if_compiling
 
-from adamhd.decay import HuberDecay
-from adamhd.distributed import any_dtensor, global_mean_abs
+from adamhd.decay import DecayRule, decay_strength
+from adamhd.distributed import any_dtensor, global_mean_abs, whole_mean_abs
+from adamhd.hyper import AdamStep
 
-__all__ = ["adamhd"]
+__all__ = ["AdamStep", "adamhd"]
 
 
 def adamhd(
@@ -35,51 +38,31 @@ def adamhd(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
+    hyper: AdamStep,
     *,
-    decay: HuberDecay,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float | Tensor,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
     foreach: bool = False,
     fused: bool = False,
-    capturable: bool = False,
-    differentiable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
     """One AdamHD step over lists of tensors, updating ``params`` and the state lists in place.
 
-    ``delta_mus`` holds the adaptive threshold's EMA per tensor (empty for a fixed threshold).
-    ``grad_scale``/``found_inf`` (from ``torch.amp.GradScaler``) are honoured by the fused path
-    only, as in torch.
+    ``hyper``: the group's hyperparameters (``AdamStep.from_group``). ``delta_mus`` holds the
+    adaptive threshold's EMA per tensor (empty for a fixed threshold). ``grad_scale``/``found_inf``
+    (from ``torch.amp.GradScaler``) are honoured by the fused path only, as in torch.
     """
     if fused:
         from adamhd.kernels import fused_adamhd
 
-        func = fused_adamhd
-    else:
-        if grad_scale is not None or found_inf is not None:
-            raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
-        func = _multi_tensor_adamhd if foreach else _single_tensor_adamhd
-    kwargs = dict(
-        decay=decay,
-        amsgrad=amsgrad,
-        beta1=beta1,
-        beta2=beta2,
-        lr=lr,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-        capturable=capturable,
-        differentiable=differentiable,
-    )
-    if fused:
-        kwargs.update(grad_scale=grad_scale, found_inf=found_inf)
-    func(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, **kwargs)
+        fused_adamhd(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, hyper,
+            grad_scale=grad_scale, found_inf=found_inf,
+        )
+        return
+    if grad_scale is not None or found_inf is not None:
+        raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
+    func = _multi_tensor_adamhd if foreach else _single_tensor_adamhd
+    func(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, hyper)
 
 
 def _single_tensor_adamhd(
@@ -90,28 +73,22 @@ def _single_tensor_adamhd(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
-    *,
-    decay: HuberDecay,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float | Tensor,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
+    hyper: AdamStep,
 ) -> None:
+    decay, lr, beta1, beta2, eps = hyper.decay, hyper.lr, hyper.beta1, hyper.beta2, hyper.eps
+    amsgrad, maximize = hyper.amsgrad, hyper.maximize
+    capturable, differentiable = hyper.capturable, hyper.differentiable
     tensor_math = capturable or differentiable
     if not tensor_math:
         lr = _get_value(lr)
     elif isinstance(lr, Tensor) and lr.dim() != 0:
         lr = lr.squeeze()
-    tau = lr * weight_decay
-    decays = weight_decay != 0
+    tau = decay_strength(lr, hyper.weight_decay)
+    decays = hyper.decays
     if decays:
         # All thresholds before any tensor changes: one all-reduce for sharded (DTensor) params.
-        all_thresholds = decay.thresholds(params, delta_mus, foreach=False)
+        abs_means = whole_mean_abs(params) if decay.adaptive else None
+        all_thresholds = decay.thresholds(params, delta_mus, foreach=False, abs_means=abs_means)
 
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
@@ -125,7 +102,7 @@ def _single_tensor_adamhd(
 
         if decays:
             thresholds = all_thresholds[i : i + 1]
-            if decay.before_update:
+            if decay.before_update and not decay.cautious:
                 decay.apply_([param], tau, thresholds, foreach=False)
 
         exp_avg.lerp_(grad, 1 - beta1)
@@ -146,7 +123,7 @@ def _single_tensor_adamhd(
             denom = (second.sqrt() / (bias_correction2_sqrt * step_size_neg)).add_(
                 eps / step_size_neg
             )
-            param.addcdiv_(exp_avg.clone() if differentiable else exp_avg, denom)
+            numer, value = exp_avg.clone() if differentiable else exp_avg, 1.0
         else:
             step = _get_value(step_t)
             bias_correction1 = 1 - beta1**step
@@ -159,10 +136,16 @@ def _single_tensor_adamhd(
             else:
                 second = exp_avg_sq
             denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-step_size)
+            numer, value = exp_avg, -step_size
 
+        # Cautious decay: the mask needs the update u (its sign is exp_avg's: the bias correction
+        # and the denominator are positive) and p_t, so the explicit decay moves here.
+        masks = decay.masks([exp_avg], [param], foreach=False) if decays else None
+        if decays and decay.before_update and decay.cautious:
+            decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
+        param.addcdiv_(numer, denom, value=value)
         if decays and not decay.before_update:
-            decay.apply_([param], tau, thresholds, foreach=False)
+            decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
 
 
 def _multi_tensor_adamhd(
@@ -173,18 +156,11 @@ def _multi_tensor_adamhd(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
-    *,
-    decay: HuberDecay,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float | Tensor,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
+    hyper: AdamStep,
 ) -> None:
+    decay, lr, beta1, beta2, eps = hyper.decay, hyper.lr, hyper.beta1, hyper.beta2, hyper.eps
+    amsgrad, maximize = hyper.amsgrad, hyper.maximize
+    capturable, differentiable = hyper.capturable, hyper.differentiable
     if not params:
         return
     if differentiable:
@@ -197,7 +173,7 @@ def _multi_tensor_adamhd(
             lr = lr.squeeze()
     else:
         lr = _get_value(lr)
-    decays = weight_decay != 0
+    decays = hyper.decays
     # Sharded (DTensor) params: every whole-tensor mean|p| with one all-reduce, before any update.
     abs_means = None
     if decays and decay.adaptive and any_dtensor(params):
@@ -227,6 +203,7 @@ def _multi_tensor_adamhd(
         fused_moments = (
             decays
             and not capturable
+            and not decay.cautious  # the mask needs the moments before the update
             and device_params[0].is_cpu
             and _fused_adam_ok(decay, device_params[0].dtype)
             # torch's fused kernel walks memory linearly: p, grad and state must share a layout
@@ -244,14 +221,14 @@ def _multi_tensor_adamhd(
 
         if decays:
             # The decay with a tensor lr (capturable) goes through per-tensor ops inside apply_.
-            tau = lr * weight_decay
+            tau = decay_strength(lr, hyper.weight_decay)
             thresholds = decay.thresholds(
                 device_params,
                 device_mus,
                 foreach=True,
                 abs_means=None if abs_means is None else [abs_means[j] for j in indices],
             )
-            if decay.before_update:
+            if decay.before_update and not decay.cautious:
                 decay.apply_(device_params, tau, thresholds, foreach=True)
 
         if fused_moments:
@@ -290,20 +267,27 @@ def _multi_tensor_adamhd(
             torch._foreach_div_(denom, bias_correction2)
             torch._foreach_add_(denom, eps)
             torch._foreach_div_(denom, bias_correction1)
-            torch._foreach_addcdiv_(device_params, device_exp_avgs, denom)
+            step_sizes = None
         else:
             steps = [_get_value(s) for s in device_steps]
             step_sizes = _stack_if_compiling([(lr / (1 - beta1**s)) * -1 for s in steps])
             bias_correction2_sqrt = [(1 - beta2**s) ** 0.5 for s in steps]
             torch._foreach_div_(denom, bias_correction2_sqrt)
             torch._foreach_add_(denom, eps)
+
+        # Cautious decay: masks from sign(u) = sign(exp_avg) and p_t (see the single path).
+        masks = decay.masks(device_exp_avgs, device_params, foreach=True) if decays else None
+        if decays and decay.before_update and decay.cautious:
+            decay.apply_(device_params, tau, thresholds, foreach=True, masks=masks)
+        if step_sizes is None:
+            torch._foreach_addcdiv_(device_params, device_exp_avgs, denom)
+        else:
             torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)
-
         if decays and not decay.before_update:
-            decay.apply_(device_params, tau, thresholds, foreach=True)
+            decay.apply_(device_params, tau, thresholds, foreach=True, masks=masks)
 
 
-def _fused_adam_ok(decay: HuberDecay, dtype: torch.dtype) -> bool:
+def _fused_adam_ok(decay: DecayRule, dtype: torch.dtype) -> bool:
     """Whether the foreach path may use torch's fused Adam kernel for this group.
 
     Not for ``delta=inf`` (that must stay bit-identical to torch's foreach AdamW), nor under

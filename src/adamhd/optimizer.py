@@ -1,7 +1,7 @@
 """``AdamHD``: a drop-in ``torch.optim.AdamW`` with decoupled Huber decay.
 
 This class validates hyperparameters and holds state; the math is in ``adamhd.functional`` (Adam
-moments) and ``adamhd.decay`` (the Huber decay and its threshold).
+moments) and ``adamhd.decay`` (the decay rules, their threshold, strength and option checks).
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
 
 from adamhd import kernels
-from adamhd.decay import DECAY_FORMS, HuberDecay, mu_dtype, whole_mean_abs
-from adamhd.distributed import any_dtensor, fused_dtensor_reason
+from adamhd.decay import (
+    DECAY_DEFAULTS,
+    check_decay_options,
+    mu_dtype,
+    remember_initial_lr,
+    rule_from_group,
+)
+from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.functional import adamhd
+from adamhd.hyper import AdamStep
 
 __all__ = ["AdamHD"]
 
@@ -57,37 +64,22 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: eps={eps} (must be >= 0)")
-    weight_decay = group["weight_decay"]
-    if not isinstance(weight_decay, (int, float)) or not weight_decay >= 0.0 or math.isinf(
-        weight_decay
-    ):
-        raise ValueError(f"Invalid weight_decay value: weight_decay={weight_decay} (must be >= 0)")
+    check_decay_options(group)
 
-    delta = group["delta"]
-    if isinstance(delta, str):
-        if delta != "adaptive":
-            raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
-    elif isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0.0:
-        raise ValueError(
-            f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
-        )
 
-    delta_scale = group["delta_scale"]
-    if not isinstance(delta_scale, (int, float)) or not 0.0 < delta_scale < math.inf:
-        raise ValueError(f"Invalid delta_scale: delta_scale={delta_scale} (must be finite and > 0)")
-    delta_beta = group["delta_beta"]
-    if not isinstance(delta_beta, (int, float)) or not 0.0 <= delta_beta < 1.0:
-        raise ValueError(f"Invalid delta_beta: delta_beta={delta_beta} (need 0 <= delta_beta < 1)")
-    if group["decay_form"] not in DECAY_FORMS:
-        raise ValueError(
-            f"Invalid decay_form: {group['decay_form']!r} (one of {', '.join(DECAY_FORMS)})"
-        )
+def _check_fused_rule(group: dict[str, Any]) -> None:
+    """``fused=True`` with a decay rule the kernels lack: a clear error naming the option."""
+    if group.get("fused"):
+        reason = kernels.fused_rule_reason(rule_from_group(group))
+        if reason is not None:
+            raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
 
 class AdamHD(Optimizer):
     r"""AdamW with decoupled Huber decay (arXiv 2511.14721).
 
-    Each step, per parameter tensor ``p`` with gradient ``g`` (``tau = lr * weight_decay``)::
+    Each step, per parameter tensor ``p`` with gradient ``g`` (``tau = lr * weight_decay``;
+    the rules are ``adamhd.decay``'s, see ``docs/decay.md``)::
 
         m = beta1*m + (1-beta1)*g;   v = beta2*v + (1-beta2)*g**2
         u = (m / (1-beta1**t)) / (sqrt(v / (1-beta2**t)) + eps)
@@ -112,6 +104,19 @@ class AdamHD(Optimizer):
         decay_form: ``"explicit"`` (default) or ``"proximal"``.
         fused: use a fused kernel (``adamhd.kernels``). ``True`` raises if none can serve every
             parameter; ``None`` picks it only where it is the fastest verified path.
+        decay: ``"huber"`` (default) or ``"l2"`` (AdamW's decay: ``delta=math.inf``, the delta
+            options are ignored). Keyword-only, like the two below.
+        cautious_decay: decay only coordinates where the Adam update ``u`` and the weight
+            ``p_t`` satisfy ``u*p_t >= 0`` (arXiv 2510.12402; with ``decay="l2"`` this is the
+            paper's cautious AdamW). Default ``False``. Not in the fused kernels yet:
+            ``fused=None`` then takes the foreach or single-tensor path, ``fused=True`` raises.
+        decay_scaling: ``"lr"`` (default, ``tau = lr_t*weight_decay``) or ``"schedule"``
+            (``tau = (lr_t/initial_lr)*weight_decay``, SGDW's ``eta_t*lambda``; ``initial_lr`` is
+            the group's, set by an lr scheduler or else the lr at construction, which must be
+            > 0).
+
+    A non-finite ``mean|p|`` (a NaN or inf weight) does not enter the adaptive EMA, so one bad
+    gradient element costs that element only, as in AdamW (``docs/decay.md``).
 
     The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
     without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are
@@ -136,6 +141,9 @@ class AdamHD(Optimizer):
         fused: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        decay: str = "huber",
+        cautious_decay: bool = False,
+        decay_scaling: str = "lr",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -146,6 +154,9 @@ class AdamHD(Optimizer):
             delta_scale=delta_scale,
             delta_beta=delta_beta,
             decay_form=decay_form,
+            decay=decay,
+            cautious_decay=cautious_decay,
+            decay_scaling=decay_scaling,
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
@@ -154,6 +165,7 @@ class AdamHD(Optimizer):
             differentiable=differentiable,
         )
         _check_hyperparameters(defaults)
+        _check_fused_rule(defaults)
         if fused:
             if differentiable:
                 raise RuntimeError("fused=True does not support differentiable=True")
@@ -175,7 +187,9 @@ class AdamHD(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         _check_hyperparameters(merged)
+        _check_fused_rule(merged)
         super().add_param_group(param_group)
+        remember_initial_lr(self.param_groups[-1])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -186,10 +200,8 @@ class AdamHD(Optimizer):
             group.setdefault("fused", None)
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
-            group.setdefault("delta", "adaptive")
-            group.setdefault("delta_scale", DEFAULT_DELTA_SCALE)
-            group.setdefault("delta_beta", DEFAULT_DELTA_BETA)
-            group.setdefault("decay_form", "explicit")
+            for key, value in DECAY_DEFAULTS.items():
+                group.setdefault(key, value)
             on_device = group["capturable"] or group["fused"]
             for p in group["params"]:
                 p_state = self.state.get(p, {})
@@ -206,14 +218,19 @@ class AdamHD(Optimizer):
         """The implementation ("single", "foreach", "fused") each group used at its last step."""
         return dict(self._paths)
 
-    def _select_path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+    def _select_path(self, group: dict[str, Any], params: list[Tensor], hyper: AdamStep) -> str:
         if group["fused"]:
             return "fused"
         if group["foreach"] is not None:
             return "foreach" if group["foreach"] else "single"
         if group["differentiable"]:
             return "single"
-        if group["fused"] is None and not any_dtensor(params) and kernels.fused_is_default(params):
+        if (
+            group["fused"] is None
+            and kernels.fused_rule_reason(hyper.decay) is None
+            and not any_dtensor(params)
+            and kernels.fused_is_default(params)
+        ):
             return "fused"
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
         return "foreach" if foreach else "single"
@@ -229,7 +246,7 @@ class AdamHD(Optimizer):
         state_steps: list[Tensor],
         delta_mus: list[Tensor],
     ) -> None:
-        adaptive = group["delta"] == "adaptive"
+        adaptive = group["delta"] == "adaptive" and group["decay"] == "huber"
         on_device = group["capturable"] or group["fused"]
         fresh_mu: list[Tensor] = []
         for p in group["params"]:
@@ -284,7 +301,9 @@ class AdamHD(Optimizer):
                 loss = closure()
 
         self._check_gradients()
-        for index, group in enumerate(self.param_groups):
+        # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
+        hypers = [AdamStep.from_group(group) for group in self.param_groups]
+        for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
@@ -297,15 +316,8 @@ class AdamHD(Optimizer):
             )
             if not params:
                 continue
-            path = self._select_path(group, params)
+            path = self._select_path(group, params, hyper)
             self._paths[index] = path
-            beta1, beta2 = group["betas"]
-            decay = HuberDecay(
-                delta=group["delta"],
-                delta_scale=group["delta_scale"],
-                delta_beta=group["delta_beta"],
-                form=group["decay_form"],
-            )
             adamhd(
                 params,
                 grads,
@@ -314,18 +326,9 @@ class AdamHD(Optimizer):
                 max_exp_avg_sqs,
                 state_steps,
                 delta_mus,
-                decay=decay,
-                amsgrad=group["amsgrad"],
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
+                hyper,
                 foreach=path == "foreach",
                 fused=path == "fused",
-                capturable=group["capturable"],
-                differentiable=group["differentiable"],
                 grad_scale=getattr(self, "grad_scale", None) if path == "fused" else None,
                 found_inf=getattr(self, "found_inf", None) if path == "fused" else None,
             )

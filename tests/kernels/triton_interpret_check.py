@@ -12,6 +12,7 @@ import torch
 
 from adamhd.decay import HuberDecay, mean_abs
 from adamhd.functional import _single_tensor_adamhd
+from adamhd.hyper import AdamStep
 from adamhd.kernels import triton_adamhd
 
 
@@ -34,6 +35,8 @@ def run(case):
     shapes = [(0,), (), (7,), (33, 17), (3000,)]
     kw = dict(decay=decay, amsgrad=case["amsgrad"], beta1=0.9, beta2=0.999, lr=1e-2,
               weight_decay=case["wd"], eps=1e-8, maximize=case["maximize"])
+    hyper = AdamStep(decay=decay, amsgrad=case["amsgrad"], beta1=0.9, beta2=0.999, lr=1e-2,
+                     weight_decay=case["wd"], eps=1e-8, maximize=case["maximize"])
     a = state(shapes, dtype, case["amsgrad"], decay.adaptive)
     b = state(shapes, torch.float32 if dtype != torch.float32 else dtype, case["amsgrad"],
               decay.adaptive)
@@ -48,8 +51,7 @@ def run(case):
             grad_scale=torch.tensor(float(scale)) if scale else None,
             found_inf=torch.tensor(0.0) if scale else None)
         _single_tensor_adamhd(b["ps"], [x.to(dtype).float() for x in gs], b["ms"], b["vs"],
-                              b["mx"], b["steps"], b["mus"], **kw, capturable=False,
-                              differentiable=False)
+                              b["mx"], b["steps"], b["mus"], hyper)
     diff = max((x.float() - y).abs().max().item() if x.numel() else 0.0
                for x, y in zip(a["ps"], b["ps"]))
     mu_diff = max([abs(x.item() - y.item()) for x, y in zip(a["mus"], b["mus"])] or [0.0])

@@ -6,9 +6,11 @@ Contract, used by ``AdamHD`` and ``adamhd.functional``:
   saying why not (shown to a user who asked for ``fused=True``).
 * ``fused_is_default(params)``: whether ``fused=None`` should pick the fused path for ``params``
   (only where it is verified and measured fastest).
+* ``fused_rule_reason(decay)``: ``None`` if the kernels implement the decay rule record
+  ``decay`` (``adamhd.decay.DecayRule``), else why not.
 * ``fused_adamhd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus,
-  *, decay, amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, capturable, differentiable,
-  grad_scale, found_inf)``: one step, in place.
+  hyper, *, grad_scale, found_inf)``: one step, in place; ``hyper`` is an
+  ``adamhd.hyper.AdamStep`` (its ``weight_decay`` is the coefficient: ``tau = lr*weight_decay``).
 
 Kernels:
 
@@ -31,16 +33,20 @@ another process), so a resumed run recomputes ``mean|p|`` once.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+if TYPE_CHECKING:
+    from adamhd.hyper import AdamStep
+
 __all__ = [
     "forget_abs_means",
     "fused_adamhd",
     "fused_is_default",
+    "fused_rule_reason",
     "fused_unsupported_reason",
 ]
 
@@ -89,6 +95,13 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
             return f"the fused CUDA (Triton) kernel does not support {p.dtype} parameters"
         return _triton_reason()
     return f"no fused AdamHD kernel is available for parameters on {p.device.type}"
+
+
+def fused_rule_reason(decay: Any) -> str | None:
+    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``."""
+    if decay.cautious:
+        return "the fused AdamHD kernels do not implement cautious_decay=True yet"
+    return None
 
 
 def _cpu_fused_by_default() -> bool:
@@ -140,24 +153,18 @@ def fused_adamhd(
     max_exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
     delta_mus: list[Tensor],
+    hyper: AdamStep,
     *,
-    decay,
-    amsgrad: bool,
-    beta1: float,
-    beta2: float,
-    lr: float | Tensor,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    capturable: bool = False,
-    differentiable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
-    if differentiable:
+    if hyper.differentiable:
         raise RuntimeError("fused AdamHD kernels do not support differentiable=True")
+    reason = fused_rule_reason(hyper.decay)
+    if reason is not None:
+        raise RuntimeError(f"fused AdamHD step impossible: {reason}")
     for p in params:
         reason = fused_unsupported_reason(p)
         if reason is not None:
@@ -180,14 +187,14 @@ def fused_adamhd(
             pick(delta_mus),
         )
         kwargs = dict(
-            decay=decay,
-            amsgrad=amsgrad,
-            beta1=beta1,
-            beta2=beta2,
-            lr=lr,
-            weight_decay=weight_decay,
-            eps=eps,
-            maximize=maximize,
+            decay=hyper.decay,
+            amsgrad=hyper.amsgrad,
+            beta1=hyper.beta1,
+            beta2=hyper.beta2,
+            lr=hyper.lr,
+            weight_decay=hyper.weight_decay,
+            eps=hyper.eps,
+            maximize=hyper.maximize,
             grad_scale=grad_scale,
             found_inf=found_inf,
         )
@@ -196,7 +203,7 @@ def fused_adamhd(
         else:
             from adamhd.kernels import triton_adamhd
 
-            triton_adamhd.fused_adamhd_triton(*args, capturable=capturable, **kwargs)
+            triton_adamhd.fused_adamhd_triton(*args, capturable=hyper.capturable, **kwargs)
 
 
 def _scalar(x: float | Tensor | None) -> float | None:

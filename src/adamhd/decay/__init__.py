@@ -1,0 +1,78 @@
+"""Decoupled decay rules as components: the one place where each rule's math lives.
+
+* ``adamhd.decay.rules``: the rules (``L2Decay``, ``HuberDecay``; explicit or proximal form,
+  optionally cautious) and their per-tensor and foreach formulas;
+* ``adamhd.decay.threshold``: Huber's adaptive threshold (EMA of ``mean|p|``, non-finite guard);
+* ``adamhd.decay.strength``: the step's strength ``tau`` (``decay_scaling="lr"`` or
+  ``"schedule"``);
+* ``adamhd.decay.options``: a param group's decay keys: defaults, validation, ``rule_from_group``.
+
+These four modules import nothing else of ``adamhd``; ``adamhd.distributed`` (whole-tensor
+``mean|p|`` of sharded parameters) builds on ``threshold``. See ``docs/decay.md``.
+"""
+
+from adamhd.decay.options import (
+    DECAY_DEFAULTS,
+    DECAY_RULES,
+    check_decay_options,
+    rule_from_group,
+)
+from adamhd.decay.rules import (
+    DECAY_FORMS,
+    DecayRule,
+    HuberDecay,
+    L2Decay,
+    Threshold,
+    cautious_mask,
+    clip,
+    foreach_cautious_mask,
+    foreach_clip,
+    foreach_huber_explicit_,
+    foreach_huber_proximal_,
+    huber_explicit_,
+    huber_proximal_,
+)
+from adamhd.decay.strength import (
+    DECAY_SCALINGS,
+    decay_coefficient,
+    decay_strength,
+    group_decay_coefficient,
+    remember_initial_lr,
+)
+from adamhd.decay.threshold import (
+    foreach_mean_abs,
+    foreach_update_adaptive_threshold,
+    mean_abs,
+    mu_dtype,
+    update_adaptive_threshold,
+)
+
+__all__ = [
+    "DECAY_DEFAULTS",
+    "DECAY_FORMS",
+    "DECAY_RULES",
+    "DECAY_SCALINGS",
+    "DecayRule",
+    "HuberDecay",
+    "L2Decay",
+    "Threshold",
+    "cautious_mask",
+    "check_decay_options",
+    "clip",
+    "decay_coefficient",
+    "decay_strength",
+    "foreach_cautious_mask",
+    "foreach_clip",
+    "foreach_huber_explicit_",
+    "foreach_huber_proximal_",
+    "foreach_mean_abs",
+    "foreach_update_adaptive_threshold",
+    "group_decay_coefficient",
+    "huber_explicit_",
+    "huber_proximal_",
+    "mean_abs",
+    "mu_dtype",
+    "remember_initial_lr",
+    "rule_from_group",
+    "update_adaptive_threshold",
+]

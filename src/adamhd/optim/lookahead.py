@@ -1,0 +1,144 @@
+"""Lookahead (Zhang, Lucas, Hinton & Ba, arXiv 1907.08610): k steps forward, 1 step back.
+
+Every ``k`` steps of the inner optimizer, per parameter group::
+
+    slow <- slow + alpha*(fast - slow)        fast <- slow
+
+``slow`` starts as a copy of the weights. Defaults ``k=5`` (the authors' code) and ``alpha=0.5``
+(the paper's experiments use 0.5 and 0.8 and report little difference; the authors' code defaults
+to 0.8, pytorch_optimizer and timm to 0.5). Memory: one extra copy of the weights.
+
+Differences from pytorch_optimizer's ``Lookahead``: the sync covers every parameter of the group
+(a parameter that got no gradient this step still moved in earlier ones), the step counter is
+saved with the state (``lookahead_step`` in each param group), and the slow weights travel in the
+same per-parameter entries of ``state_dict()`` as the inner optimizer's state (key
+``lookahead_slow``), so a resumed run is bit-exact and the format is torch's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamhd.distributed import is_dtensor
+
+SLOW = "lookahead_slow"
+COUNT = "lookahead_step"
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
+
+
+class Lookahead(torch.optim.Optimizer):
+    """Wraps ``optimizer``; shares its ``param_groups`` (so LR schedulers and GradScaler work on
+    either object) and adds per-parameter slow weights.
+
+    ``step`` runs the inner step, then syncs each group whose step count is a multiple of ``k``.
+    Under FSDP2 the slow weights are DTensors sharded like the parameters (the sync is
+    elementwise: no communication). With ``torch.amp.GradScaler``, ``scaler.step(lookahead)``
+    unscales the gradients and skips the whole step (count included) on inf/NaN.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"Lookahead wraps a torch.optim.Optimizer, got {type(optimizer)}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"Lookahead: k must be an integer >= 1, got {k!r}")
+        if not isinstance(alpha, (int, float)) or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Lookahead: alpha must be in (0, 1], got {alpha!r}")
+        # torch's own set-up (hooks, step wrapper; add_param_group is a no-op until
+        # self.optimizer exists), then share the inner optimizer's list of groups.
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.optimizer = optimizer
+        self.k = k
+        self.alpha = float(alpha)
+        self.param_groups = optimizer.param_groups
+        for group in self.param_groups:
+            self._init_group(group)
+
+    @torch.no_grad()
+    def _init_group(self, group: dict[str, Any]) -> None:
+        group.setdefault(COUNT, 0)
+        for p in group["params"]:
+            if SLOW not in self.state[p]:
+                self.state[p][SLOW] = p.detach().clone()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "optimizer" not in self.__dict__:  # from Optimizer.__init__: the groups exist already
+            return
+        self.optimizer.add_param_group(param_group)
+        self._init_group(self.param_groups[-1])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        for group in self.param_groups:
+            group[COUNT] += 1
+            if group[COUNT] % self.k == 0:
+                self._sync(group["params"])
+        return loss
+
+    @torch.no_grad()
+    def _sync(self, params: list[Tensor]) -> None:
+        if not params:
+            return
+        # elementwise, so DTensors (FSDP2) sync shard by shard on their local tensors
+        slow = [_local(self.state[p][SLOW]) for p in params]
+        fast = [_local(p.detach()) for p in params]
+        torch._foreach_lerp_(slow, fast, self.alpha)
+        torch._foreach_copy_(fast, slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's ``state_dict`` with each parameter's slow weights added to its
+        state entry (key ``lookahead_slow``) and the step count in each group."""
+        inner = self.optimizer.state_dict()
+        state = {i: dict(s) for i, s in inner["state"].items()}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state.setdefault(index, {})[SLOW] = self.state[p][SLOW]
+                index += 1
+        return {**inner, "state": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved = state_dict["state"]
+        slow = {}
+        for i, p in enumerate(params):
+            entry = saved.get(i, saved.get(str(i), {}))
+            if SLOW not in entry:
+                raise ValueError(
+                    f"Lookahead.load_state_dict: parameter {i} has no {SLOW!r}; was this "
+                    "state_dict saved by Lookahead?"
+                )
+            if tuple(entry[SLOW].shape) != tuple(p.shape):
+                raise ValueError(
+                    f"Lookahead.load_state_dict: slow weights of parameter {i} have shape "
+                    f"{tuple(entry[SLOW].shape)}, the parameter {tuple(p.shape)}"
+                )
+            slow[p] = entry[SLOW]
+        inner_state = {}
+        for key, entry in saved.items():
+            rest = {k: v for k, v in entry.items() if k != SLOW}
+            if rest:
+                inner_state[key] = rest
+        groups = state_dict["param_groups"]
+        if any(COUNT not in g for g in groups):
+            raise ValueError(f"Lookahead.load_state_dict: a param group has no {COUNT!r}")
+        self.optimizer.load_state_dict({**state_dict, "state": inner_state})
+        self.param_groups = self.optimizer.param_groups  # torch rebuilds the list on load
+        with torch.no_grad():
+            for p, value in slow.items():
+                self.state[p][SLOW].copy_(value)
+
+    def __getstate__(self) -> dict[str, Any]:  # torch's keeps only defaults/state/groups
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.optimizer!r})"

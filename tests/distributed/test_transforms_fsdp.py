@@ -1,0 +1,78 @@
+"""FSDP2 on 2 processes equals 1 process for every gradient transform and for Lookahead; the
+transforms take one all-reduce per step (none for centralisation). One spawned job for all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.distributed import common
+from tests.distributed import transforms_common as tc
+from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+
+pytestmark = pytest.mark.slow
+ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    out = tmp_path_factory.mktemp("transforms_dist")
+    # src first: the worker must import this checkout's adamhd, not another installed one
+    path = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "tests.distributed.transforms_worker", "--out", str(out)]
+    for _attempt in range(2):  # a free port can be taken by another job before the worker binds it
+        proc = subprocess.run(
+            [*cmd, "--port", str(free_port())],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+        )
+        if proc.returncode == 0 or "ddress already in use" not in proc.stderr + proc.stdout:
+            break
+    if proc.returncode != 0:
+        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return torch.load(out / "results.pt", weights_only=False)
+
+
+def assert_close_dicts(got: dict, want: dict, exact: bool = False) -> None:
+    assert got.keys() == want.keys() and want
+    for name in want:
+        if exact:
+            assert torch.equal(got[name], want[name]), name
+        else:
+            torch.testing.assert_close(got[name], want[name], atol=ATOL, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("case", list(tc.TRANSFORM_CASES))
+def test_transform_matches_single_process(results, case):
+    want = common.weights(tc.reference_transform(case))
+    assert_close_dicts(results["transforms"][case]["weights"], want)
+    plain = common.weights(tc.reference_transform(None))
+    assert any(not torch.allclose(want[n], plain[n], atol=1e-4) for n in want), "no effect"
+
+
+@pytest.mark.parametrize("case", list(tc.TRANSFORM_CASES))
+def test_one_all_reduce_per_step(results, case):
+    expected = {"c10d.allreduce_": tc.ALL_REDUCES[case]} if tc.ALL_REDUCES[case] else {}
+    assert results["transforms"][case]["comm_counts"] == [expected] * common.STEPS
+
+
+def test_lookahead_matches_single_process(results):
+    model, opt = tc.reference_lookahead()
+    got = results["lookahead"]
+    assert_close_dicts(got["weights"], common.weights(model))
+    assert_close_dicts(got["slow"], tc.slow_weights(model, opt))
+    assert got["slow_types"] == {"DTensor"} and got["slow_is_sharded"]
+
+
+def test_lookahead_resume_under_fsdp_is_bit_exact(results):
+    got = results["lookahead"]
+    assert_close_dicts(got["resumed_weights"], got["weights"], exact=True)
+    assert_close_dicts(got["resumed_slow"], got["slow"], exact=True)
+    assert got["resumed_step"] == [common.STEPS] * 2

@@ -1,0 +1,99 @@
+"""2-process (gloo, CPU) FSDP2 worker for gradient transforms and Lookahead:
+``python -m tests.distributed.transforms_worker``. Rank 0 writes ``results.pt`` into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.debug import CommDebugMode
+from torch.utils._pytree import tree_map
+
+from tests.distributed import common
+from tests.distributed import transforms_common as tc
+from tests.distributed.worker import sharded_model
+
+
+def steps(model, opt, data, rank, world) -> list[dict[str, int]]:
+    counts = []
+    for batch in data:
+        x, y = common.local_batch(batch, rank, world)
+        nn.functional.mse_loss(model(x), y).backward()
+        with CommDebugMode() as comm:
+            opt.step()
+        counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
+        opt.zero_grad()
+    return counts
+
+
+def transform_run(rank: int, world: int, case: str) -> dict:
+    model = sharded_model()
+    opt = tc.transform_optimizer(model, case)
+    counts = steps(model, opt, common.batches(), rank, world)
+    return {"weights": common.weights(model), "comm_counts": counts}
+
+
+def clone_tree(tree):
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def lookahead_run(rank: int, world: int) -> dict:
+    data = common.batches()
+    model = sharded_model()
+    opt = tc.lookahead_optimizer(model)
+    steps(model, opt, data[: tc.RESUME_AT], rank, world)
+    saved_model, saved_opt = clone_tree(model.state_dict()), clone_tree(opt.state_dict())
+    steps(model, opt, data[tc.RESUME_AT :], rank, world)
+    slow_types = {type(s[tc.SLOW_KEY]).__name__ for s in opt.state.values()}
+
+    resumed = sharded_model()
+    resumed.load_state_dict(saved_model)
+    resumed_opt = tc.lookahead_optimizer(resumed)
+    resumed_opt.load_state_dict(saved_opt)
+    steps(resumed, resumed_opt, data[tc.RESUME_AT :], rank, world)
+    return {
+        "weights": common.weights(model),
+        "slow": tc.slow_weights(model, opt),
+        "slow_types": slow_types,
+        "slow_is_sharded": all(
+            isinstance(s[tc.SLOW_KEY], DTensor) and s[tc.SLOW_KEY].placements[0].is_shard()
+            for s in opt.state.values()
+        ),
+        "resumed_weights": common.weights(resumed),
+        "resumed_slow": tc.slow_weights(resumed, resumed_opt),
+        "resumed_step": [g["lookahead_step"] for g in resumed_opt.param_groups],
+    }
+
+
+def run(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    results = {
+        "transforms": {case: transform_run(rank, world, case) for case in tc.TRANSFORM_CASES},
+        "lookahead": lookahead_run(rank, world),
+    }
+    if rank == 0:
+        torch.save(results, Path(out) / "results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()
