@@ -52,3 +52,53 @@ def test_registry_is_extensible_and_all_expands():
         del optimizers.REGISTRY["plainsgd"]
     with pytest.raises(ValueError, match="lower case"):
         optimizers.register("Bad:name", lambda *a: None, Plain)
+
+
+@pytest.mark.parametrize("name", sorted(optimizers.REGISTRY))
+def test_every_registered_entrant_trains_and_resumes(name):
+    import numpy as np
+    import torch
+
+    from adamhd.lab.data import train_batch
+    from adamhd.lab.model import GPT, make_config
+
+    tokens = (np.arange(4000) * 7 % 256).astype(np.uint16)
+    spec = optimizers.parse_spec(name)
+    lr = 1e-3 * optimizers.REGISTRY[name].lr_scale
+
+    def run(steps, state=None):
+        torch.manual_seed(0)
+        model = GPT(make_config("mini", 256, context=16))
+        opt = spec.build(model, lr, 0.1)
+        if state is not None:
+            model.load_state_dict(state[0])
+            opt.load_state_dict(state[1])
+        for i in range(*steps):
+            x, y = train_batch(tokens, i, 0, 4, 16)
+            _, loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step(**spec.step_kwargs(loss.detach()))
+        return model, opt
+
+    straight, _ = run((0, 4))
+    half, opt = run((0, 2))
+    resumed, _ = run((2, 4), (half.state_dict(), opt.state_dict()))
+    moved = any(not torch.equal(a, b) for a, b in zip(straight.parameters(),
+                                                      run((0, 0))[0].parameters(), strict=True))
+    assert moved  # it trains
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # and resumes bit for bit
+
+
+def test_muon_takes_only_the_block_matrices():
+    from adamhd.lab.model import GPT, make_config, prunable_weights
+
+    model = GPT(make_config("mini", 256, context=16))
+    opt = optimizers.parse_spec("muonhd").build(model, 1e-3, 0.1)
+    muon, rest = opt.parts
+    hidden = {id(p) for p in prunable_weights(model).values()}
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == hidden
+    others = {id(p) for g in rest.param_groups for p in g["params"]}
+    assert others.isdisjoint(hidden) and len(hidden | others) == len(list(model.parameters()))
+    assert type(rest).__name__ == "AdamHD"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adamhd import AdamHD, kernels, param_groups
+from adamhd.lab import zoo
 
 Factory = Callable[..., torch.optim.Optimizer]
 
@@ -51,14 +52,24 @@ def _adam(groups, lr, weight_decay, **kw):
 
 @dataclass(frozen=True)
 class Entrant:
-    """A registered optimizer: `factory(groups, lr, weight_decay, **overrides)` builds it;
-    `cls`'s constructor keywords are the overrides a spec may set; `step_kwargs(loss)` gives
-    extra keywords for `optimizer.step` (e.g. an optimizer that needs the loss)."""
+    """A registered optimizer: `factory(groups, lr, weight_decay, **overrides)` builds it on
+    `adamhd.param_groups(model)` (or `builder(model, lr, weight_decay, **overrides)` on the model
+    itself, for optimizers that treat parameters by role); `keys` (default: `cls`'s constructor
+    keywords) are the overrides a spec may set; `step_kwargs(loss)` gives extra keywords for
+    `optimizer.step` (e.g. an optimizer that needs the loss); `lr_scale` multiplies the lr grid of
+    `adamhd leaderboard` for this entrant (SGD-type steps need a larger lr than Adam-type)."""
 
-    factory: Factory
+    factory: Factory | None
     cls: type
     note: str = ""
     step_kwargs: Callable[[torch.Tensor], dict] | None = None
+    builder: Callable[..., torch.optim.Optimizer] | None = None
+    keys: frozenset[str] | None = None
+    lr_scale: float = 1.0
+
+    def accepted(self) -> set[str]:
+        keys = self.keys if self.keys is not None else inspect.signature(self.cls).parameters
+        return set(keys) - _RESERVED
 
 
 REGISTRY: dict[str, Entrant] = {}
@@ -66,8 +77,10 @@ REGISTRY: dict[str, Entrant] = {}
 _RESERVED = {"params", "lr", "weight_decay"}
 
 
-def register(name: str, factory: Factory, cls: type, note: str = "",
-             step_kwargs: Callable[[torch.Tensor], dict] | None = None) -> None:
+def register(name: str, factory: Factory | None, cls: type, note: str = "",
+             step_kwargs: Callable[[torch.Tensor], dict] | None = None, *,
+             builder: Callable[..., torch.optim.Optimizer] | None = None,
+             keys=None, lr_scale: float = 1.0) -> None:
     """Add an entrant (replacing one of the same name). Example, a torch optimizer:
 
         register("sgdw", lambda groups, lr, wd, **kw: SGDW(groups, lr=lr, weight_decay=wd, **kw),
@@ -75,7 +88,10 @@ def register(name: str, factory: Factory, cls: type, note: str = "",
     """
     if not name or name != name.strip().lower() or any(c in name for c in ":,="):
         raise ValueError(f"entrant names are lower case without ':', ',' or '=': {name!r}")
-    REGISTRY[name] = Entrant(factory, cls, note, step_kwargs)
+    if (factory is None) == (builder is None):
+        raise ValueError(f"entrant {name!r}: give a factory or a builder (one of them)")
+    REGISTRY[name] = Entrant(factory, cls, note, step_kwargs, builder,
+                             None if keys is None else frozenset(keys), lr_scale)
 
 
 register("adamw", _adamw, torch.optim.AdamW, "torch.optim.AdamW (the baseline)")
@@ -118,8 +134,11 @@ class OptimizerSpec:
         return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in self.label)
 
     def build(self, model: torch.nn.Module, lr: float, weight_decay: float):
+        entrant = REGISTRY[self.name]
+        if entrant.builder is not None:
+            return entrant.builder(model, lr, weight_decay, **self.overrides)
         groups = param_groups(model, weight_decay)
-        return REGISTRY[self.name].factory(groups, lr, weight_decay, **self.overrides)
+        return entrant.factory(groups, lr, weight_decay, **self.overrides)
 
     def step_kwargs(self, loss: torch.Tensor) -> dict:
         extra = REGISTRY[self.name].step_kwargs
@@ -155,7 +174,7 @@ def parse_spec(text: str) -> OptimizerSpec:
         raise ValueError(
             f"unknown optimizer {name!r}; registered: {', '.join(sorted(REGISTRY))}"
         )
-    allowed = set(inspect.signature(REGISTRY[name].cls).parameters) - _RESERVED
+    allowed = REGISTRY[name].accepted()
     overrides = {}
     for item in _split_top(rest, ",") if rest.strip() else []:
         key, eq, val = item.partition("=")
@@ -194,3 +213,6 @@ def parse_specs(text: str) -> list[OptimizerSpec]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"--optimizers lists the same entrant twice: {text!r}")
     return out
+
+
+zoo.register_all(register)

@@ -10,7 +10,6 @@ the folders into the same report one process would write.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import os
@@ -43,7 +42,7 @@ def grid_specs(optimizers: str, grid: dict[str, list]) -> list[OptimizerSpec]:
     """Each entrant, times the values of the grid keys its optimizer takes."""
     out = []
     for spec in parse_specs(optimizers):
-        accepted = inspect.signature(REGISTRY[spec.name].cls).parameters
+        accepted = REGISTRY[spec.name].accepted()
         keys = [k for k, v in grid.items() if v and k in accepted and k not in spec.overrides]
         for values in itertools.product(*(grid[k] for k in keys)):
             out.append(OptimizerSpec(spec.name,
@@ -52,12 +51,14 @@ def grid_specs(optimizers: str, grid: dict[str, list]) -> list[OptimizerSpec]:
 
 
 def sweep_points(specs: list[OptimizerSpec], lrs, weight_decays, seeds: int, base: RunConfig,
-                 budgets=None) -> list[tuple[OptimizerSpec, Point]]:
-    """Seed-major order (all of seed 0 first), so a partial sweep has whole seeds."""
+                 budgets=None, scale_lr: bool = False) -> list[tuple[OptimizerSpec, Point]]:
+    """Seed-major order (all of seed 0 first), so a partial sweep has whole seeds. `scale_lr`:
+    each entrant's lrs are the grid times its registered lr_scale (the leaderboard)."""
     out = []
     for seed in range(seeds):
         for spec in specs:
-            for lr in lrs:
+            scale = REGISTRY[spec.name].lr_scale if scale_lr else 1.0
+            for lr in (float(f"{x * scale:.6g}") for x in lrs):
                 wds = weight_decays if budgets is None else \
                     [weight_decay_for(b, replace(base, lr=lr)) for b in budgets]
                 for wd in wds:
@@ -103,7 +104,8 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
                          cache_dir=cache_dir)
     base = replace(grid_config(base), corpus_key=corpus_key(corpus), optimizer="",
                    prune=kind == "leaderboard")
-    pairs = sweep_points(specs, lrs, weight_decays, seeds, base, budgets)
+    pairs = sweep_points(specs, lrs, weight_decays, seeds, base, budgets,
+                         scale_lr=kind == "leaderboard")
     for lr, wd in {(p.lr, p.weight_decay) for _, p in pairs}:
         check_run_inputs(replace(base, lr=lr, weight_decay=wd), specs, corpus)
     tasks = [Task(replace(base, optimizer=spec.label, lr=p.lr, weight_decay=p.weight_decay,
