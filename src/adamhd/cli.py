@@ -38,6 +38,12 @@ DEFAULTS = dict(
 )
 SWEEP_BUDGETS = (0.1, 0.3, 1.0, 3.0)
 
+def _budgets(text: str) -> list[float]:
+    if text.strip().lower() == "none":
+        return []
+    return list_of(nonneg_float)(text)
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> None:
     from adamhd.lab.model import MODEL_SIZES
     from adamhd.lab.train import DTYPES
@@ -64,7 +70,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> No
                         help="ask for a regime: weight_decay is solved so that the sum over the "
                              "run of lr_t x weight_decay is this (default: "
                              f"{DEFAULTS['decay_budget']:g})")
-        g.add_argument("--grid-budgets", default=DEFAULTS["grid_budgets"],
+        g.add_argument("--grid-budgets", type=_budgets, default=DEFAULTS["grid_budgets"],
                        help="extra decay budgets, each a weight_decay point trained on the same "
                             "seeds for 'best vs best' ('none': no grid; default: %(default)s)")
     g.add_argument("--warmup", type=nonneg_int, default=None,
@@ -123,12 +129,6 @@ def _resolve_device(args):
     args.device = resolve_device(args.device).type  # saved as the device actually used
 
 
-def _budgets(text: str) -> list[float]:
-    if text.strip().lower() == "none":
-        return []
-    return list_of(nonneg_float)(text)
-
-
 def _compare_weight_decays(args) -> tuple[float, list[float]]:
     """The main weight_decay and the grid's, from --weight-decay / --decay-budget(s)."""
     from adamhd.lab.regime import weight_decay_for
@@ -139,7 +139,7 @@ def _compare_weight_decays(args) -> tuple[float, list[float]]:
     else:
         budget = DEFAULTS["decay_budget"] if args.decay_budget is None else args.decay_budget
         main = weight_decay_for(budget, probe)
-    grid = [weight_decay_for(b, probe) for b in _budgets(args.grid_budgets)]
+    grid = [weight_decay_for(b, probe) for b in args.grid_budgets]
     return main, grid
 
 
@@ -191,7 +191,7 @@ def cmd_report(args) -> int:
         if len(dirs) > 1:
             raise ValueError("a comparison folder is reported alone; several folders are for "
                              "the shards of one sweep")
-        report = build_report(dirs[0])
+        report = build_report(dirs[0], [Path(d) for d in args.sweep] if args.sweep else None)
     elif (dirs[0] / "sweep.json").is_file():
         report = build_any_report(dirs, Path(args.out) if args.out else None)
     else:
@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="+", help="the --out folder(s)")
     p.add_argument("--out", default=None,
                    help="where a merged sweep report goes (default: the first folder)")
+    p.add_argument("--sweep", action="append", default=None, metavar="DIR",
+                   help="for a comparison: the folder(s) of a sweep with the same corpus and "
+                        "training budget, for 'best vs best' (default: DIR/sweep if present)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sweep", help="grid over weight_decay (or decay budget), lr, AdamHD options",

@@ -108,6 +108,8 @@ def test_bad_paths_and_damaged_files_name_the_file(tmp_path, works_dir, capsys):
     (["compare", "--weight-decay", "0.1", "--decay-budget", "1"], "not allowed with argument"),
     (["compare", "--context", "100000"], "--context 100000 is longer than model 'mini' takes"),
     (["compare", "--jobs", "0"], "--jobs: must be >= 1"),
+    (["compare", "--grid-budgets", "0.1,inf"], "--grid-budgets: must be a finite number"),
+    (["compare", "--grid-budgets", "0.1,-1"], "--grid-budgets: must be >= 0"),
     (["sweep", "--shard", "3/3"], "--shard expects i/N with 0 <= i < N"),
     (["sweep", "--shard", "x"], "--shard expects i/N"),
     (["bench", "step", "--layers", "0"], "--layers: must be >= 1, got 0"),

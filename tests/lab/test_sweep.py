@@ -90,3 +90,27 @@ def test_shards_of_another_sweep_do_not_merge(tmp_path, works_dir, capsys):
         cli.main(["report", str(a), str(b)])
     assert exc.value.code == 2
     assert "describes another sweep" in capsys.readouterr().err
+
+
+def test_a_matching_sweep_gives_compare_its_best_vs_best_row(tmp_path, works_dir, capsys):
+    cache = tmp_path / "cache"
+    sweep = tmp_path / "sweep"
+    assert cli.main(sweep_args(sweep, works_dir, cache)) == 0
+    out = tmp_path / "cmp"
+    compare = ["compare", "--steps", "3", "--seeds", "2", "--batch-size", "4", "--context", "16",
+               "--data", str(works_dir), "--eval-data", "none", "--out", str(out),
+               "--cache-dir", str(cache), "--no-progress", "--threads", "1", "--jobs", "1",
+               "--grid-budgets", "none", "--eval-every", "3"]
+    assert cli.main(compare) == 0
+    assert "| best vs best |" not in (out / "report.md").read_text()
+    assert cli.main(["report", str(out), "--sweep", str(sweep)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| best vs best |" in md and f"{sweep}/sweep.md" in md
+    other = tmp_path / "other"
+    args = sweep_args(other, works_dir, cache, "--shard", "0/8")
+    args[args.index("--steps") + 1] = "2"
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(out), "--sweep", str(other)])
+    assert "does not match this comparison (steps differ)" in capsys.readouterr().err

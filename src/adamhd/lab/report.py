@@ -339,11 +339,17 @@ def matching_sweep(out: Path, meta: dict, sweep_dirs: list[Path] | None = None):
         return None
     smeta, rows, _ = load_sweep(dirs)
     keys = ("model", "steps", "batch_size", "context", "warmup", "min_lr_ratio", "grad_clip",
-            "dropout", "dtype", "corpus_key")
+            "dropout", "dtype")
     a, b = smeta["base_config"], meta["base_config"]
-    if any(a.get(k) != b.get(k) for k in keys):
-        return None
-    return smeta, rows
+    differ = [k for k in keys if a.get(k) != b.get(k)]
+    if smeta["corpus"]["key"] != meta["corpus"]["key"]:
+        differ.append("corpus")
+    if meta["optimizers"][0] not in smeta["entrants"]:
+        differ.append(f"baseline {meta['optimizers'][0]!r} not in the sweep")
+    if differ and sweep_dirs:
+        raise ReportError(f"the sweep in {dirs[0]} does not match this comparison "
+                          f"({', '.join(differ)} differ): no best vs best from it")
+    return None if differ else (smeta, rows)
 
 
 def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
@@ -433,10 +439,12 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
 
     sweep = matching_sweep(out, meta, sweep_dirs)
     if sweep is not None:
+        where = "sweep/sweep.md" if sweep_dirs is None else \
+            ", ".join(f"{d}/sweep.md" for d in sweep_dirs)
         blocks.append(("p", "A weight-decay grid for the same corpus and training budget was "
-                       "run (see `sweep/sweep.md`), so the claims table ends with **best vs "
-                       "best**: each entrant at its own best weight_decay of that grid."))
-        if (out / "sweep" / "sweep.json").is_file() and sweep_dirs is None:
+                       f"run (see `{where}`), so the claims table ends with **best vs best**: "
+                       "each entrant at its own best weight_decay of that grid."))
+        if sweep_dirs is None:
             from adamhd.lab.sweep_report import build_sweep_report
 
             build_sweep_report([out / "sweep"])
@@ -444,7 +452,7 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
     verdict_lines = []
     for cand in labels[1:]:
         claims = measure_claims(runs[baseline], runs[cand])
-        if sweep is not None:
+        if sweep is not None and cand in sweep[0]["entrants"]:
             claims.append(best_vs_best_claim(sweep[0], sweep[1], baseline, cand))
         blocks.append(("h", 2, f"The paper's claims: {cand} vs {baseline}"))
         blocks.append(("table", ["claim", "paper says", "measured here", "effect",
