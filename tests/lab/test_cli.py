@@ -10,19 +10,26 @@ def tiny_args(out, works_dir, other_domain, *extra):
     return ["compare", "--steps", "6", "--seeds", "2", "--batch-size", "4", "--context", "16",
             "--eval-every", "2", "--data", str(works_dir), "--eval-data", str(other_domain),
             "--out", str(out), "--cache-dir", str(out.parent / "cache"), "--no-progress",
-            "--device", "cpu", "--threads", "1", *extra]
+            "--device", "cpu", "--threads", "1", "--jobs", "1", "--grid-budgets", "none", *extra]
 
 
 def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain, capsys):
     out = tmp_path / "out"
-    assert cli.main(tiny_args(out, works_dir, other_domain)) == 0
+    args = tiny_args(out, works_dir, other_domain)
+    args[args.index("--grid-budgets") + 1] = "0.5"
+    assert cli.main(args + ["--decay-budget", "1"]) == 0
     for name in ("report.md", "report.html", "val_loss.png", "pruning.png",
                  "weight_histograms.png", "small_weights.png", "compare.json"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "The paper's claims: adamhd vs adamw" in md
-    for claim in ("| a |", "| a (steps) |", "| b |", "| c |", "| d |"):
+    for claim in ("| a |", "| a (steps) |", "| b |", "| c |", "| c (task) |", "| d |",
+                  "| best vs best |"):
         assert claim in md
+    assert "Regime: **decay at equilibrium**" in md and "Where the time went" in md
+    assert (out / "sweep" / "sweep.md").is_file() and (out / "sweep" / "sweep.png").is_file()
+    sweep = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert len(sweep["points"]) == 2 * 2 * 2  # 2 budgets x 2 entrants x 2 seeds
     assert "unigram entropy" in md and "![validation loss](val_loss.png)" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "src='val_loss.png'" not in html
@@ -42,7 +49,7 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
 
     # --resume on a finished comparison trains nothing and reports the same numbers
     results = (out / "runs" / "adamhd" / "seed1" / "results.json").read_text()
-    assert cli.main(tiny_args(out, works_dir, other_domain, "--resume")) == 0
+    assert cli.main(args + ["--decay-budget", "1", "--resume"]) == 0
     assert (out / "runs" / "adamhd" / "seed1" / "results.json").read_text() == results
 
 
@@ -84,15 +91,16 @@ def test_optimizer_specs():
     assert specs[2].overrides == {"betas": (0.9, 0.95)}
 
 
-def test_sweep_end_to_end(tmp_path, works_dir):
+def test_sweep_over_adamhd_options_end_to_end(tmp_path, works_dir):
     out = tmp_path / "sweep"
     argv = ["sweep", "--optimizers", "adamw,adamhd", "--lr", "1e-3,3e-3", "--delta-scale",
-            "1.0,2.0", "--steps", "2", "--batch-size", "4", "--context", "16", "--data",
-            str(works_dir), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
-            "--no-progress", "--threads", "1"]
+            "1.0,2.0", "--weight-decay", "0.1", "--steps", "2", "--batch-size", "4", "--context",
+            "16", "--data", str(works_dir), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+            "--no-progress", "--threads", "1", "--jobs", "1", "--seeds", "1"]
     assert cli.main(argv) == 0
-    rows = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 + 4  # adamw: 2 lrs; adamhd: 2 lrs x 2 delta_scales
-    assert {r.get("delta_scale") for r in rows if r["optimizer"] == "adamhd"} == {1.0, 2.0}
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert len(points) == 2 + 4  # adamw: 2 lrs; adamhd: 2 lrs x 2 delta_scales
+    assert {p["entrant"] for p in points} == {"adamw", "adamhd:delta_scale=1.0",
+                                              "adamhd:delta_scale=2.0"}
     table = (out / "sweep.md").read_text()
-    assert table.count("| adamhd:delta_scale=") == 4 and "| 6 |" in table
+    assert table.count("| adamhd:delta_scale=") >= 4 and "Best vs best" in table

@@ -23,7 +23,7 @@ def compare_args(out, works_dir, other_domain) -> list[str]:
             "--batch-size", "4", "--context", "32", "--eval-every", "3", "--data", str(works_dir),
             "--eval-data", str(other_domain), "--out", str(out),
             "--cache-dir", str(out.parent / f"cache-{out.name}"), "--no-progress",
-            "--device", "cpu", "--threads", "1"]
+            "--device", "cpu", "--threads", "1", "--grid-budgets", "none", "--model", "tiny"]
 
 
 def outcome(out) -> tuple[dict, list[dict], dict]:

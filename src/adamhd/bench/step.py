@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from adamhd.argtypes import choices_of, list_of, nonneg_int, positive_float, positive_int
+
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
 
 
@@ -175,7 +177,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
                   lambda ps, kw=torch_paths[path]: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
                                                                      **kw),
                   "torch")
-        for path in _split(args.torch)
+        for path in args.torch
     ]
     if args.compile:
         out.append(Contender(
@@ -189,7 +191,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
             "adamhd",
             prime=True,
         ))
-    paths = [p for p in args.paths.split(",") if p]
+    paths = args.paths
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
     for path in paths:
         if path == "fused" and not fused_ok:
@@ -197,9 +199,9 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
             continue
         kw = {"single": dict(foreach=False), "foreach": dict(foreach=True),
               "fused": dict(fused=True)}[path]
-        for delta in args.deltas.split(","):
+        for delta in args.deltas:
             delta_value: float | str = delta if delta == "adaptive" else float(delta)
-            for form in args.forms.split(","):
+            for form in args.forms:
                 name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
                 name += f" {form}"
 
@@ -441,44 +443,14 @@ def plot(results: list[dict], copy_gbs: float, path: Path) -> bool:
     return True
 
 
-def _split(text: str) -> list[str]:
-    return [x for x in text.split(",") if x]
-
-
-def check_args(args: argparse.Namespace) -> str | None:
-    """What is wrong with the command line, or ``None``: checked before anything runs."""
-    for name in _split(args.sets):
-        if name not in PARAM_SETS:
-            return f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})"
-    for flag, paths in (("--paths", args.paths), ("--torch", args.torch)):
-        for path in _split(paths):
-            if path not in ("single", "foreach", "fused"):
-                return f"unknown path {path!r} in {flag} (single, foreach, fused)"
-    for form in _split(args.forms):
-        if form not in ("explicit", "proximal"):
-            return f"unknown decay form {form!r} (explicit, proximal)"
-    for delta in _split(args.deltas):
-        try:
-            ok = delta == "adaptive" or float(delta) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            return f"bad threshold {delta!r} in --deltas ('adaptive' or a positive number)"
-    if not _split(args.sets):
-        return "--sets names no parameter set"
-    for flag, value in (("--layers", args.layers), ("--rounds", args.rounds),
-                        ("--tiny", args.tiny)):
-        if value < 1:
-            return f"{flag} must be at least 1, got {value}"
-    if args.threads < 0:
-        return f"--threads must be >= 0, got {args.threads}"
-    return None
+def _threshold(text: str) -> str:
+    """One ``--deltas`` item: ``adaptive`` or a positive number (kept as text)."""
+    if text != "adaptive":
+        positive_float(text)
+    return text
 
 
 def cmd_step(args: argparse.Namespace) -> int:
-    problem = check_args(args)
-    if problem is not None:
-        raise ValueError(problem)  # the CLI prints "adamhd bench: error: ..." and exits 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -492,7 +464,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     copy_before = copy_bandwidth()
     log(f"copy bandwidth {copy_before:.1f} GB/s")
     results = []
-    for name in _split(args.sets):
+    for name in args.sets:
         results.append(run_param_set(name, PARAM_SETS[name](args), args, log))
     copy_after = copy_bandwidth()
     copy_gbs = max(copy_before, copy_after)
@@ -526,27 +498,32 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "step", help="time one optimizer step: AdamHD paths vs torch AdamW (and others)",
         description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--sets", default="gpt2-124m,gpt-like,1b-stack,tiny",
+    paths = ("single", "foreach", "fused")
+    p.add_argument("--sets", type=choices_of(PARAM_SETS),
+                   default="gpt2-124m,gpt-like,1b-stack,tiny",
                    help=f"comma-separated parameter sets ({', '.join(PARAM_SETS)}); "
                         "default: %(default)s")
-    p.add_argument("--layers", type=int, default=1,
+    p.add_argument("--layers", type=positive_int, default=1,
                    help="layers of the 1B stack (24 in the full model; default %(default)s)")
-    p.add_argument("--rounds", type=int, default=5, help="timed steps per contender")
-    p.add_argument("--tiny", type=int, default=1000,
+    p.add_argument("--rounds", type=positive_int, default=5, help="timed steps per contender")
+    p.add_argument("--tiny", type=positive_int, default=1000,
                    help="tensors of 16 elements in the 'tiny' set (default %(default)s)")
     p.add_argument("--options", action="store_true",
                    help="add the fused kernel's options (cautious, l2, atan2, softplus)")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile(opt.step) of torch's fused AdamW and AdamHD's default")
-    p.add_argument("--paths", default="single,foreach,fused", help="AdamHD paths")
-    p.add_argument("--torch", default="single,foreach,fused",
+    p.add_argument("--paths", type=choices_of(paths), default="single,foreach,fused",
+                   help="AdamHD paths")
+    p.add_argument("--torch", type=choices_of(paths), default="single,foreach,fused",
                    help="torch AdamW paths (the ratios need fused and foreach)")
-    p.add_argument("--deltas", default="adaptive,0.05",
+    p.add_argument("--deltas", type=list_of(_threshold), default="adaptive,0.05",
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
-    p.add_argument("--forms", default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--forms", type=choices_of(("explicit", "proximal")),
+                   default="explicit,proximal", help="AdamHD decay forms")
     p.add_argument("--no-external", dest="external", action="store_false",
                    help="skip heavyball / pytorch_optimizer even if installed")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=nonneg_int, default=0,
+                   help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_step)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adamhd.lab.stats import INCONCLUSIVE, Summary, paired, summarize, verdict
+from adamhd.lab.stats import INCONCLUSIVE, Summary, paired, power_note, summarize, verdict
 
 
 @dataclass
@@ -128,6 +128,20 @@ def _claim_c(pairs) -> list[Claim]:
         out.append(Claim("c", "better on another domain", "2.5-4.7% better downstream scores",
                          "no second domain was evaluated (--eval-data)", None, "", 1.0,
                          INCONCLUSIVE, "not measured"))
+    tasks = [(b.results.get("choice"), c.results.get("choice")) for b, c in pairs]
+    if tasks and all(tb and tc and tb.get("items") and tc.get("items") for tb, tc in tasks):
+        eff = paired([tc["accuracy"] for _, tc in tasks], [tb["accuracy"] for tb, _ in tasks])
+        v, why = verdict(eff, paper_size=0.025)
+        k, n = tasks[0][0]["choices"], tasks[0][0]["items"]
+        out.append(Claim(
+            "c (task)", "better downstream score (continuation task)",
+            "2.5-4.7% better downstream task scores",
+            f"accuracy on a {k}-way choice of the true next line of held-out works ({n} items, "
+            f"chance {100 / k:.0f}%): candidate minus baseline, in points", eff, " pt", 100.0,
+            v, why,
+            ["HellaSwag-style scoring (mean log-likelihood per token of each ending); at this "
+             "scale it measures the local coherence a small model has learned (lines that "
+             "continue the speech before them), not reasoning or knowledge"]))
     return out
 
 
@@ -152,9 +166,36 @@ def _claim_d(pairs) -> Claim:
                  "baseline, in percentage points", eff, " pp", 100.0, v, why, notes)
 
 
+def _with_power(claim: Claim) -> Claim:
+    """An inconclusive verdict with an interval gets the seeds a decision would need."""
+    if claim.verdict == INCONCLUSIVE and claim.effect is not None and claim.effect.has_interval:
+        claim.notes.append(power_note(claim.effect))
+    return claim
+
+
 def measure_claims(base: list[Run], cand: list[Run]) -> list[Claim]:
     pairs = _pairs(base, cand)
     if not pairs:
         raise ValueError("the baseline and the candidate share no seed")
-    return [_claim_a(pairs, "time", "training seconds"), _claim_a(pairs, "step", "steps"),
-            _claim_b(pairs), *_claim_c(pairs), _claim_d(pairs)]
+    claims = [_claim_a(pairs, "time", "training seconds"), _claim_a(pairs, "step", "steps"),
+              _claim_b(pairs), *_claim_c(pairs), _claim_d(pairs)]
+    return [_with_power(c) for c in claims]
+
+
+def best_vs_best_claim(sweep_meta: dict, rows: list[dict], base: str, cand: str) -> Claim:
+    """Each entrant at its own best weight_decay of the sweep's grid, paired by seed."""
+    from adamhd.lab.sweep_report import best_vs_best
+
+    seeds = sweep_meta["seeds"]
+    b, c, eff = best_vs_best(rows, base, cand, seeds)
+    measure = "final validation loss, each at its best weight_decay of the grid: baseline " \
+              "minus candidate (positive: candidate better)"
+    if eff is None:
+        return Claim("best vs best", "tuned against tuned", "no tuning beyond AdamW's grid",
+                     measure, None, "", 1.0, INCONCLUSIVE,
+                     "the grid has no setting finished on every seed for both")
+    v, why = verdict(eff)
+    claim = Claim("best vs best", "tuned against tuned", "no tuning beyond AdamW's grid",
+                  measure + f"; best weight_decay: {base} {b.weight_decay:.3g}, {cand} "
+                  f"{c.weight_decay:.3g}", eff, "", 1.0, v, why)
+    return _with_power(claim)

@@ -1,15 +1,18 @@
 """`adamhd compare`: every entrant on every seed, same data / schedule / budget, then the report.
 
-Runs are interleaved (seed 0: adamw, adamhd; seed 1: adamw, adamhd; ...) so that a change in the
-machine's load during the comparison hits all entrants alike. Under torchrun every rank runs this,
-and rank 0 alone writes (see `dist`).
+Everything is checked first (options, data, every entrant's optimizer); only then is --out
+locked and touched. Runs are interleaved (seed 0: adamw, adamhd; seed 1: ...) so that a change
+in the machine's load hits all entrants alike. With a weight-decay grid (`wd_grid`), the extra
+points run after the main ones and form a sweep in <out>/sweep (the main runs are its centre),
+from which the report takes "best vs best". Under torchrun every rank runs this, and rank 0
+alone writes (see `dist`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -19,8 +22,12 @@ import torch
 
 from adamhd.lab import dist
 from adamhd.lab.data import load_corpus
+from adamhd.lab.files import check_writable_dir, locked
+from adamhd.lab.jobs import Task, run_tasks
 from adamhd.lab.optimizers import parse_specs
-from adamhd.lab.train import RunConfig, torch_threads, train_run
+from adamhd.lab.preflight import check_run_inputs
+from adamhd.lab.sweep import Point, sweep_meta, write_sweep_meta
+from adamhd.lab.train import RunConfig
 
 
 def run_dir(out: Path, slug: str, seed: int) -> Path:
@@ -31,16 +38,27 @@ def corpus_key(corpus) -> str:
     return corpus.key + "".join(f"+{name}" for name in corpus.eval_sets)
 
 
+def grid_config(base: RunConfig) -> RunConfig:
+    """A grid point's run: the final validation loss only (no pruning, task, second domain)."""
+    return replace(base, prune=False, choice_items=0, domains=False)
+
+
 def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path,
                 data: str = "shakespeare", eval_data: list[str] | None = None,
                 tokenizer: str = "byte", bpe_vocab: int = 2048, cache_dir: str | None = None,
                 resume: bool = False, progress: bool = True, threads: int | None = None,
                 argv: list[str] | None = None, build_report: bool = True,
-                fsdp: bool = False) -> Path:
+                fsdp: bool = False, jobs: int = 1, wd_grid: list[float] | None = None) -> Path:
     specs = parse_specs(optimizers)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    out = Path(out)
+    if jobs > 1 and dist.world() > 1:
+        raise ValueError("--jobs runs several runs at once in one process's workers; under "
+                         "torchrun each run already uses every process: leave --jobs at 1")
+    out = check_writable_dir(out, "--out")
+    if cache_dir:
+        check_writable_dir(cache_dir, "--cache-dir")
+    grid = sorted({float(w) for w in wd_grid or []} - {base.weight_decay})
     eval_data = ["britannica"] if eval_data is None else eval_data
     started = time.time()
     main = dist.is_main()
@@ -51,7 +69,27 @@ def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path
     if main:
         dist.barrier()
     base = replace(base, corpus_key=corpus_key(corpus))
-    out.mkdir(parents=True, exist_ok=True)
+    for wd in [base.weight_decay, *grid]:
+        check_run_inputs(replace(base, weight_decay=wd), specs, corpus)
+
+    tasks, points = [], []
+    for seed in range(seeds):
+        for spec in specs:
+            path = run_dir(out, spec.slug, seed)
+            tasks.append(Task(replace(base, optimizer=spec.label, seed=seed), str(path),
+                              f"{spec.label} seed {seed}"))
+            points.append(Point(spec.label, base.lr, base.weight_decay, seed,
+                                f"../runs/{spec.slug}/seed{seed}"))
+    for seed in range(seeds):
+        for wd in grid:
+            for spec in specs:
+                name = f"{spec.slug}_wd{wd:g}"
+                cfg = replace(grid_config(base), optimizer=spec.label, seed=seed, weight_decay=wd)
+                tasks.append(Task(cfg, str(out / "sweep" / "runs" / name / f"seed{seed}"),
+                                  f"{spec.label} wd={wd:g} seed {seed}"))
+                points.append(Point(spec.label, base.lr, wd, seed, f"runs/{name}/seed{seed}"))
+    tasks = [replace(t, label=f"[{k}/{len(tasks)}] {t.label}") for k, t in enumerate(tasks, 1)]
+
     meta = {
         "argv": argv if argv is not None else sys.argv[1:],
         "optimizers": [s.label for s in specs],
@@ -61,36 +99,34 @@ def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path
         "corpus": corpus.describe(),
         "data": data,
         "eval_data": eval_data,
+        "wd_grid": [base.weight_decay, *grid] if grid else [],
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "processes": dist.world(),
+        "jobs": jobs,
         "parallel": ("fsdp" if fsdp else "ddp") if dist.world() > 1 else "none",
     }
-    if main:
+    lock = locked(out) if main else contextlib.nullcontext()
+    with lock:
+        dist.barrier()
+        if main:
+            (out / "compare.json").write_text(json.dumps(meta, indent=1))
+            if grid:
+                write_sweep_meta(out / "sweep", sweep_meta(
+                    specs, points, replace(grid_config(base), optimizer=""), seeds, corpus,
+                    argv=meta["argv"]))
+        run_tasks(tasks, corpus, resume=resume, progress=progress, jobs=jobs, threads=threads
+                  or (dist.default_threads() if dist.world() > 1 else None), fresh=True,
+                  fsdp=fsdp)
+        meta["threads"] = threads or (1 if jobs > 1 else torch.get_num_threads())
+        meta["train_finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        meta["train_wall_seconds"] = time.time() - started
+        if not main:
+            return out
         (out / "compare.json").write_text(json.dumps(meta, indent=1))
+        if not build_report:
+            return out
+        from adamhd.lab.report import build_report as _build
 
-    total = seeds * len(specs)
-    with torch_threads(threads or (dist.default_threads() if dist.world() > 1 else None)):
-        meta["threads"] = torch.get_num_threads()
-        k = 0
-        for seed in range(seeds):
-            for spec in specs:
-                k += 1
-                cfg = replace(base, optimizer=spec.label, seed=seed)
-                path = run_dir(out, spec.slug, seed)
-                if not resume and path.exists() and main:
-                    shutil.rmtree(path)  # a fresh comparison: the old run is replaced
-                dist.barrier()
-                train_run(cfg, corpus, path, resume=resume, progress=progress,
-                          label=f"[{k}/{total}] {spec.label} seed {seed}", fsdp=fsdp)
-    meta["train_finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    meta["train_wall_seconds"] = time.time() - started
-    if not main:
-        return out
-    (out / "compare.json").write_text(json.dumps(meta, indent=1))
-    if not build_report:
-        return out
-    from adamhd.lab.report import build_report as _build
-
-    return _build(out)
+        return _build(out)

@@ -15,6 +15,7 @@ file cannot be split by works: its last tenth is held out instead, and the split
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
@@ -26,7 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adamhd.lab.choice import build_items
+
 CACHE_VERSION = 1
+CHOICE_ITEMS = 400  # most items of the multiple-choice task built (a run scores its first k)
 DEFAULT_VAL_FRACTION = 0.1
 
 
@@ -86,14 +90,38 @@ def path_documents(path: str | Path) -> Documents:
     if not p.exists():
         raise DataError(f"--data {path}: no such file or folder")
     if p.is_file():
-        return Documents(p.name, {p.stem: p.read_text(encoding="utf-8", errors="replace")})
+        return Documents(p.name, {p.stem: read_text(p)})
     files = sorted(f for f in p.rglob("*.txt") if f.is_file())
     if not files:
         raise DataError(f"--data {path}: the folder holds no .txt files")
-    docs = {
-        str(f.relative_to(p)): f.read_text(encoding="utf-8", errors="replace") for f in files
-    }
-    return Documents(p.name, docs)
+    return Documents(p.name, {str(f.relative_to(p)): read_text(f) for f in files})
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of `path`; binary or non-UTF-8 files are refused, naming the first bad
+    byte's line and column (nothing is silently replaced: the byte-level tokenizer would learn
+    the replacement character instead of the text)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+    def where(offset: int) -> str:
+        line_start = raw.rfind(b"\n", 0, offset) + 1
+        line = raw.count(b"\n", 0, offset) + 1
+        return f"line {line}, column {offset - line_start + 1}"
+
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{path}: a binary file, not text (NUL byte at {where(nul)}); the lab "
+                        "reads UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at {where(exc.start)}; "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark is not text
 
 
 def _text_column(ds) -> str:
@@ -232,6 +260,13 @@ class Corpus:
     split_note: str
     key: str = ""  # digest of the texts, split and tokenizer: a checkpoint's data identity
     eval_sets: dict[str, np.ndarray] = field(default_factory=dict)
+    val_texts: list[str] = field(default_factory=list, repr=False)  # the held-out works
+
+    @functools.cached_property
+    def choice(self) -> list:
+        """The multiple-choice continuation task (choice.ChoiceItem) built from the held-out
+        works, on first use (the same items every time)."""
+        return build_items(self.val_texts, self.tokenizer, n_items=CHOICE_ITEMS)
 
     @property
     def vocab_size(self) -> int:
@@ -249,6 +284,7 @@ class Corpus:
             "val_works": self.val_works,
             "split": self.split_note,
             "eval_sets": {k: int(v.size) for k, v in self.eval_sets.items()},
+            "choice_items": CHOICE_ITEMS,
             "unigram_entropy_nats": unigram_entropy(self.train, self.vocab_size),
             "unigram_val_xent_nats": unigram_cross_entropy(self.train, self.val, self.vocab_size),
         }
@@ -327,7 +363,8 @@ def load_corpus(
 
     train = _cached_encode(cache, f"{key}.train", tok, train_texts)
     val = _cached_encode(cache, f"{key}.val", tok, val_texts)
-    corpus = Corpus(documents.name, tok, train, val, train_names, val_names, note, key)
+    corpus = Corpus(documents.name, tok, train, val, train_names, val_names, note, key,
+                    val_texts=val_texts)
     for eval_source in eval_sources:
         eval_docs = load_documents(eval_source)
         _check_nonempty(eval_docs, eval_source)
@@ -396,11 +433,26 @@ def train_batch(tokens: np.ndarray, step: int, seed: int, batch_size: int, conte
     return _windows(tokens, starts, context)
 
 
-def eval_starts(n_tokens: int, context: int, max_windows: int) -> np.ndarray:
-    """Evenly spaced, non-overlapping where possible, window starts covering an eval text."""
+EVAL_SUBSET_SEED = 20251118  # the periodic evaluations' subset: the same windows for every run
+
+
+def eval_starts(n_tokens: int, context: int, max_windows: int = 0,
+                subset_seed: int | None = None) -> np.ndarray:
+    """Window starts over an evaluation text.
+
+    The full set (max_windows 0, or at least as many as fit): non-overlapping windows evenly
+    spread over the whole text. A smaller `max_windows`: evenly spaced windows, or with
+    `subset_seed` a seeded random choice among the full set's windows (sorted), the same for
+    every run, so periodic evaluations of different runs see the same text.
+    """
     last = n_tokens - context - 1
-    n = max(1, min(max_windows, last // context + 1))
-    return np.linspace(0, last, n).round().astype(np.int64)
+    full = np.linspace(0, last, last // context + 1).round().astype(np.int64)
+    if max_windows <= 0 or max_windows >= full.size:
+        return full
+    if subset_seed is None:
+        return np.linspace(0, last, max_windows).round().astype(np.int64)
+    rng = np.random.default_rng(subset_seed)
+    return np.sort(rng.choice(full, size=max_windows, replace=False))
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, context: int):
@@ -409,8 +461,9 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, context: int):
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_batches(tokens: np.ndarray, context: int, batch_size: int, max_windows: int):
-    starts = eval_starts(tokens.size, context, max_windows)
+def eval_batches(tokens: np.ndarray, context: int, batch_size: int, max_windows: int = 0,
+                 subset_seed: int | None = None):
+    starts = eval_starts(tokens.size, context, max_windows, subset_seed)
     for i in range(0, starts.size, batch_size):
         yield _windows(tokens, starts[i : i + batch_size], context)
 

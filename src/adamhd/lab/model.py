@@ -31,10 +31,16 @@ class GPTConfig:
 
 # Named sizes. `context` here is only the default; the CLI's --context overrides it.
 MODEL_SIZES: dict[str, dict] = {
+    "mini": dict(n_layer=2, n_head=4, n_embd=64, context=128),
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, context=128),
     "small": dict(n_layer=6, n_head=6, n_embd=384, context=256),
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, context=1024),
 }
+
+
+# The longest --context a size accepts: attention costs grow with its square, and a CPU run with
+# a context far past the size's own spends minutes per evaluation.
+MAX_CONTEXT: dict[str, int] = {"mini": 1024, "tiny": 1024, "small": 2048, "gpt2-124m": 4096}
 
 
 def make_config(size: str, vocab_size: int, context: int | None = None, **overrides) -> GPTConfig:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from adamhd import AdamHD, kernels, param_groups
+from adamhd.lab import zoo
 
 Factory = Callable[..., torch.optim.Optimizer]
 
@@ -49,19 +50,71 @@ def _adam(groups, lr, weight_decay, **kw):
     return torch.optim.Adam(groups, lr=lr, weight_decay=0.0, **kw)
 
 
-# name -> (factory, the class whose keywords a spec may override)
-REGISTRY: dict[str, tuple[Factory, type]] = {
-    "adamw": (_adamw, torch.optim.AdamW),
-    "adamhd": (_adamhd, AdamHD),
-    "adam": (_adam, torch.optim.Adam),
-}
+@dataclass(frozen=True)
+class Entrant:
+    """A registered optimizer: `factory(groups, lr, weight_decay, **overrides)` builds it on
+    `adamhd.param_groups(model)` (or `builder(model, lr, weight_decay, **overrides)` on the model
+    itself, for optimizers that treat parameters by role); `keys` (default: `cls`'s constructor
+    keywords) are the overrides a spec may set; `step_kwargs(loss)` gives extra keywords for
+    `optimizer.step` (e.g. an optimizer that needs the loss); `lr_scale` multiplies the lr grid of
+    `adamhd leaderboard` for this entrant (SGD-type steps need a larger lr than Adam-type)."""
+
+    factory: Factory | None
+    cls: type
+    note: str = ""
+    step_kwargs: Callable[[torch.Tensor], dict] | None = None
+    builder: Callable[..., torch.optim.Optimizer] | None = None
+    keys: frozenset[str] | None = None
+    lr_scale: float = 1.0
+
+    def accepted(self) -> set[str]:
+        keys = self.keys if self.keys is not None else inspect.signature(self.cls).parameters
+        return set(keys) - _RESERVED
+
+
+REGISTRY: dict[str, Entrant] = {}
 
 _RESERVED = {"params", "lr", "weight_decay"}
 
 
-def register(name: str, factory: Factory, cls: type) -> None:
-    """Add an entrant; `factory(groups, lr, weight_decay, **overrides)` returns the optimizer."""
-    REGISTRY[name] = (factory, cls)
+def register(name: str, factory: Factory | None, cls: type, note: str = "",
+             step_kwargs: Callable[[torch.Tensor], dict] | None = None, *,
+             builder: Callable[..., torch.optim.Optimizer] | None = None,
+             keys=None, lr_scale: float = 1.0) -> None:
+    """Add an entrant (replacing one of the same name). Example, a torch optimizer:
+
+        register("sgdw", lambda groups, lr, wd, **kw: SGDW(groups, lr=lr, weight_decay=wd, **kw),
+                 SGDW, "SGD with decoupled decay")
+    """
+    if not name or name != name.strip().lower() or any(c in name for c in ":,="):
+        raise ValueError(f"entrant names are lower case without ':', ',' or '=': {name!r}")
+    if (factory is None) == (builder is None):
+        raise ValueError(f"entrant {name!r}: give a factory or a builder (one of them)")
+    REGISTRY[name] = Entrant(factory, cls, note, step_kwargs, builder,
+                             None if keys is None else frozenset(keys), lr_scale)
+
+
+register("adamw", _adamw, torch.optim.AdamW, "torch.optim.AdamW (the baseline)")
+register("adamhd", _adamhd, AdamHD, "AdamHD: AdamW with decoupled Huber decay")
+register("adam", _adam, torch.optim.Adam, "torch.optim.Adam without decay (a reference)")
+
+
+def _adamhd_variant(name: str, note: str, **fixed) -> None:
+    """AdamHD with options fixed, registered only if this AdamHD has those options."""
+    if not set(fixed) <= set(inspect.signature(AdamHD).parameters):
+        return
+
+    def factory(groups, lr, weight_decay, **kw):
+        return AdamHD(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
+
+    register(name, factory, AdamHD, note)
+
+
+_adamhd_variant("adamhd-atan2", "AdamHD, update=atan2 (Adam-atan2, no eps)", update="atan2")
+_adamhd_variant("adamhd-cautious", "AdamHD, cautious=True (masked update, arXiv 2411.16085)",
+                cautious=True)
+_adamhd_variant("adamhd-cdecay", "AdamHD, cautious_decay=True (arXiv 2510.12402)",
+                cautious_decay=True)
 
 
 @dataclass(frozen=True)
@@ -81,9 +134,15 @@ class OptimizerSpec:
         return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in self.label)
 
     def build(self, model: torch.nn.Module, lr: float, weight_decay: float):
-        factory, _ = REGISTRY[self.name]
+        entrant = REGISTRY[self.name]
+        if entrant.builder is not None:
+            return entrant.builder(model, lr, weight_decay, **self.overrides)
         groups = param_groups(model, weight_decay)
-        return factory(groups, lr, weight_decay, **self.overrides)
+        return entrant.factory(groups, lr, weight_decay, **self.overrides)
+
+    def step_kwargs(self, loss: torch.Tensor) -> dict:
+        extra = REGISTRY[self.name].step_kwargs
+        return extra(loss) if extra else {}
 
 
 def _value(text: str):
@@ -115,7 +174,7 @@ def parse_spec(text: str) -> OptimizerSpec:
         raise ValueError(
             f"unknown optimizer {name!r}; registered: {', '.join(sorted(REGISTRY))}"
         )
-    allowed = set(inspect.signature(REGISTRY[name][1]).parameters) - _RESERVED
+    allowed = REGISTRY[name].accepted()
     overrides = {}
     for item in _split_top(rest, ",") if rest.strip() else []:
         key, eq, val = item.partition("=")
@@ -132,11 +191,14 @@ def parse_spec(text: str) -> OptimizerSpec:
 
 
 def parse_specs(text: str) -> list[OptimizerSpec]:
-    """`adamw,adamhd:delta_scale=2.0,delta_beta=0.9` -> two specs.
+    """`adamw,adamhd:delta_scale=2.0,delta_beta=0.9` -> two specs; `all` -> every registered
+    entrant (adamw first, as the baseline).
 
     A comma-separated part that is a key=value pair continues the current entrant's overrides;
     any other part (a name, or name:overrides) starts a new entrant.
     """
+    if text.strip().lower() == "all":
+        text = ",".join(["adamw", *sorted(n for n in REGISTRY if n != "adamw")])
     specs: list[str] = []
     for part in _split_top(text, ","):
         head = part.strip().partition(":")[0]
@@ -151,3 +213,6 @@ def parse_specs(text: str) -> list[OptimizerSpec]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"--optimizers lists the same entrant twice: {text!r}")
     return out
+
+
+zoo.register_all(register)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 from pathlib import Path
@@ -17,15 +16,22 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from adamhd.lab.claims import Run, measure_claims
+from adamhd.lab.claims import Run, best_vs_best_claim, measure_claims
+from adamhd.lab.files import read_json, read_jsonl
+from adamhd.lab.regime import Regime
 from adamhd.lab.stats import summarize
-from adamhd.lab.train import config_from_dict, lr_at
+from adamhd.lab.train import config_from_dict
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 
 
 class ReportError(RuntimeError):
     pass
+
+
+META_KEYS = ("optimizers", "slugs", "seeds", "base_config", "corpus", "machine")
+RESULT_KEYS = ("final_val_loss", "final_val_ppl", "domains", "pruning", "histogram", "weights",
+               "seconds_per_step", "params", "prunable_params", "tokens", "device", "torch")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -36,17 +42,19 @@ def load_runs(out: Path) -> tuple[dict, dict[str, list[Run]]]:
     meta_path = out / "compare.json"
     if not meta_path.is_file():
         raise ReportError(f"{out} holds no compare.json: not the --out folder of a comparison")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, META_KEYS)
     runs: dict[str, list[Run]] = {}
     for label in meta["optimizers"]:
+        if label not in meta["slugs"]:
+            raise ReportError(f"{meta_path}: 'slugs' has no entry for entrant {label!r}")
         slug = meta["slugs"][label]
         for seed in meta["seeds"]:
             d = out / "runs" / slug / f"seed{seed}"
             res = d / "results.json"
             if not res.is_file():
                 continue  # unfinished: reported as missing below
-            metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x]
-            runs.setdefault(label, []).append(Run(label, seed, json.loads(res.read_text()),
+            metrics = read_jsonl(d / "metrics.jsonl", ("kind", "step"))
+            runs.setdefault(label, []).append(Run(label, seed, read_json(res, RESULT_KEYS),
                                                   metrics))
     if not runs:
         raise ReportError(f"{out}: no finished run yet (no results.json under {out}/runs)")
@@ -292,13 +300,59 @@ def _fmt_summary(values, digits=3, scale=1.0, unit=""):
     return summarize(values).fmt(digits, scale, unit)
 
 
-def decay_budget(cfg: dict) -> float:
-    """Sum over the run's steps of lr_t * weight_decay (the schedule of train.lr_at)."""
-    run_cfg = config_from_dict(cfg)
-    return sum(lr_at(step, run_cfg) for step in range(run_cfg.steps)) * run_cfg.weight_decay
+def _task_cell(results: list[dict]) -> str:
+    tasks = [r.get("choice") for r in results]
+    if not all(t and t.get("items") for t in tasks):
+        return "not measured"
+    return (_fmt_summary([t["accuracy"] for t in tasks], 1, 100, "%")
+            + f" ({tasks[0]['items']} items, chance {100 / tasks[0]['choices']:.0f}%)")
 
 
-def build_report(out: str | Path) -> Path:
+def timing_blocks(labels: list[str], runs: dict) -> list:
+    """Where each run's time went: training, periodic evaluation (a fixed subset), the final
+    evaluation on the full sets, the task, the pruning curves (each timed separately)."""
+    keys = [("periodic_eval_seconds", "periodic evaluation (fixed subset)"),
+            ("final_eval_seconds", "final evaluation (full sets)"),
+            ("choice_seconds", "continuation task"), ("prune_seconds", "pruning curves")]
+    rows = []
+    for label in labels:
+        rs = [r.results for r in runs[label]]
+        cells = [f"{summarize(r['train_seconds'] for r in rs).mean:.1f}"]
+        for key, _ in keys:
+            vals = [r.get("timing", {}).get(key) for r in rs]
+            cells.append("n/a" if None in vals else f"{summarize(vals).mean:.1f}")
+        rows.append([label, *cells])
+    return [("h", 2, "Where the time went (seconds per run, mean over seeds)"),
+            ("table", ["entrant", "training", *[name for _, name in keys]], rows),
+            ("p", "Periodic evaluations use a fixed, seeded subset of validation windows (the "
+             "same for every run); the final losses use the full validation and second-domain "
+             "sets; each evaluation of a pruned model uses the fixed subset.")]
+
+
+def matching_sweep(out: Path, meta: dict, sweep_dirs: list[Path] | None = None):
+    """(sweep meta, rows) of a sweep for the same corpus and training budget as this comparison:
+    <out>/sweep (the default compare's weight-decay grid) or `sweep_dirs`; None if none."""
+    from adamhd.lab.sweep_report import load_sweep
+
+    dirs = sweep_dirs or ([out / "sweep"] if (out / "sweep" / "sweep.json").is_file() else [])
+    if not dirs:
+        return None
+    smeta, rows, _ = load_sweep(dirs)
+    keys = ("model", "steps", "batch_size", "context", "warmup", "min_lr_ratio", "grad_clip",
+            "dropout", "dtype")
+    a, b = smeta["base_config"], meta["base_config"]
+    differ = [k for k in keys if a.get(k) != b.get(k)]
+    if smeta["corpus"]["key"] != meta["corpus"]["key"]:
+        differ.append("corpus")
+    if meta["optimizers"][0] not in smeta["entrants"]:
+        differ.append(f"baseline {meta['optimizers'][0]!r} not in the sweep")
+    if differ and sweep_dirs:
+        raise ReportError(f"the sweep in {dirs[0]} does not match this comparison "
+                          f"({', '.join(differ)} differ): no best vs best from it")
+    return None if differ else (smeta, rows)
+
+
+def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
     out = Path(out)
     meta, runs = load_runs(out)
     labels = [lab for lab in meta["optimizers"] if lab in runs]
@@ -355,10 +409,13 @@ def build_report(out: str | Path) -> Path:
         " (a model below this has learned to use context)",
     ]))
 
+    blocks.append(("h", 2, "Regime"))
+    blocks.append(("p", Regime.of(config_from_dict(cfg)).words()))
     blocks.append(("h", 2, "Results per entrant"))
     domain_names = sorted(corpus["eval_sets"])
     header = ["entrant", "final val loss", "val perplexity",
-              *[f"loss on {d}" for d in domain_names], "train s/step",
+              *[f"loss on {d}" for d in domain_names], "continuation task accuracy",
+              "train s/step",
               "max sparsity <= +1% (global)", "(per layer)", "memory saved (global)"]
     rows = []
     for label in labels:
@@ -368,6 +425,7 @@ def build_report(out: str | Path) -> Path:
             _fmt_summary([r["final_val_loss"] for r in rs]),
             _fmt_summary([r["final_val_ppl"] for r in rs], 3),
             *[_fmt_summary([r["domains"][d]["loss"] for r in rs]) for d in domain_names],
+            _task_cell(rs),
             _fmt_summary([r["seconds_per_step"] for r in rs], 3),
             _fmt_summary([r["pruning"]["global"]["max_sparsity"] for r in rs], 1, 100, "%"),
             _fmt_summary([r["pruning"]["layer"]["max_sparsity"] for r in rs], 1, 100, "%"),
@@ -379,10 +437,23 @@ def build_report(out: str | Path) -> Path:
                    "are stored as their kept values plus a 1-bit mask (an upper bound that "
                    "ignores the mask would be the sparsity times the matrices' share)."))
 
+    sweep = matching_sweep(out, meta, sweep_dirs)
+    if sweep is not None:
+        where = "sweep/sweep.md" if sweep_dirs is None else \
+            ", ".join(f"{d}/sweep.md" for d in sweep_dirs)
+        blocks.append(("p", "A weight-decay grid for the same corpus and training budget was "
+                       f"run (see `{where}`), so the claims table ends with **best vs best**: "
+                       "each entrant at its own best weight_decay of that grid."))
+        if sweep_dirs is None:
+            from adamhd.lab.sweep_report import build_sweep_report
+
+            build_sweep_report([out / "sweep"])
     baseline = labels[0]
     verdict_lines = []
     for cand in labels[1:]:
         claims = measure_claims(runs[baseline], runs[cand])
+        if sweep is not None and cand in sweep[0]["entrants"]:
+            claims.append(best_vs_best_claim(sweep[0], sweep[1], baseline, cand))
         blocks.append(("h", 2, f"The paper's claims: {cand} vs {baseline}"))
         blocks.append(("table", ["claim", "paper says", "measured here", "effect",
                                  "95% interval", "verdict"],
@@ -394,11 +465,7 @@ def build_report(out: str | Path) -> Path:
         verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict}: {c.reason} "
                           f"(effect {c.effect_text()}, interval {c.interval_text()})"
                           for c in claims]
-    budget = decay_budget(cfg)
-    blocks.append(("p", f"Decay budget: the sum over steps of lr_t x weight_decay is {budget:.3g}, "
-                   f"so decoupled decay alone can shrink a weight by at most "
-                   f"{100 * (1 - math.exp(-budget)):.1f}% over the whole run; AdamW and AdamHD "
-                   "differ only in this term, so at this budget their direct difference is small."))
+    blocks += timing_blocks(labels, runs)
     blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "
                    "about GPT-2/GPT-3 pre-training. 'Inconclusive at this scale' means this run "
                    "cannot tell, not that the claim is false; 'not supported' means this run "

@@ -96,3 +96,34 @@ def verdict(effect: Summary, claimed: float | None = None,
                                "effect is under a tenth of the paper's")
         return SUPPORTED, "the whole interval is on the claimed side of zero"
     return INCONCLUSIVE, "the interval contains zero"
+
+
+_Z80 = 0.841621  # one-sided z for 80% power
+
+
+def seeds_needed(effect: Summary, limit: int = 10_000) -> int | None:
+    """Seeds (pairs) needed to detect a true effect of the measured size with 80% power by a
+    two-sided paired t-test at the 95% level: the smallest n with
+    sqrt(n) * |mean| / sd >= t_{0.975, n-1} + z_{0.80}.
+
+    The measured sd and mean stand in for the true ones (so this is a rough guide, not a
+    guarantee); None if there is no spread to go on (n < 2, sd 0, or mean 0) or it exceeds limit.
+    """
+    if effect.sd is None or effect.sd == 0 or effect.mean == 0:
+        return None
+    ratio = abs(effect.mean) / effect.sd
+    for n in range(2, limit + 1):
+        if math.sqrt(n) * ratio >= t_critical(n - 1) + _Z80:
+            return n
+    return None
+
+
+def power_note(effect: Summary) -> str:
+    """One sentence for an inconclusive verdict: how many seeds the measured effect would need."""
+    n = seeds_needed(effect)
+    if n is None:
+        return ("power: no estimate (no spread between seeds, or a zero effect): more seeds "
+                "would not decide it")
+    return (f"power: about {n} seeds would detect an effect of this size ({effect.mean:+.3g}, "
+            f"seed-to-seed sd {effect.sd:.3g}) with 80% power at the 95% level; this run had "
+            f"{effect.n}")

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adamhd.lab import dist
+from adamhd.lab import choice, dist
 from adamhd.lab import evaluate as ev
-from adamhd.lab.data import Corpus, check_context, train_batch
+from adamhd.lab.data import EVAL_SUBSET_SEED, Corpus, check_context, train_batch
 from adamhd.lab.model import GPT, make_config, prunable_weights
 from adamhd.lab.optimizers import parse_spec
 
@@ -50,9 +50,11 @@ class RunConfig:
     grad_clip: float = 1.0
     dropout: float = 0.0
     eval_every: int = 25
-    eval_windows: int = 256  # windows per periodic evaluation
-    final_eval_windows: int = 1024  # windows for the final validation / second-domain losses
-    prune_windows: int = 128  # windows per evaluation of a pruned model
+    eval_windows: int = 64  # periodic evaluations: a fixed seeded subset of validation windows
+    final_eval_windows: int = 0  # final validation / second-domain losses: 0 = the full sets
+    prune_windows: int = 64  # each evaluation of a pruned model: a fixed seeded subset
+    choice_items: int = 200  # items of the multiple-choice continuation task (0: none)
+    domains: bool = True  # measure the second-domain losses at the end (a grid point skips them)
     ckpt_every: int = 50
     prune: bool = True  # measure the pruning curves at the end (the sweep skips them)
     device: str = "cpu"
@@ -67,8 +69,18 @@ class RunConfig:
             raise ValueError("batch size must be >= 1 and context >= 2")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.warmup is not None and not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"warmup must be between 0 and steps ({self.steps}), "
+                             f"got {self.warmup}")
+        if not (math.isfinite(self.lr) and math.isfinite(self.weight_decay)):
+            raise ValueError("lr and weight_decay must be finite")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+    @property
+    def eval_batch(self) -> int:
+        """Windows per evaluation batch: larger than a small training batch (no gradients)."""
+        return max(64, self.batch_size)
 
     @property
     def warmup_steps(self) -> int:
@@ -231,6 +243,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     start, train_seconds, wall_seconds, rows = 0, 0.0, 0.0, []
+    eval_seconds = 0.0
     if resume and not ckpt_path.exists() and main:
         print(f"{run_dir}: no checkpoint yet, this run starts at step 0", file=sys.stderr)
     if resume and ckpt_path.exists():
@@ -242,6 +255,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
         start = ckpt["data"]["next_step"]
         train_seconds, wall_seconds, rows = ckpt["train_seconds"], ckpt["wall_seconds"], \
             ckpt["metrics"]
+        eval_seconds = ckpt.get("eval_seconds", 0.0)
     else:
         torch.manual_seed(cfg.seed + 1_000_003)  # dropout stream, distinct from the init stream
     if main:
@@ -256,11 +270,20 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             return GPT(model.cfg).to(device)
 
     def evaluate_now(step: int) -> float | None:
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
+        try:
+            return _evaluate_now(step)
+        finally:
+            eval_seconds += time.perf_counter() - t0
+
+    def _evaluate_now(step: int) -> float | None:
         full = par.full_model(plain_copy)  # rank 0 evaluates alone, on the full weights
         if full is None:
             return None
-        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.batch_size,
-                               max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype)
+        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.eval_batch,
+                               max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype,
+                               subset_seed=EVAL_SUBSET_SEED)
         metrics.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step,
                      "time": train_seconds, "wall": wall_seconds, "val_loss": val,
                      "val_ppl": ev.perplexity(val), "weights": ev.weight_stats(full)})
@@ -279,6 +302,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
                      "seed": cfg.seed, "next_step": step},
             "rng": _rng_state(), "metrics": metrics.rows,
             "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+            "eval_seconds": eval_seconds,
         })
 
     bar = _progress(progress and main, cfg.steps, start, label or spec.label)
@@ -300,7 +324,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
+            scaler.step(optimizer, **spec.step_kwargs(loss.detach()))
             scaler.update()
             loss_value = dist.mean_over_ranks(loss)  # synchronises the device: honest timing
             dt = time.perf_counter() - t0
@@ -334,6 +358,8 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     if main:
         results = finish_run(cfg, corpus, full, device, metrics.rows, train_seconds,
                              wall_seconds)
+        results["timing"]["periodic_eval_seconds"] = eval_seconds
+        results["optimizer_state_bytes_per_param"] = state_bytes_per_param(optimizer, model)
         results["processes"] = dist.world()
         results_path.write_text(json.dumps(results, indent=1))
     dist.barrier()  # the other ranks wait for rank 0's final measurements
@@ -364,22 +390,39 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
 
 def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_seconds,
                wall_seconds) -> dict:
-    """The end-of-run measurements: final losses, second domains, histogram, pruning."""
-    def loss_on(tokens, windows):
-        return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.batch_size,
-                                max_windows=windows, device=device, dtype=cfg.dtype)
+    """The end-of-run measurements: final losses on the full sets, second domains, the
+    multiple-choice task, histogram, pruning (on a fixed subset), each timed."""
+    timing = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timing[name] = now - clock
+        clock = now
+
+    def loss_on(tokens, windows, subset_seed=None):
+        return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.eval_batch,
+                                max_windows=windows, device=device, dtype=cfg.dtype,
+                                subset_seed=subset_seed)
 
     val = loss_on(corpus.val, cfg.final_eval_windows)
     domains = {name: loss_on(tokens, cfg.final_eval_windows)
-               for name, tokens in corpus.eval_sets.items()}
+               for name, tokens in corpus.eval_sets.items()} if cfg.domains else {}
+    lap("final_eval_seconds")
+    task = choice.accuracy(model, corpus.choice[:cfg.choice_items], context=cfg.context,
+                           batch_size=cfg.eval_batch, device=device)
+    lap("choice_seconds")
     n_prunable = sum(w.numel() for w in prunable_weights(model).values())
     n_total = model.num_params()
     pruning = {}
     for mode in ("global", "layer") if cfg.prune else ():
-        curve = ev.pruning_curve(model, lambda m: loss_on(corpus.val, cfg.prune_windows), mode,
-                                 refine=2)
+        curve = ev.pruning_curve(
+            model, lambda m: loss_on(corpus.val, cfg.prune_windows, EVAL_SUBSET_SEED), mode,
+            refine=2)
         curve["bytes"] = ev.bytes_saved(n_prunable, n_total, curve["max_sparsity"])
         pruning[mode] = curve
+    lap("prune_seconds")
     return {
         "config": cfg.fingerprint(),
         "label": parse_spec(cfg.optimizer).label,
@@ -391,17 +434,31 @@ def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_s
         "train_seconds": train_seconds,
         "wall_seconds": wall_seconds,
         "seconds_per_step": train_seconds / cfg.steps,
+        "timing": timing,
         "final_val_loss": val,
         "final_val_ppl": ev.perplexity(val),
         "final_train_loss": float(np.mean([r["loss"] for r in rows if r["kind"] == "train"][-20:])),
         "domains": {k: {"loss": v, "ppl": ev.perplexity(v)} for k, v in domains.items()},
+        "choice": task,
         "weights": ev.weight_stats(model),
         "histogram": ev.magnitude_histogram(model),
         "pruning": pruning,
+        "optimizer_state_bytes_per_param": None,  # filled in by train_run (needs the optimizer)
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": str(device),
     }
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> float:
+    """Bytes of tensors in the optimizer's state per model parameter (this process's share)."""
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
+                total += value.numel() * value.element_size()
+    return total / max(1, sum(p.numel() for p in model.parameters()))
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

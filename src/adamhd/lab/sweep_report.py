@@ -1,0 +1,234 @@
+"""The sweep report: final validation loss against weight_decay per entrant (intervals over
+seeds), each entrant's best setting, best vs best paired by seed, and the width of the good range.
+
+`build_sweep_report(folders)` reads sweep.json and the runs' results.json from one folder or from
+several shard folders (merged: the report is the one a single process would write).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from adamhd.lab.files import LabFileError, read_json
+from adamhd.lab.regime import Regime
+from adamhd.lab.stats import INCONCLUSIVE, Summary, paired, power_note, summarize, verdict
+from adamhd.lab.train import config_from_dict
+
+GOOD_TOLERANCE = 0.01  # "good range": mean final loss within +1% of the entrant's best
+_IGNORED = ("argv",)  # may differ between the shards of one sweep
+
+
+def load_sweep(folders: list[Path]) -> tuple[dict, list[dict], list[str]]:
+    """(meta, rows, missing): one row per finished point (its fields + the results), merged over
+    `folders`; `missing` names the unfinished points."""
+    if not folders:
+        raise LabFileError("name at least one sweep folder")
+    metas = []
+    for folder in folders:
+        if not (Path(folder) / "sweep.json").is_file():
+            raise LabFileError(f"{folder}: holds no sweep.json: not the --out folder of a sweep")
+        metas.append(read_json(Path(folder) / "sweep.json",
+                               ("entrants", "seeds", "base_config", "corpus", "points")))
+    ref = {k: v for k, v in metas[0].items() if k not in _IGNORED}
+    for folder, meta in zip(folders[1:], metas[1:], strict=True):
+        if {k: v for k, v in meta.items() if k not in _IGNORED} != ref:
+            raise LabFileError(f"{folder}/sweep.json describes another sweep than "
+                               f"{folders[0]}/sweep.json: shards must share every setting")
+    rows, missing = [], []
+    for point in metas[0]["points"]:
+        found = [Path(f) / point["dir"] / "results.json" for f in folders]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            missing.append(f"{point['entrant']} lr={point['lr']:g} "
+                           f"wd={point['weight_decay']:.3g} seed {point['seed']}")
+            continue
+        res = read_json(found[0], ("final_val_loss",))
+        rows.append({**point, "final_val_loss": res["final_val_loss"], "results": res,
+                     "run_dir": str(found[0].parent)})
+    return metas[0], rows, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysis (pure functions of the rows)
+
+
+@dataclass(frozen=True)
+class Setting:
+    entrant: str
+    lr: float
+    weight_decay: float
+
+
+def by_setting(rows: list[dict]) -> dict[Setting, dict[int, float]]:
+    """Setting -> {seed: final validation loss}."""
+    out: dict[Setting, dict[int, float]] = {}
+    for r in rows:
+        out.setdefault(Setting(r["entrant"], r["lr"], r["weight_decay"]), {})[r["seed"]] = \
+            r["final_val_loss"]
+    return out
+
+
+def best_setting(rows: list[dict], entrant: str, seeds: list[int]) -> Setting | None:
+    """The entrant's setting with the lowest mean loss among those finished on every seed."""
+    cells = {s: v for s, v in by_setting(rows).items()
+             if s.entrant == entrant and set(seeds) <= set(v)}
+    if not cells:
+        return None
+    return min(cells, key=lambda s: (float(np.mean([cells[s][k] for k in seeds])),
+                                     s.weight_decay, s.lr))
+
+
+def good_range(rows: list[dict], best: Setting, seeds: list[int],
+               tolerance: float = GOOD_TOLERANCE) -> list[float]:
+    """Weight decays, at the best setting's lr, whose mean loss is within +tolerance of the best
+    (contiguous around the best on the grid: a lucky isolated point does not widen it)."""
+    cells = {s.weight_decay: float(np.mean([v[k] for k in seeds]))
+             for s, v in by_setting(rows).items()
+             if s.entrant == best.entrant and s.lr == best.lr and set(seeds) <= set(v)}
+    wds = sorted(cells)
+    limit = cells[best.weight_decay] * (1 + tolerance)
+    i = j = wds.index(best.weight_decay)
+    while i > 0 and cells[wds[i - 1]] <= limit:
+        i -= 1
+    while j < len(wds) - 1 and cells[wds[j + 1]] <= limit:
+        j += 1
+    return wds[i:j + 1]
+
+
+def best_vs_best(rows: list[dict], base: str, cand: str, seeds: list[int]):
+    """(base best, cand best, Summary of base loss - cand loss per seed); positive: cand better."""
+    b, c = best_setting(rows, base, seeds), best_setting(rows, cand, seeds)
+    if b is None or c is None:
+        return b, c, None
+    cells = by_setting(rows)
+    return b, c, paired([cells[b][k] for k in seeds], [cells[c][k] for k in seeds])
+
+
+def best_vs_best_verdict(effect: Summary) -> tuple[str, str]:
+    v, why = verdict(effect)
+    if v == INCONCLUSIVE and effect.has_interval:
+        why += "; " + power_note(effect)
+    return v, why
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure and document
+
+
+def fig_sensitivity(meta: dict, rows: list[dict], path: Path) -> None:
+    seeds = meta["seeds"]
+    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    cells = by_setting(rows)
+    lrs = sorted({s.lr for s in cells})
+    for k, entrant in enumerate(meta["entrants"]):
+        for j, lr in enumerate(lrs):
+            pts = sorted((s.weight_decay, v) for s, v in cells.items()
+                         if s.entrant == entrant and s.lr == lr and set(seeds) <= set(v))
+            if not pts:
+                continue
+            sums = [summarize(v[x] for x in seeds) for _, v in pts]
+            wd = np.array([w for w, _ in pts])
+            mean = np.array([s.mean for s in sums])
+            err = None
+            if sums[0].has_interval:
+                err = np.array([[s.mean - s.low for s in sums], [s.high - s.mean for s in sums]])
+            label = entrant + (f" lr={lr:g}" if len(lrs) > 1 else "")
+            ax.errorbar(wd * (1 + 0.03 * k), mean, yerr=err, color=colors[k % len(colors)],
+                        ls=["-", "--", ":", "-."][j % 4], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("weight_decay (log scale)")
+    ax.set_ylabel("final validation loss (nats/token)")
+    ax.set_title(f"sensitivity to weight_decay: mean over {len(seeds)} seed(s)"
+                 + (", 95% interval" if len(seeds) > 1 else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+
+
+def sweep_blocks(meta: dict, rows: list[dict], missing: list[str], fig_name: str | None):
+    seeds, entrants = meta["seeds"], meta["entrants"]
+    cfg = meta["base_config"]
+    blocks = [("h", 1, "Sweep: final validation loss against weight_decay")]
+    blocks.append(("p", f"Model `{cfg['model']}`, {cfg['steps']} steps x batch "
+                   f"{cfg['batch_size']} x context {cfg['context']}, corpus "
+                   f"{meta['corpus']['name']}; {len(seeds)} seed(s) per point, the same seeds "
+                   "for every point (paired). Intervals: 95% Student-t over seeds."))
+    if missing:
+        blocks.append(("p", f"**Unfinished, left out ({len(missing)}):** " + ", ".join(missing)))
+    cells = by_setting(rows)
+    table = []
+    for s in sorted(cells, key=lambda s: (entrants.index(s.entrant) if s.entrant in entrants
+                                          else 99, s.lr, s.weight_decay)):
+        v = cells[s]
+        regime = Regime.of(config_from_dict({**cfg, "lr": s.lr, "weight_decay": s.weight_decay}))
+        table.append([s.entrant, f"{s.lr:g}", f"{s.weight_decay:.4g}", f"{regime.budget:.3g}",
+                      summarize(v[k] for k in sorted(v)).fmt(4), f"{len(v)}/{len(seeds)}"])
+    blocks.append(("table", ["entrant", "lr", "weight_decay", "decay budget",
+                             "final val loss", "seeds done"], table))
+    best_rows = []
+    for entrant in entrants:
+        best = best_setting(rows, entrant, seeds)
+        if best is None:
+            best_rows.append([entrant, "n/a (no setting finished on every seed)", "", "", ""])
+            continue
+        wds = good_range(rows, best, seeds)
+        loss = summarize(cells[best][k] for k in seeds)
+        width = f"x{wds[-1] / wds[0]:.3g} ({wds[0]:.3g} .. {wds[-1]:.3g})" if wds[0] > 0 else \
+            f"{wds[0]:.3g} .. {wds[-1]:.3g}"
+        grid_wds = [c.weight_decay for c in cells if c.entrant == entrant and c.lr == best.lr]
+        edge = len(grid_wds) > 1 and best.weight_decay in (min(grid_wds), max(grid_wds))
+        note = " (at the edge of the grid: the best may lie outside it)" if edge else ""
+        best_rows.append([entrant, f"lr {best.lr:g}, weight_decay {best.weight_decay:.4g}{note}",
+                          loss.fmt(4), f"{len(wds)} grid point(s): {width}",
+                          f"{100 * GOOD_TOLERANCE:g}%"])
+    blocks.append(("h", 2, "Each entrant at its best"))
+    blocks.append(("table", ["entrant", "best setting", "final val loss", "good range "
+                             "(weight_decay within +1% of best, at the best lr)", "tolerance"],
+                   best_rows))
+    blocks.append(("p", "The good range is measured on this grid only: its width is at least "
+                   "the grid's spacing when one point qualifies, and a wider grid could widen it."))
+    if len(entrants) > 1:
+        base = entrants[0]
+        rows_bvb = []
+        for cand in entrants[1:]:
+            b, c, eff = best_vs_best(rows, base, cand, seeds)
+            if eff is None:
+                rows_bvb.append([f"{cand} vs {base}", "n/a", "n/a", "n/a"])
+                continue
+            v, why = best_vs_best_verdict(eff)
+            rows_bvb.append([f"{cand} (wd {c.weight_decay:.3g}) vs {base} (wd "
+                             f"{b.weight_decay:.3g})", f"{eff.mean:+.4f}",
+                             "none (n=1)" if not eff.has_interval else
+                             f"[{eff.low:+.4f}, {eff.high:+.4f}]", f"**{v}** ({why})"])
+        blocks.append(("h", 2, "Best vs best (paired by seed)"))
+        blocks.append(("p", "Effect: the baseline's final validation loss at its best setting "
+                       "minus the candidate's at its own best, per seed (positive: the "
+                       "candidate tuned is better than the baseline tuned). Picking each best on "
+                       "the same seeds it is scored on flatters both alike."))
+        blocks.append(("table", ["comparison", "effect (nats)", "95% interval", "verdict"],
+                       rows_bvb))
+    if fig_name:
+        blocks.append(("img", fig_name, "final validation loss vs weight_decay"))
+    return blocks
+
+
+def build_sweep_report(folders: list[Path], out: Path | None = None) -> Path:
+    from adamhd.lab.report import render_html, render_md
+
+    folders = [Path(f) for f in folders]
+    out = Path(out) if out else folders[0]
+    meta, rows, missing = load_sweep(folders)
+    if not rows:
+        raise LabFileError(f"{folders[0]}: no finished run of the sweep yet")
+    out.mkdir(parents=True, exist_ok=True)
+    fig_sensitivity(meta, rows, out / "sweep.png")
+    blocks = sweep_blocks(meta, rows, missing, out / "sweep.png")
+    (out / "sweep.md").write_text(render_md(blocks))
+    (out / "sweep.html").write_text(render_html(blocks, "AdamHD lab sweep"))
+    return out / "sweep.md"

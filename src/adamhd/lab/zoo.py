@@ -1,0 +1,118 @@
+"""The other entrants of the lab: adamhd's other optimizers and wrappers, registered when this
+adamhd has them (`register_all(register)`, called by `optimizers`).
+
+Conventions, so that `--decay-budget` means the same for everyone: weight decay acts as
+tau = lr_t * weight_decay (SGDW is given decay_scaling="lr" instead of its default "schedule");
+AdaLo's own decay is scaled by its loss-driven step lr*E/kappa (about 0.07 lr here), so its
+budget is smaller than the nominal one. Muon entrants: Muon (adjust_lr_fn="match_rms_adamw", so
+AdamW's lr and weight_decay carry over) on the 2-D weight matrices of the transformer blocks only;
+embeddings (tied with the output head), biases and norms take AdamW (muon) or AdamHD (muonhd).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+
+import adamhd
+from adamhd import AdamHD, param_groups
+from adamhd.lab.model import prunable_weights
+
+
+class Split:
+    """Two optimizers over disjoint parameters, stepped together, looking like one to the lab
+    (param_groups, state, zero_grad, step, state_dict / load_state_dict)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {k: v for part in self.parts for k, v in part.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part, sd in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(sd)
+
+
+def _muon_builder(muon_cls: type, rest_cls: type) -> Callable:
+    def build(model, lr, weight_decay, **kw):
+        hidden = list(prunable_weights(model).values())
+        ids = {id(p) for p in hidden}
+        rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]}
+                for g in param_groups(model, weight_decay)]
+        rest = [g for g in rest if g["params"]]
+        kw.setdefault("adjust_lr_fn", "match_rms_adamw")
+        muon = muon_cls(hidden, lr=lr, weight_decay=weight_decay, **kw)
+        return Split([muon, rest_cls(rest, lr=lr, weight_decay=weight_decay)])
+
+    return build
+
+
+def _wrapper_keys(cls: type) -> set[str]:
+    """Keywords of a with_decoupled_decay class: its base's and the decay options."""
+    from adamhd.decay.wrapper import DECAY_KEYS
+
+    return set(inspect.signature(cls._decay_base).parameters) | set(DECAY_KEYS)
+
+
+def register_all(register: Callable) -> None:
+    def plain(cls, **fixed):
+        def factory(groups, lr, weight_decay, **kw):
+            return cls(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
+        return factory
+
+    have = {name: getattr(adamhd, name) for name in dir(adamhd)}
+    if hasattr(torch.optim, "Muon"):
+        register("muon", None, torch.optim.Muon, "torch Muon on the block matrices, AdamW on the "
+                 "rest", builder=_muon_builder(torch.optim.Muon, torch.optim.AdamW))
+    if "MuonHD" in have:
+        register("muonhd", None, have["MuonHD"], "MuonHD on the block matrices, AdamHD on the "
+                 "rest", builder=_muon_builder(have["MuonHD"], AdamHD),
+                 keys=_wrapper_keys(have["MuonHD"]))
+    for name, key, note, scale, fixed in [
+        ("SGDW", "sgdw", "SGDW, momentum 0.9, decay_scaling='lr' (arXiv 1711.05101)", 30.0,
+         {"momentum": 0.9, "decay_scaling": "lr"}),
+        ("NAdamHD", "nadamhd", "torch NAdam + Huber decay", 1.0, {}),
+        ("RAdamHD", "radamhd", "torch RAdam + Huber decay", 1.0, {}),
+        ("AdafactorHD", "adafactorhd", "torch Adafactor + Huber decay", 1.0, {}),
+    ]:
+        if name in have:
+            register(key, plain(have[name], **fixed), have[name], note,
+                     keys=_wrapper_keys(have[name]), lr_scale=scale)
+    for name, key, note, scale, extra in [
+        ("NSGDA", "nsgda", "normalised SGD with momentum (arXiv 2210.04319)", 1.0, None),
+        ("AdaLo", "adalo", "loss-driven step size (Inf. Sci. 690:121607); gets the loss", 100.0,
+         lambda loss: {"loss": loss}),
+        ("Adafactor", "adafactor", "adamhd's Adafactor (arXiv 1804.04235), relative step", 1.0,
+         None),
+        ("SMMF", "smmf", "SMMF, square-matricised factored moments", 1.0, None),
+        ("SM3", "sm3", "SM3 (arXiv 1901.11150)", 30.0, None),
+    ]:
+        if name in have:
+            register(key, plain(have[name]), have[name], note, extra, lr_scale=scale)
+    if "Lookahead" in have:
+        def lookahead(groups, lr, weight_decay, k=5, alpha=0.5, **kw):
+            inner = AdamHD(groups, lr=lr, weight_decay=weight_decay, **kw)
+            return have["Lookahead"](inner, k=k, alpha=alpha)
+
+        register("adamhd-lookahead", lookahead, AdamHD, "Lookahead (k=5, alpha=0.5) around "
+                 "AdamHD (arXiv 1907.08610)",
+                 keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"})
