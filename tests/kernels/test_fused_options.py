@@ -2,7 +2,6 @@
 update rules, against the single-tensor path and a float64 reference written here."""
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from adamhd import AdamHD
 from adamhd.decay import HuberDecay, L2Decay
 from adamhd.hyper import AdamStep
 from adamhd.kernels import fused_adamhd
+from adamhd.update_rules import UpdateRule
 from tests.kernels.conftest import clone_params, make_params
 from tests.kernels.test_fused_cpu import assert_states_close, train
 
@@ -46,14 +46,24 @@ def test_cautious_decay_takes_the_fused_path_by_default(cpu_kernel):
     assert opt.paths[0] == "fused"
 
 
-@dataclass(frozen=True)
-class StepWithUpdate(AdamStep):
-    """The step record with COMMON.md's update-rule fields (as AdamHD's groups name them)."""
+@pytest.mark.parametrize("options,path", [
+    (dict(update="atan2"), "fused"),
+    (dict(update="softplus", cautious_decay=True), "fused"),
+    (dict(update="atan2", cautious=True), "foreach"),
+    (dict(trust_ratio=True), "foreach"),
+])
+def test_elementwise_update_rules_take_the_fused_path_by_default(cpu_kernel, options, path):
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.randn(5)
+    opt = AdamHD([p], **options)
+    opt.step()
+    assert opt.paths[0] in ((path,) if path == "fused" else ("foreach", "single"))
 
-    update: str = "adam"
-    atan2_a: float = 1.27
-    atan2_b: float = 1.0
-    softplus_beta: float = 50.0
+
+def step_record(update: str = "adam", **kw) -> AdamStep:
+    """The step record with an update rule (``atan2_a``, ``atan2_b``, ``softplus_beta`` in kw)."""
+    rule_keys = {k: kw.pop(k) for k in ("atan2_a", "atan2_b", "softplus_beta") if k in kw}
+    return AdamStep(update=UpdateRule(update=update, **rule_keys), **kw)
 
 
 def reference_step(p, g, m, v, t, mu, h):
@@ -72,10 +82,11 @@ def reference_step(p, g, m, v, t, mu, h):
     m = h.beta1 * m + (1 - h.beta1) * g
     v = h.beta2 * v + (1 - h.beta2) * g * g
     m_hat, sqrt_v_hat = m / (1 - h.beta1**t), (v / (1 - h.beta2**t)).sqrt()
-    if h.update == "atan2":
-        u = h.atan2_a * torch.atan2(m_hat, h.atan2_b * sqrt_v_hat)
-    elif h.update == "softplus":
-        u = m_hat / (torch.log1p(torch.exp(h.softplus_beta * sqrt_v_hat)) / h.softplus_beta)
+    r = h.update
+    if r.update == "atan2":
+        u = r.atan2_a * torch.atan2(m_hat, r.atan2_b * sqrt_v_hat)
+    elif r.update == "softplus":
+        u = m_hat / (torch.log1p(torch.exp(r.softplus_beta * sqrt_v_hat)) / r.softplus_beta)
     else:
         u = m_hat / (sqrt_v_hat + h.eps)
     mask = (u.sign() * p.sign() >= 0) if h.decay.cautious else torch.ones_like(p, dtype=bool)
@@ -98,7 +109,7 @@ def reference_step(p, g, m, v, t, mu, h):
 def test_update_rules_match_float64_reference(cpu_kernel, dtype, update, decay):
     gen = torch.Generator().manual_seed(4)
     ps = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    h = StepWithUpdate(decay=decay, lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.5,
+    h = step_record(decay=decay, lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.5,
                        maximize=update == "softplus", update=update, atan2_a=1.1, atan2_b=0.8,
                        softplus_beta=30.0)
     work = [p.to(dtype) for p in ps]
@@ -124,8 +135,8 @@ def test_update_rules_match_float64_reference(cpu_kernel, dtype, update, decay):
 def test_unknown_update_rule_is_refused_before_anything_changes(cpu_kernel):
     p = torch.randn(4)
     before = p.clone()
-    h = StepWithUpdate(decay=HuberDecay(), lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
-                       weight_decay=0.1, update="lion")
+    h = step_record(decay=HuberDecay(), lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
+                    weight_decay=0.1, update="lion")
     with pytest.raises(ValueError, match="update='lion'"):
         fused_adamhd([p], [torch.ones(4)], [torch.zeros(4)], [torch.zeros(4)], [],
                      [torch.zeros(())], [p.abs().mean()], h)

@@ -124,16 +124,16 @@ def options():
     moments (below 1: within rtol 1e-5, atol 1e-6)."""
     from adamhd.decay import L2Decay
     from adamhd.kernels import update_args
-    from tests.kernels.test_fused_options import SHAPES, StepWithUpdate, reference_step
+    from tests.kernels.test_fused_options import SHAPES, reference_step, step_record
 
     worst = 0.0
     for update, decay in [("atan2", HuberDecay(cautious=True)),
                           ("softplus", L2Decay(form="proximal", cautious=True)),
                           ("adam", HuberDecay(delta=0.2, form="proximal", cautious=True)),
                           ("atan2", HuberDecay(delta=0.2))]:
-        h = StepWithUpdate(decay=decay, lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-8,
-                           weight_decay=0.5, update=update, atan2_a=1.1, atan2_b=0.8,
-                           softplus_beta=30.0, maximize=update == "softplus")
+        h = step_record(decay=decay, lr=3e-2, beta1=0.9, beta2=0.99, eps=1e-8,
+                        weight_decay=0.5, update=update, atan2_a=1.1, atan2_b=0.8,
+                        softplus_beta=30.0, maximize=update == "softplus")
         gen = torch.Generator().manual_seed(4)
         ps = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
         a = state([], torch.float32, False, True)

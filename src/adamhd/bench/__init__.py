@@ -1,4 +1,10 @@
-"""``adamhd bench``: speed of one optimizer step (``adamhd bench step``).
+"""``adamhd bench``: measurements that back the README's speed and memory figures.
+
+* ``adamhd bench step``: one AdamHD step per path and option against torch's AdamW.
+* ``adamhd bench decay``: each optimizer with decoupled decay against itself without it.
+* ``adamhd bench transforms``: each gradient transform (and Lookahead) on top of AdamHD.
+* ``adamhd bench memory``: optimizer-state bytes per parameter and step time of every optimizer.
+* ``adamhd bench precision``: Adafactor's ``1/sqrt(V)`` error in float32 against float64.
 
 ``add_parser(subparsers)`` registers the ``bench`` command with the ``adamhd`` CLI.
 """
@@ -11,8 +17,17 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from adamhd.bench import step
+    from adamhd.bench import memory, precision, step, transforms, wrappers
 
-    bench = subparsers.add_parser("bench", help="benchmarks (adamhd bench step)")
+    bench = subparsers.add_parser("bench", help="benchmarks (adamhd bench step|decay|...)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     step.add_step_parser(sub)
+    wrappers.add_decay_parser(sub)
+    transforms.add_transforms_parser(sub)
+    for name, module, help_text in (
+        ("memory", memory, "optimizer-state bytes per parameter and step time"),
+        ("precision", precision, "Adafactor's factored 1/sqrt(V) against float64"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.command)

@@ -7,8 +7,8 @@
   ``"schedule"``);
 * ``adamhd.decay.options``: a param group's decay keys: defaults, validation, ``rule_from_group``.
 
-This package imports nothing else of ``adamhd``; ``adamhd.distributed`` (whole-tensor
-``mean|p|`` of sharded parameters) builds on it. See ``docs/decay.md``.
+These four modules import nothing else of ``adamhd``; ``adamhd.distributed`` (whole-tensor
+``mean|p|`` of sharded parameters) builds on ``threshold``. See ``docs/decay.md``.
 """
 
 from adamhd.decay.options import (
@@ -22,8 +22,10 @@ from adamhd.decay.rules import (
     DecayRule,
     HuberDecay,
     L2Decay,
+    TensorDecay,
     Threshold,
     cautious_mask,
+    cautious_weights,
     clip,
     foreach_cautious_mask,
     foreach_clip,
@@ -55,8 +57,10 @@ __all__ = [
     "DecayRule",
     "HuberDecay",
     "L2Decay",
+    "TensorDecay",
     "Threshold",
     "cautious_mask",
+    "cautious_weights",
     "check_decay_options",
     "clip",
     "decay_coefficient",

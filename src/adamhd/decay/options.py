@@ -49,8 +49,9 @@ def check_decay_options(group: Mapping[str, Any]) -> None:
     ``DECAY_DEFAULTS``; ``weight_decay`` must be present)."""
     weight_decay = group["weight_decay"]
     if not _is_number(weight_decay) or not 0.0 <= weight_decay < math.inf:
+        # torch's wording ("Invalid weight_decay value: -1"), then ours
         raise ValueError(
-            f"Invalid weight_decay value: weight_decay={weight_decay!r} (must be finite and >= 0)"
+            f"Invalid weight_decay value: {weight_decay} (weight_decay must be finite and >= 0)"
         )
     decay = _get(group, "decay")
     if not isinstance(decay, str) or decay not in DECAY_RULES:

@@ -146,17 +146,27 @@ UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
 SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: softplus(x) = x above it
 
 
+def fused_update_reason(update: Any) -> str | None:
+    """Why the fused kernels cannot run the update rule record ``update``
+    (``adamhd.update_rules.UpdateRule``), or ``None``: they implement the elementwise directions
+    (adam, atan2, softplus), not the options that need a per-tensor statistic or extra state."""
+    if update.update not in UPDATE_KINDS:
+        return f"the fused AdamHD kernels do not implement update={update.update!r}"
+    if not update.elementwise:
+        return f"the fused AdamHD kernels do not implement {update.describe()}"
+    return None
+
+
 def update_args(hyper: Any) -> tuple[int, float, float]:
-    """``(kind, a, b)`` of the update rule for the kernels, from the step record's ``update``,
-    ``atan2_a``, ``atan2_b``, ``softplus_beta`` (COMMON.md's names; absent means Adam)."""
-    update = getattr(hyper, "update", "adam")
-    if update not in UPDATE_KINDS:
-        raise ValueError(f"the fused AdamHD kernels do not implement update={update!r} "
-                         f"(one of {', '.join(UPDATE_KINDS)})")
-    if update == "atan2":
-        return 1, float(getattr(hyper, "atan2_a", 1.27)), float(getattr(hyper, "atan2_b", 1.0))
-    if update == "softplus":
-        return 2, float(getattr(hyper, "softplus_beta", 50.0)), SOFTPLUS_THRESHOLD
+    """``(kind, a, b)`` of the step record's update rule (``hyper.update``) for the kernels."""
+    rule = hyper.update
+    reason = fused_update_reason(rule)
+    if reason is not None:
+        raise ValueError(reason)
+    if rule.update == "atan2":
+        return 1, float(rule.atan2_a), float(rule.atan2_b)
+    if rule.update == "softplus":
+        return 2, float(rule.softplus_beta), SOFTPLUS_THRESHOLD
     return 0, 1.0, 1.0
 
 

@@ -50,11 +50,17 @@ def local(t: Tensor) -> Tensor:
 
 
 def _local_sum(x: Tensor, dims: tuple[int, ...], square: bool) -> Tensor:
+    """Sum (or sum of squares) over ``dims``, keepdim, float32 (float64 for float64)."""
     dtype = stat_dtype(x)
-    dim = dims or None  # a 0-dim tensor: its only element
-    if square:
-        return torch.linalg.vector_norm(x, 2, dim=dim, keepdim=True, dtype=dtype).square()
-    return x.sum(dim=dim, keepdim=True, dtype=dtype)
+    if not square:
+        return x.sum(dim=dims or None, keepdim=True, dtype=dtype)
+    if x.dim() >= 2 and len(dims) == x.dim():
+        # whole tensor: row norms first, then their squares summed. torch's CPU norm of a whole
+        # float32 tensor accumulates sequentially (6e-4 relative error on 16M elements measured);
+        # two levels are accurate to ~1e-7 at the same speed.
+        rows = torch.linalg.vector_norm(x, 2, dim=dims[1:], dtype=dtype)
+        return rows.square().sum().reshape([1] * x.dim())
+    return torch.linalg.vector_norm(x, 2, dim=dims or None, keepdim=True, dtype=dtype).square()
 
 
 def _mesh_dims_to_reduce(t: Tensor, dims: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,0 +1,368 @@
+"""``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay.
+
+The returned class is a real subclass of ``OptimizerClass`` (schedulers, ``isinstance``, Trainer,
+Lightning, DCP accept it). Its constructor takes the base's arguments plus, keyword-only and per
+param group, the decay options of ``adamhd.decay.options``: ``weight_decay``, ``decay``
+(``"huber"`` default | ``"l2"``), ``delta``, ``delta_scale``, ``delta_beta``, ``decay_form``,
+``cautious_decay``, ``decay_scaling``. The rules and their math live in ``adamhd.decay.rules``.
+
+Each step (``tau`` from ``adamhd.decay.strength``; ``u`` the base step's update, ``p_t`` the
+weights before the step)::
+
+    explicit:            p <- rule(p_t);   base step (weight_decay=0)
+    proximal:            base step;        p <- prox(p)
+    cautious (either):   base step;        p <- decay where sign(u)*sign(p_t) >= 0
+
+* The group's ``weight_decay`` is the *decoupled* coefficient (as in AdamW). The base optimizer
+  sees ``weight_decay=0`` during its step (L2 folded into the gradient is what decoupling exists
+  to avoid), also in groups that set their own.
+* The adaptive threshold's EMA ``mu`` is ``optimizer.state[p]["delta_mu"]`` (float32, float64
+  for float64 weights, also after ``load_state_dict``); ``mean|p|`` is the whole tensor's, summed
+  across ranks for FSDP2 (DTensor) weights by ``adamhd.distributed.whole_mean_abs``.
+* Cautious decay needs the sign of the base step's update. The wrapper keeps a copy of ``p_t``
+  for the groups with ``cautious_decay=True`` and takes ``u ∝ p_t - p_new``, the step the base
+  really made (whatever its rule: Adam, a sign, an orthogonalised matrix, a relative step size).
+  Cost: one weight-sized copy of those groups' weights during the step (4 bytes per fp32
+  parameter), plus temporaries the size of one tensor (displacement, signs, mask) while each
+  tensor is decayed.
+* A step that GradScaler skips (inf/NaN gradients) applies no decay: GradScaler does not call
+  ``step`` for most optimizers; bases that take ``grad_scale``/``found_inf`` themselves
+  (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
+  ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
+* ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
+  so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
+  takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
+  a base that requires one (``_step_requires_loss``) raises before any decay when none is given.
+  Complex parameters and ``differentiable=True`` are rejected at construction.
+* Known difference: with ``decay="l2"`` on ``torch.optim.Adafactor`` the base computes its
+  relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
+  before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
+
+Instances and classes pickle: each class is reachable as
+``adamhd.decay.wrapper.classes.<encoded base name>`` and created again on unpickling.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _default_to_fused_or_foreach
+
+from adamhd.decay.chunks import sweep
+from adamhd.decay.options import DECAY_DEFAULTS, check_decay_options, rule_from_group
+from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
+from adamhd.decay.strength import decay_strength, group_decay_coefficient, remember_initial_lr
+from adamhd.decay.threshold import mu_dtype
+from adamhd.distributed import whole_mean_abs
+
+__all__ = ["classes", "with_decoupled_decay"]
+
+DECAY_KEYS = ("weight_decay", *DECAY_DEFAULTS)
+FALLBACK_WEIGHT_DECAY = 1e-2  # AdamW's default, for bases whose own default is 0 or absent
+MU_KEY = "delta_mu"
+
+
+@dataclass
+class _GroupDecay:
+    """One param group's decay this step."""
+
+    rule: DecayRule
+    tau: float | Tensor
+    params: list[Tensor]
+    ds: list[Threshold]
+    foreach: bool
+    new_mus: dict[Tensor, Tensor]  # first thresholds, stored in the state after the base step
+    before: list[Tensor] | None = None  # copies of p_t (cautious only)
+
+
+class _DecoupledDecay:
+    """Mixin placed before the base class; ``_decay_base`` is set on each generated class."""
+
+    _decay_base: type[Optimizer]
+    _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
+
+    def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
+        base_sig = inspect.signature(self._decay_base.__init__)
+        try:
+            bound = base_sig.bind(self, params, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{type(self).__name__}: {err}") from None
+        if "weight_decay" in bound.arguments:  # given positionally: it is the decay coefficient
+            if "weight_decay" in options:
+                raise TypeError(f"{type(self).__name__}: multiple values for 'weight_decay'")
+            options["weight_decay"] = bound.arguments.pop("weight_decay")
+        defaults = {**DECAY_DEFAULTS, "weight_decay": _default_weight_decay(base_sig)}
+        defaults.update(self._decay_overrides)
+        defaults.update(options)
+        check_decay_options({**defaults, "lr": bound.arguments.get("lr", _base_lr(base_sig))})
+        if "weight_decay" in base_sig.parameters:
+            bound.arguments["weight_decay"] = 0.0
+        self._pending_decay_defaults = defaults
+        super().__init__(*bound.args[1:], **bound.kwargs)
+        self.defaults.update(defaults)
+        del self._pending_decay_defaults
+        for group in self.param_groups:
+            if group.get("differentiable", False):
+                raise ValueError("with_decoupled_decay does not support differentiable=True")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        defaults = getattr(self, "_pending_decay_defaults", None) or self.defaults
+        options = {key: param_group.get(key, defaults[key]) for key in DECAY_KEYS}
+        check_decay_options({"lr": self.defaults.get("lr"), **param_group, **options})
+        _check_real(param_group)
+        param_group.update(options)
+        super().add_param_group(param_group)  # type: ignore[misc]
+        remember_initial_lr(self.param_groups[-1])
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Evaluate ``closure``, decay, run the base step (with ``weight_decay=0``), decay.
+
+        Bases whose ``step`` takes the loss (``adamhd.AdaLo``) get ``loss=`` (the closure's, or
+        the one given here); other keyword arguments are refused before anything changes."""
+        loss = kwargs.pop("loss", None)
+        takes_loss = "loss" in inspect.signature(self._decay_base.step).parameters
+        if kwargs or (loss is not None and not takes_loss):
+            extra = sorted(kwargs) if kwargs else ["loss"]
+            raise TypeError(f"{type(self).__name__}.step() got unexpected arguments {extra}")
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None and getattr(self, "_step_requires_loss", False):
+            raise ValueError(f"{self._decay_base.__name__} needs the loss: step(closure) or "
+                             "step(loss=loss)")
+        base_kwargs = {"loss": loss} if takes_loss and loss is not None else {}
+        if _skipped_by_grad_scaler(self):
+            with _base_weight_decay_off(self.param_groups):
+                self._base_step(**base_kwargs)
+            return loss
+        coefficients = [group_decay_coefficient(g) for g in self.param_groups]  # may raise
+        with torch.no_grad():
+            plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
+            plans = [plan for plan in plans if plan is not None]
+            for plan in plans:
+                if plan.rule.cautious:
+                    plan.before = [p.detach().clone() for p in plan.params]
+                elif plan.rule.before_update:
+                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+        with _base_weight_decay_off(self.param_groups):
+            self._base_step(**base_kwargs)
+        with torch.no_grad():
+            for plan in plans:
+                for p, mu in plan.new_mus.items():
+                    self.state[p][MU_KEY] = mu  # type: ignore[attr-defined]
+                if plan.rule.cautious:
+                    _apply_cautious(plan)
+                elif not plan.rule.before_update:
+                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+        return loss
+
+    def _base_step(self, **kwargs: Any) -> None:
+        """The base class's own ``step`` without torch's step hooks (they run once, around this
+        class's ``step``)."""
+        step = self._decay_base.step
+        while getattr(step, "hooked", False):
+            step = step.__wrapped__
+        step(self, **kwargs)
+
+    def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
+        """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no
+        parameter of the group has a gradient."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        rule = rule_from_group(group)
+        foreach = _use_foreach(group, params)
+        mus = []
+        abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
+        new_mus = {}
+        for p, a in zip(params, abs_means or ()):
+            mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
+            if mu is None:  # mu_1 = a_1; stored after the base step, which may expect no state
+                mu = new_mus[p] = a.to(mu_dtype(p)).clone()
+            mus.append(mu)
+        ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
+        tau = decay_strength(group["lr"], coefficient)
+        return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 (torch
+        casts floating state to each parameter's dtype)."""
+        saved = _saved_mus(self.param_groups, state_dict)  # type: ignore[attr-defined]
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        for p, mu in saved.items():
+            self.state[p][MU_KEY] = mu.detach().to(  # type: ignore[attr-defined]
+                dtype=mu_dtype(p), device=self.state[p][MU_KEY].device, copy=True  # type: ignore
+            )
+
+
+def _apply_cautious(plan: _GroupDecay) -> None:
+    """Decay where the base step's update ``u ∝ p_t - p_new`` has the sign of ``p_t``.
+
+    Explicit: the rule is applied to the copy of ``p_t`` and the base step's displacement is
+    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
+    assert plan.before is not None
+    for p, p_t, d in zip(plan.params, plan.before, plan.ds):
+        # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
+        decay = plan.rule.on(plan.tau, d, p.dtype)
+        sweep(partial(_decay_cautiously, plan.rule, decay), p, p_t)
+    plan.before = None
+
+
+def _decay_cautiously(rule: DecayRule, decay: TensorDecay, p: Tensor, p_t: Tensor) -> None:
+    """``_apply_cautious`` on one tensor (or one chunk of it): ``p`` after the base step, ``p_t``
+    a copy of it before."""
+    [mask] = rule.masks([p_t - p], [p_t], foreach=False)  # type: ignore[misc]
+    if rule.before_update:
+        p.sub_(p_t)
+        decay(p_t, mask)
+        p.add_(p_t)
+    else:
+        decay(p, mask)
+
+
+def _check_real(param_group: dict[str, Any]) -> None:
+    """The rules clip real numbers: complex parameters are rejected (``ValueError``)."""
+    params = param_group["params"]
+    if isinstance(params, Tensor):
+        params = [params]
+    elif not isinstance(params, list | tuple):  # a generator: read it once, hand torch the list
+        if isinstance(params, set):
+            return  # torch's own error names this
+        params = param_group["params"] = list(params)
+    for item in params:
+        p = item[1] if isinstance(item, tuple) else item
+        if isinstance(p, Tensor) and torch.is_complex(p):
+            raise ValueError("with_decoupled_decay does not support complex parameters")
+
+
+def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:
+    """The group's ``foreach`` choice, else torch's default; multi-tensor ops need one device and
+    one dtype."""
+    foreach = group.get("foreach")
+    if foreach is None:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    kinds = {(p.device, p.dtype) for p in params}
+    return bool(foreach) and len(kinds) == 1
+
+
+def _default_weight_decay(sig: inspect.Signature) -> float:
+    """The base's own default ``weight_decay`` when it is a positive number, else 1e-2."""
+    param = sig.parameters.get("weight_decay")
+    value = None if param is None else param.default
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return FALLBACK_WEIGHT_DECAY
+
+
+def _base_lr(sig: inspect.Signature) -> Any:
+    param = sig.parameters.get("lr")
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _skipped_by_grad_scaler(optimizer: Any) -> bool:
+    found_inf = getattr(optimizer, "found_inf", None)
+    return isinstance(found_inf, Tensor) and bool(found_inf.item())
+
+
+@contextmanager
+def _base_weight_decay_off(groups: list[dict[str, Any]]) -> Iterator[None]:
+    saved = [group["weight_decay"] for group in groups]
+    for group in groups:
+        group["weight_decay"] = 0.0
+    try:
+        yield
+    finally:
+        for group, value in zip(groups, saved):
+            group["weight_decay"] = value
+
+
+def _saved_mus(groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[Tensor, Tensor]:
+    """``delta_mu`` of each parameter in ``state_dict`` (ids matched as torch matches them)."""
+    saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    by_id = dict(zip(saved_ids, params))
+    return {
+        by_id[i]: s[MU_KEY]
+        for i, s in state_dict["state"].items()
+        if i in by_id and isinstance(s, dict) and MU_KEY in s
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The class factory
+# ---------------------------------------------------------------------------------------------
+
+_CLASSES: dict[type, type] = {}
+
+
+def with_decoupled_decay(base: type) -> type:
+    """A subclass of the torch optimizer ``base`` with decoupled decay (see the module).
+
+    Example: ``SGDHD = with_decoupled_decay(torch.optim.SGD)``;
+    ``SGDHD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)``. The same class is
+    returned for the same ``base``. ``TypeError`` if ``base`` is not a ``torch.optim.Optimizer``
+    subclass, already applies decoupled decay, or has no ``step`` method of its own.
+    """
+    if not (isinstance(base, type) and issubclass(base, Optimizer)):
+        raise TypeError(
+            f"with_decoupled_decay needs a torch.optim.Optimizer subclass, got {base!r}"
+        )
+    if issubclass(base, _DecoupledDecay):
+        raise TypeError(f"{base.__name__} already applies decoupled decay")
+    if base not in _CLASSES:
+        _check_step(base)
+        cls = type(f"{base.__name__}WithDecoupledDecay", (_DecoupledDecay, base), {})
+        cls._decay_base = base
+        cls.__module__ = __name__
+        cls.__qualname__ = f"classes.{_encode(base)}"
+        cls.__doc__ = f"``{base.__module__}.{base.__qualname__}`` with decoupled decay.\n\n" + (
+            __doc__ or ""
+        )
+        _CLASSES[base] = cls
+    return _CLASSES[base]
+
+
+def _check_step(base: type) -> None:
+    step = inspect.getattr_static(base, "step", None)
+    if step is Optimizer.step or not inspect.isfunction(step):
+        raise TypeError(
+            f"with_decoupled_decay cannot wrap {base.__name__}: its step must be a plain method "
+            f"of its own (found {step!r})"
+        )
+    try:
+        inspect.signature(step).bind(None)
+    except TypeError:
+        raise TypeError(
+            f"with_decoupled_decay cannot wrap {base.__name__}: its step cannot be called "
+            "without arguments (the wrapper evaluates the closure itself)"
+        ) from None
+
+
+def _encode(base: type) -> str:
+    """``module:qualname`` without dots (pickle splits a qualname at dots)."""
+    return f"{base.__module__}:{base.__qualname__}".replace(".", "/")
+
+
+class _Classes:
+    """``classes.<encoded name>`` is ``with_decoupled_decay(base)``: how pickle finds a class."""
+
+    def __getattr__(self, name: str) -> type:
+        module_name, _, qualname = name.replace("/", ".").partition(":")
+        if not qualname:
+            raise AttributeError(name)
+        base: Any = __import__(module_name, fromlist=["_"])
+        for part in qualname.split("."):
+            base = getattr(base, part)
+        return with_decoupled_decay(base)
+
+
+classes = _Classes()

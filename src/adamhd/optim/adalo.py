@@ -1,0 +1,197 @@
+r"""``AdaLo``: a step size driven by the training loss instead of a second moment.
+
+Per parameter tensor, given the step's loss ``L`` (from ``closure`` or ``step(loss=...)``)::
+
+    m   = lerp(m, g, 1 - beta1)
+    l   = (tanh(-log1p(L)/2) + 1) / 2              in (0, 1/2] for L >= 0; 1/2 at L = 0
+    E   = lerp(E, l, 1 - beta2)                    E_0 = 0, no bias correction
+    lr_t = lr * max(E/kappa, eps)          mode="adversarial" (default): small loss, big step
+    lr_t = lr * max((1 - E)/kappa, eps)    mode="compliant": big loss, big step
+    p   = p * (1 - lr_t*weight_decay)
+    p   = p - lr_t * m
+
+Defaults (the sketch's): ``betas=(0.9, 0.999), weight_decay=1e-2, kappa=3, eps=1e-8``. Source: the
+seed's AdaLo sketch after Information Sciences 690:121607 (2024); the paper publishes no code.
+
+Differences from the sketch: ``lr`` (default 1.0) multiplies the loss-driven step, so schedulers
+work; the sketch ignores ``lr`` (its default 1e-8 is unused), which ``lr=1`` reproduces exactly. A
+step without a loss raises (the sketch silently reused the stale ``E``). ``E`` is a float32 0-dim
+state per tensor (float64 for float64 weights), kept in that precision across ``load_state_dict``.
+
+Decay: ``weight_decay`` is the sketch's own decoupled L2 scaled by the loss-driven ``lr_t``.
+``adamhd.with_decoupled_decay(AdaLo)`` sets it to 0 and applies its rule with ``tau = lr *
+weight_decay`` from the group's ``lr`` (the multiplier above), not ``lr_t``: choose its
+``weight_decay`` for that scale.
+
+GradScaler: ``AdaLo`` unscales and skips (found inf) itself, so::
+
+    scaler.scale(loss).backward(); scaler.step(opt, loss=loss); scaler.update()   # no closure
+    opt.step(closure, scaler=scaler); scaler.update()                             # closure
+
+where the closure calls ``scaler.scale(loss).backward()`` and returns ``loss``. ``GradScaler.step``
+checks the gradients for inf before it calls the optimizer, that is before a closure has made them,
+so ``scaler.step(opt, closure)`` raises with this advice. A skipped step changes nothing (weights,
+``m``, ``E``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamhd.optim._base import (
+    CheckedOptimizer,
+    Params,
+    check,
+    check_lr,
+    finite_nonneg,
+    in_unit,
+    lr_value,
+    stat_dtype,
+)
+
+__all__ = ["MODES", "AdaLo", "AdaLoHyper", "adalo", "loss_level"]
+
+MODES = ("adversarial", "compliant")
+
+
+@dataclass(frozen=True)
+class AdaLoHyper:
+    lr: float
+    beta1: float
+    beta2: float
+    kappa: float
+    eps: float
+    weight_decay: float
+    mode: str
+
+
+def loss_level(loss: Tensor) -> Tensor:
+    """``(tanh(-log1p(L)/2) + 1)/2``: 1/2 at L = 0, falling to 0 as L grows."""
+    return (torch.tanh(-torch.log1p(loss) * 0.5) + 1.0) * 0.5
+
+
+def adalo(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    loss_emas: list[Tensor],
+    level: Tensor,
+    h: AdaLoHyper,
+) -> None:
+    """One AdaLo step over lists of tensors; ``level`` is ``loss_level(loss)`` of this step."""
+    for p, g, m, ema in zip(params, grads, momenta, loss_emas):
+        m.lerp_(g, 1.0 - h.beta1)
+        ema.lerp_(level.to(ema), 1.0 - h.beta2)
+        size = ema if h.mode == "adversarial" else 1.0 - ema
+        lr_t = (size / h.kappa).clamp_min(h.eps) * h.lr
+        if h.weight_decay != 0.0:
+            p.mul_(1.0 - lr_t * h.weight_decay)
+        p.sub_(m * lr_t)
+
+
+class AdaLo(CheckedOptimizer):
+    """Loss-driven step size; see the module docstring for the formula and GradScaler use.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: multiplier of the loss-driven step (float or 1-element tensor). Default 1.0.
+        betas: ``(beta1, beta2)``: momentum and loss-EMA coefficients. Default (0.9, 0.999).
+        weight_decay: decoupled L2 scaled by ``lr_t``. Default 1e-2.
+        kappa: divides the loss level. Default 3.0.
+        eps: smallest ``lr_t / lr``. Default 1e-8.
+        mode: ``"adversarial"`` (default) or ``"compliant"``.
+        maximize: ascend instead of descend.
+    """
+
+    name = "AdaLo"
+    stat_keys = ("loss_ema",)
+    _step_supports_amp_scaling = True  # unscales and skips inf steps itself (see module doc)
+    _step_requires_loss = True  # with_decoupled_decay(AdaLo) checks this before it decays
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-2,
+        kappa: float = 3.0,
+        eps: float = 1e-8,
+        mode: str = "adversarial",
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps,
+                        mode=mode, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_lr(group)
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        in_unit("betas[0]", betas[0])
+        in_unit("betas[1]", betas[1])
+        finite_nonneg("weight_decay", group["weight_decay"])
+        check("kappa", group["kappa"], lambda v: 0.0 < v < float("inf"), "a finite number > 0")
+        finite_nonneg("eps", group["eps"])
+        if group["mode"] not in MODES:
+            raise ValueError(f"Invalid mode: {group['mode']!r} (one of {', '.join(MODES)})")
+
+    @torch.no_grad()
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        loss: Tensor | float | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Any:
+        """One step. The loss comes from ``closure()`` or ``loss``; with ``scaler`` (closure
+        only), the closure's scaled backward is unscaled and checked after it ran."""
+        from_scaler = hasattr(self, "found_inf")  # GradScaler.step set grad_scale/found_inf
+        if closure is not None:
+            if from_scaler:
+                raise RuntimeError(
+                    "GradScaler.step(AdaLo, closure) checks gradients before the closure makes "
+                    "them; call opt.step(closure, scaler=scaler) and then scaler.update()"
+                )
+            with torch.enable_grad():
+                loss = closure()
+            if scaler is not None:
+                return scaler.step(self, loss=loss)
+        elif scaler is not None:
+            raise ValueError("scaler= is for the closure case; otherwise use scaler.step(opt)")
+        if from_scaler and bool(self.found_inf):
+            return loss  # GradScaler found inf/NaN: skip, changing nothing
+        if loss is None:
+            raise ValueError("AdaLo needs the loss: call step(closure) or step(loss=loss)")
+        self.check_grads()
+        grad_scale = getattr(self, "grad_scale", None) if from_scaler else None
+        if not isinstance(loss, Tensor):
+            loss = torch.tensor(float(loss), dtype=torch.float64)
+        level = loss_level(loss.detach().to(torch.float64))
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                    self.state[p]["loss_ema"] = torch.zeros((), dtype=stat_dtype(p),
+                                                            device=p.device)
+            grads = [p.grad for p in params]
+            if grad_scale is not None:
+                grads = [g / grad_scale.to(g.device) for g in grads]
+            if group["maximize"]:
+                grads = [-g for g in grads]
+            beta1, beta2 = group["betas"]
+            hyper = AdaLoHyper(lr=lr_value(group["lr"]), beta1=beta1, beta2=beta2,
+                               kappa=group["kappa"], eps=group["eps"],
+                               weight_decay=group["weight_decay"], mode=group["mode"])
+            adalo(params, grads, [self.state[p]["exp_avg"] for p in params],
+                  [self.state[p]["loss_ema"] for p in params], level, hyper)
+        return loss

@@ -1,0 +1,101 @@
+"""2-process (gloo, CPU) FSDP2 worker for the wrapper: ``python -m tests.decay.fsdp_worker``.
+
+Each rank trains the sharded model of ``tests.distributed.common`` with wrapped torch optimizers
+and a DCP save/load; rank 0 writes full tensors to ``--out``/results.pt for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.debug import CommDebugMode
+
+from tests.decay.fsdp_configs import CONFIGS, make_optimizer
+from tests.distributed import common
+
+
+def sharded_model() -> nn.Module:
+    model = common.make_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def train_run(rank: int, world: int, name: str) -> dict:
+    model = sharded_model()
+    opt = make_optimizer(name, model)
+    counts = []
+    for batch in common.batches():
+        x, y = common.local_batch(batch, rank, world)
+        nn.functional.mse_loss(model(x), y).backward()
+        with CommDebugMode() as comm:
+            opt.step()
+        counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
+        opt.zero_grad()
+    return {
+        "weights": common.weights(model),
+        "delta_mu": common.state_by_name(model, opt, "delta_mu"),
+        "comm_counts": counts,
+    }
+
+
+def dcp_run(rank: int, world: int, out: Path) -> dict:
+    data = common.batches()
+    model = sharded_model()
+    opt = make_optimizer("adam_huber", model)
+    common.train(model, opt, data[:2], rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "ckpt"))
+    common.train(model, opt, data[2:], rank, world)
+
+    resumed = sharded_model()
+    resumed_opt = make_optimizer("adam_huber", resumed)
+    msd, osd = get_state_dict(resumed, resumed_opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(out / "ckpt"))
+    set_state_dict(resumed, resumed_opt, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    mus = common.state_by_name(resumed, resumed_opt, "delta_mu")
+    common.train(resumed, resumed_opt, data[2:], rank, world)
+    return {
+        "continued": common.weights(model),
+        "resumed": common.weights(resumed),
+        "loaded_mu_dtypes": {n: str(m.dtype) for n, m in mus.items()},
+    }
+
+
+def run(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    results = {name: train_run(rank, world, name) for name in CONFIGS}
+    results["dcp"] = dcp_run(rank, world, Path(out))
+    if rank == 0:
+        torch.save(results, Path(out) / "results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The wrapper under FSDP2 (2 gloo processes, DTensor parameters): equal to one process, the
+threshold from the whole tensor with one all-reduce per step, and a DCP save/load that resumes
+exactly. One spawned job runs every check (``tests/decay/fsdp_worker.py``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.decay.fsdp_configs import CONFIGS, make_optimizer
+from tests.distributed import common
+from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    out = tmp_path_factory.mktemp("wrapper_fsdp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), str(REPO)])}
+    cmd = [sys.executable, "-m", "tests.decay.fsdp_worker", "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return torch.load(out / "results.pt", weights_only=False)
+
+
+def one_process(name: str):
+    model = common.make_model()
+    opt = make_optimizer(name, model)
+    common.train(model, opt, common.batches())
+    return model, opt
+
+
+def assert_close_dicts(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and want
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fsdp2_equals_one_process(results, name):
+    model, opt = one_process(name)
+    assert_close_dicts(results[name]["weights"], common.weights(model))
+    assert_close_dicts(results[name]["delta_mu"], common.state_by_name(model, opt, "delta_mu"))
+
+
+def test_one_all_reduce_per_step_for_the_decayed_group(results):
+    """The whole-tensor mean|p| of all decayed (sharded) weights costs one small all-reduce;
+    the exempt bias group none; nothing is gathered."""
+    for name in CONFIGS:
+        counts = results[name]["comm_counts"]
+        assert all(c == {"c10d.allreduce_": 1} for c in counts), (name, counts)
+
+
+def test_dcp_save_load_resumes_exactly(results):
+    got = results["dcp"]
+    for key, value in got["continued"].items():
+        assert torch.equal(got["resumed"][key], value), key
+    assert set(got["loaded_mu_dtypes"].values()) == {"torch.float32"}

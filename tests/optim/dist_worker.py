@@ -1,0 +1,90 @@
+"""2-process (gloo, CPU) FSDP2 worker for tests/optim: ``python -m tests.optim.dist_worker``.
+
+NSGDA and AdaLo train the unevenly sharded model of tests/distributed; rank 0 writes full
+weights, state and per-step collective counts to ``results.pt``. The optimizers without DTensor
+support must refuse sharded parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.debug import CommDebugMode
+
+from tests.distributed import common
+from tests.optim.dist_configs import CONFIGS, make_optimizer, step
+
+
+def sharded_model() -> nn.Module:
+    model = common.make_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def train(rank: int, world: int, name: str) -> dict:
+    model = sharded_model()
+    opt = make_optimizer(name, model)
+    counts = []
+    for t, batch in enumerate(common.batches()):
+        x, y = common.local_batch(batch, rank, world)
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        with CommDebugMode() as comm:
+            step(opt, t)
+        counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
+        opt.zero_grad()
+    keys = {k for s in opt.state.values() for k in s}
+    return {
+        "weights": common.weights(model),
+        "state": {k: common.state_by_name(model, opt, k) for k in keys},
+        "comm_counts": counts,
+    }
+
+
+def refusals() -> dict[str, str]:
+    from adamhd import SM3, SMMF, Adafactor
+
+    out = {}
+    for cls in (Adafactor, SMMF, SM3):
+        try:
+            cls(sharded_model().parameters())
+            out[cls.__name__] = ""
+        except RuntimeError as err:
+            out[cls.__name__] = str(err)
+    return out
+
+
+def run(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    results = {name: train(rank, world, name) for name in CONFIGS}
+    results["refusals"] = refusals()
+    if rank == 0:
+        torch.save(results, Path(out) / "results.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Independent float64 references of the optimizers, written from the papers' formulas (not
+from the package): each takes a weight and a list of gradients and returns the weights after
+each step plus the final state."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+F64 = torch.float64
+
+
+def nsgda(p, grads, lr, momentum, eps, weight_decay=0.0, decay=None):
+    p, m = p.to(F64).clone(), torch.zeros_like(p, dtype=F64)
+    for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
+        m = momentum * m + (1 - momentum) * g.to(F64)
+        m_hat = m / (1 - momentum**t)
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * m_hat / (torch.linalg.vector_norm(m_hat) + eps)
+    return p, {"momentum_buffer": m}
+
+
+def adalo(p, grads, losses, lr, beta1, beta2, kappa, eps, weight_decay, mode, decay=None):
+    p, m, e = p.to(F64).clone(), torch.zeros_like(p, dtype=F64), 0.0
+    for g, loss in zip(grads, losses):
+        p = decay(p) if decay else p
+        m = beta1 * m + (1 - beta1) * g.to(F64)
+        level = (math.tanh(-math.log1p(loss) / 2) + 1) / 2
+        e = beta2 * e + (1 - beta2) * level
+        size = e if mode == "adversarial" else 1 - e
+        lr_t = lr * max(size / kappa, eps)
+        p = p * (1 - lr_t * weight_decay) - lr_t * m
+    return p, {"exp_avg": m, "loss_ema": torch.tensor(e, dtype=F64)}
+
+
+def _rms(x):
+    return math.sqrt(float((x**2).sum()) / max(x.numel(), 1))
+
+
+def adafactor(p, grads, lr=1e-2, eps1=1e-30, eps2=1e-3, d=1.0, decay_rate=-0.8,
+              relative_step=True, scale_parameter=True, weight_decay=0.0, decay=None):
+    """The paper's Algorithm with row/column *sums* (R 1_m, 1_n^T C) and V = R C / (1^T R)."""
+    p = p.to(F64).clone()
+    factored = p.dim() >= 2
+    r = torch.zeros(p.shape[:-1], dtype=F64) if factored else None
+    c = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=F64) if factored else None
+    v = None if factored else torch.zeros_like(p, dtype=F64)
+    for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
+        g = g.to(F64)
+        b2 = 1 - t**decay_rate
+        rho = min(lr, 1 / math.sqrt(t)) if relative_step else lr
+        alpha = max(eps2, _rms(p)) * rho if scale_parameter else rho
+        g2 = g * g + eps1
+        if factored:
+            r = b2 * r + (1 - b2) * g2.sum(-1)
+            c = b2 * c + (1 - b2) * g2.sum(-2)
+            vhat = r.unsqueeze(-1) * c.unsqueeze(-2) / r.sum(-1)[..., None, None]
+        else:
+            v = b2 * v + (1 - b2) * g2
+            vhat = v
+        u = g / vhat.sqrt()
+        u = u / max(1.0, _rms(u) / d)
+        p = p * (1 - lr * weight_decay) - alpha * u
+    state = {"exp_avg_sq_row": r / p.shape[-1], "exp_avg_sq_col": c / p.shape[-2]} if factored \
+        else {"exp_avg_sq": v}
+    return p, state
+
+
+def _square(n):
+    k = max(i for i in range(1, int(math.sqrt(n)) + 2) if n % i == 0 and i * i <= n)
+    return n // k, k
+
+
+def _factor(a):
+    r, c = a.sum(1), a.sum(0)
+    if a.shape[0] < a.shape[1]:
+        r = r / r.sum() if r.sum() != 0 else r
+    else:
+        c = c / c.sum() if c.sum() != 0 else c
+    return r, c
+
+
+def smmf(p, grads, lr=1e-3, beta=0.9, eps=1e-8, decay_rate=-0.5, growth_rate=0.999,
+         weight_decay=0.0, decay=None):
+    shape = _square(p.numel())
+    p = p.to(F64).clone()
+    sign = torch.ones(shape, dtype=torch.bool)
+    rm, cm = torch.zeros(shape[0], dtype=F64), torch.zeros(shape[1], dtype=F64)
+    rv, cv = rm.clone(), cm.clone()
+    for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
+        g = g.to(F64).reshape(shape)
+        m = torch.where(sign, 1.0, -1.0) * torch.outer(rm, cm)
+        v = torch.outer(rv, cv)
+        bm, bv = beta * growth_rate ** (t - 1), 1 - t**decay_rate
+        m = bm * m + (1 - bm) * g
+        v = bv * v + (1 - bv) * g * g
+        p = p * (1 - lr * weight_decay) - lr * (m / (v.sqrt() + eps)).reshape(p.shape)
+        sign = m >= 0
+        (rm, cm), (rv, cv) = _factor(m.abs()), _factor(v)
+    return p, {"row_m": rm, "col_m": cm, "row_v": rv, "col_v": cv, "sign": sign}
+
+
+def sm3(p, grads, lr=0.1, momentum=0.9, eps=1e-30, weight_decay=0.0, decay=None):
+    """SM3-II by brute force over index tuples: nu(i) = min_d acc_d[i_d] + g(i)^2."""
+    p = p.to(F64).clone()
+    shape = tuple(p.shape)
+    covers = [torch.zeros(n, dtype=F64) for n in shape] if p.dim() >= 2 else None
+    full = None if covers else torch.zeros(shape, dtype=F64)
+    m = torch.zeros(shape, dtype=F64)
+    for g in grads:
+        p = decay(p) if decay else p
+        g = g.to(F64)
+        if covers:
+            nu = torch.empty(shape, dtype=F64)
+            for idx in torch.cartesian_prod(*[torch.arange(n) for n in shape]).tolist():
+                smallest = min(float(a[i]) for a, i in zip(covers, idx))
+                nu[tuple(idx)] = smallest + float(g[tuple(idx)]) ** 2
+            covers = [
+                torch.tensor([float(nu.select(d, i).max()) for i in range(n)], dtype=F64)
+                for d, n in enumerate(shape)
+            ]
+        else:
+            full = full + g * g
+            nu = full
+        u = g / (nu + eps).sqrt()
+        m = momentum * m + (1 - momentum) * u if momentum else u
+        p = p * (1 - lr * weight_decay) - lr * m
+    return p, {"covers": covers, "full": full}
+
+
+def huber_explicit(tau, delta=None, scale=1.5, beta=0.99):
+    """The explicit Huber rule ``p - tau*clip(p, -d, d)`` as a pre-step hook. ``delta=None``: the
+    adaptive ``d = scale*mu``, ``mu_1 = mean|p_1|``, ``mu = lerp(mu, mean|p|, 1-beta)``."""
+    mu = []
+
+    def hook(p):
+        if delta is not None:
+            d = delta
+        else:
+            a = float(p.abs().mean())
+            mu.append(a if not mu else beta * mu[-1] + (1 - beta) * a)
+            d = scale * mu[-1]
+        return p - tau * p.clamp(-d, d)
+
+    return hook
