@@ -60,6 +60,7 @@ __all__ = [
     "fused_is_default",
     "fused_rule_reason",
     "fused_unsupported_reason",
+    "fused_update_reason",
 ]
 
 
@@ -148,8 +149,9 @@ SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: softplus(x)
 
 def fused_update_reason(update: Any) -> str | None:
     """Why the fused kernels cannot run the update rule record ``update``
-    (``adamhd.update_rules.UpdateRule``), or ``None``: they implement the elementwise directions
-    (adam, atan2, softplus), not the options that need a per-tensor statistic or extra state."""
+    (``adamhd.update_rules.UpdateRule``), or ``None``: they run ``update="adam"``, ``"atan2"`` and
+    ``"softplus"``, not the options with a per-tensor reduction or extra state (``cautious``,
+    ``trust_ratio``, ``adanorm``, ``diffgrad``)."""
     if update.update not in UPDATE_KINDS:
         return f"the fused AdamHD kernels do not implement update={update.update!r}"
     if not update.elementwise:
@@ -157,8 +159,9 @@ def fused_update_reason(update: Any) -> str | None:
     return None
 
 
-def update_args(hyper: Any) -> tuple[int, float, float]:
-    """``(kind, a, b)`` of the step record's update rule (``hyper.update``) for the kernels."""
+def update_args(hyper: AdamStep) -> tuple[int, float, float]:
+    """``(kind, a, b)`` of the step's update rule for the kernels: atan2 ``(1, a, b)``, softplus
+    ``(2, beta, 20)``, Adam ``(0, 1, 1)``. Raises ``ValueError`` for a rule they lack."""
     rule = hyper.update
     reason = fused_update_reason(rule)
     if reason is not None:

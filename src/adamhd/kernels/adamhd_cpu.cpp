@@ -231,9 +231,11 @@ inline T add_update(const T& p, const T& m, const T& second, const Consts<T>& c,
 }
 
 // One element (or one vector of elements) with the gradient already unscaled: returns the new p;
-// updates m, v, max_v in place. DECAY: 0 none, 1 explicit, 2 proximal. The explicit decay only
-// reads p_t, so it can follow the moments (the cautious mask needs the new m).
-template <int DECAY, bool AMSGRAD, typename T>
+// updates m, v, max_v in place. DECAY: 0 none, 1 explicit, 2 proximal. PLAIN: Adam's update
+// without cautious decay, decided at compile time (the options' branches and constants out of the
+// hot loop). The explicit decay only reads p_t, so it can follow the moments (the cautious mask
+// needs the new m).
+template <int DECAY, bool AMSGRAD, bool PLAIN, typename T>
 inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const Flags& f) {
   if (f.maximize) g = T(0) - g;
   // as torch.lerp: fmadd(w, g - m, m) for small w, else fmadd(w - 1, g - m, g)
@@ -249,13 +251,17 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
   const T p_t = p;
   if constexpr (DECAY == 1) {
     const T decayed = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
-    p = f.cautious ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
+    p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
-  p = add_update(p, m, second, c, f);
+  if constexpr (PLAIN) {
+    p = p + c.neg_step_size * m / (vsqrt(second) / c.bc2_sqrt + c.eps);
+  } else {
+    p = add_update(p, m, second, c, f);
+  }
   if constexpr (DECAY == 2) {
     const T x = p / c.one_plus_tau;
     const T decayed = x + excess(x, c.neg_d, c.d) * c.tau;
-    p = f.cautious ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
+    p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
   return p;
 }
@@ -305,7 +311,7 @@ struct Job {
 };
 
 // The step over the elements [begin, end) of one tensor; returns sum|p_new| (0 if !want_sum).
-template <typename scalar_t, int DECAY, bool AMSGRAD>
+template <typename scalar_t, int DECAY, bool AMSGRAD, bool PLAIN>
 double run_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   using opmath_t = at::opmath_type<scalar_t>;
   using OVec = Vectorized<opmath_t>;
@@ -331,7 +337,7 @@ double run_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
         gv = gv / cv.grad_scale;
         gv.store(g + i);
       }
-      pv = adamhd_update<DECAY, AMSGRAD>(pv, gv, mv, vv, xv, cv, f);
+      pv = adamhd_update<DECAY, AMSGRAD, PLAIN>(pv, gv, mv, vv, xv, cv, f);
       pv.store(p + i);
       mv.store(m + i);
       vv.store(v + i);
@@ -355,8 +361,8 @@ double run_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
         g1 = g1 / cv.grad_scale;
         at::vec::convert_from_float<scalar_t>(g0, g1).store(g + i);
       }
-      p0 = adamhd_update<DECAY, AMSGRAD>(p0, g0, m0, v0, x0, cv, f);
-      p1 = adamhd_update<DECAY, AMSGRAD>(p1, g1, m1, v1, x1, cv, f);
+      p0 = adamhd_update<DECAY, AMSGRAD, PLAIN>(p0, g0, m0, v0, x0, cv, f);
+      p1 = adamhd_update<DECAY, AMSGRAD, PLAIN>(p1, g1, m1, v1, x1, cv, f);
       SVec pr = at::vec::convert_from_float<scalar_t>(p0, p1);
       pr.store(p + i);
       at::vec::convert_from_float<scalar_t>(m0, m1).store(m + i);
@@ -381,7 +387,7 @@ double run_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
       gv = gv / cs.grad_scale;
       g[i] = static_cast<scalar_t>(gv);
     }
-    pv = adamhd_update<DECAY, AMSGRAD>(pv, gv, mv, vv, xv, cs, f);
+    pv = adamhd_update<DECAY, AMSGRAD, PLAIN>(pv, gv, mv, vv, xv, cs, f);
     p[i] = static_cast<scalar_t>(pv);
     m[i] = static_cast<scalar_t>(mv);
     v[i] = static_cast<scalar_t>(vv);
@@ -418,10 +424,11 @@ double sum_abs_range(const Job& job, int64_t begin, int64_t end) {
 }
 
 template <typename scalar_t>
-void pick_functions(Job& job, int64_t decay_kind, bool amsgrad) {
+void pick_functions(Job& job, int64_t decay_kind, bool amsgrad, bool plain) {
   job.abs_fn = &sum_abs_range<scalar_t>;
-#define ADAMHD_CASE(D, A) \
-  if (decay_kind == D && amsgrad == A) job.fn = &run_range<scalar_t, D, A>;
+#define ADAMHD_CASE(D, A)                                                           \
+  if (decay_kind == D && amsgrad == A)                                              \
+    job.fn = plain ? &run_range<scalar_t, D, A, true> : &run_range<scalar_t, D, A, false>;
   ADAMHD_CASE(0, false)
   ADAMHD_CASE(1, false)
   ADAMHD_CASE(2, false)
@@ -682,7 +689,7 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     job.max_v = amsgrad ? o.max_v.data_ptr() : nullptr;
     job.numel = p.numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamhd_pick", [&] {
-      pick_functions<scalar_t>(job, decay_kind, amsgrad);
+      pick_functions<scalar_t>(job, decay_kind, amsgrad, update_kind == kAdam && !cautious);
     });
     all.push_back(static_cast<int64_t>(i));
   }
@@ -766,7 +773,7 @@ at::Tensor abs_sums(const std::vector<at::Tensor>& params) {
     jobs[i].p = dense.back().data_ptr();
     jobs[i].numel = dense.back().numel();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "abs", [&] {
-      pick_functions<scalar_t>(jobs[i], 0, false);
+      pick_functions<scalar_t>(jobs[i], 0, false, true);
     });
     all.push_back(static_cast<int64_t>(i));
   }
