@@ -130,6 +130,8 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
 
                 out.append(Contender(name, make, "adamhd",
                                      prime=path == "fused" and delta == "adaptive"))
+        for option in (o for o in args.options.split(",") if o):
+            out.append(_option_contender(path, kw, option, lr, wd))
     if args.external:
         try:
             import heavyball
@@ -152,6 +154,32 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         except Exception as exc:
             print(f"pytorch_optimizer not available: {exc!r}")
     return out
+
+
+def _option_value(text: str) -> bool | float | str:
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _option_contender(path: str, kw: dict, option: str, lr: float, wd: float) -> Contender:
+    """AdamHD (adaptive Huber, explicit) on ``path`` with one more option, ``key=value`` or
+    ``key=value+key=value`` (e.g. ``update=atan2``, ``cautious=True+trust_ratio=True``).
+    ``fused`` with an option the kernels lack is reported as an error row."""
+    from adamhd import AdamHD
+
+    options = {}
+    for item in option.split("+"):
+        key, _, value = item.partition("=")
+        options[key] = _option_value(value)
+
+    def make(ps):
+        return AdamHD(ps, lr=lr, weight_decay=wd, **options, **kw)
+
+    return Contender(f"AdamHD {path} adaptive explicit {option}", make, "adamhd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +446,9 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deltas", default="adaptive,0.05",
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
     p.add_argument("--forms", default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--options", default="",
+                   help="AdamHD options, each timed on every path: comma-separated key=value "
+                        "(join several with +), e.g. update=atan2,cautious=True+trust_ratio=True")
     p.add_argument("--no-external", dest="external", action="store_false",
                    help="skip heavyball / pytorch_optimizer even if installed")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
