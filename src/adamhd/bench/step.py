@@ -176,7 +176,9 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
 
                 out.append(Contender(name, make, "adamhd",
                                      prime=path == "fused" and delta == "adaptive"))
-    if args.options and fused_ok:
+        for option in (o for o in args.options.split(",") if o):
+            out.append(_option_contender(path, kw, option, lr, wd))
+    if args.kernel_options and fused_ok:
         out += option_contenders(lr, wd)
     if args.external:
         try:
@@ -200,6 +202,32 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         except Exception as exc:
             print(f"pytorch_optimizer not available: {exc!r}")
     return out
+
+
+def _option_value(text: str) -> bool | float | str:
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _option_contender(path: str, kw: dict, option: str, lr: float, wd: float) -> Contender:
+    """AdamHD (adaptive Huber, explicit) on ``path`` with one more option, ``key=value`` or
+    ``key=value+key=value`` (e.g. ``update=atan2``, ``cautious=True+trust_ratio=True``).
+    ``fused`` with an option the kernels lack is reported as an error row."""
+    from adamhd import AdamHD
+
+    options = {}
+    for item in option.split("+"):
+        key, _, value = item.partition("=")
+        options[key] = _option_value(value)
+
+    def make(ps):
+        return AdamHD(ps, lr=lr, weight_decay=wd, **options, **kw)
+
+    return Contender(f"AdamHD {path} adaptive explicit {option}", make, "adamhd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +501,7 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive_int, default=5, help="timed steps per contender")
     p.add_argument("--tiny", type=positive_int, default=1000,
                    help="tensors of 16 elements in the 'tiny' set (default %(default)s)")
-    p.add_argument("--options", action="store_true",
+    p.add_argument("--kernel-options", action="store_true",
                    help="add the fused kernel's options (cautious, l2, atan2, softplus)")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile(opt.step) of torch's fused AdamW and AdamHD's default")
@@ -485,6 +513,9 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
     p.add_argument("--forms", type=choices_of(("explicit", "proximal")),
                    default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--options", default="",
+                   help="AdamHD options, each timed on every path: comma-separated key=value "
+                        "(join several with +), e.g. update=atan2,cautious=True+trust_ratio=True")
     p.add_argument("--no-external", dest="external", action="store_false",
                    help="skip heavyball / pytorch_optimizer even if installed")
     p.add_argument("--threads", type=nonneg_int, default=0,
