@@ -56,12 +56,15 @@ def compiled_opt_step_frames(lr, backend, **kwargs):
     return frames, [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_tensor_lr_does_not_recompile_when_scheduler_changes_it(foreach):
-    frames, got = compiled_opt_step_frames(torch.tensor(0.01), CompileCounter(), foreach=foreach)
+@pytest.mark.parametrize(
+    "kwargs", [dict(foreach=True, capturable=True), dict(foreach=False)], ids=["foreach", "single"]
+)
+def test_tensor_lr_does_not_recompile_when_scheduler_changes_it(kwargs):
+    """(A Tensor lr with foreach needs capturable=True, as in torch's AdamW: tests/core.)"""
+    frames, got = compiled_opt_step_frames(torch.tensor(0.01), CompileCounter(), **kwargs)
     # The first two calls compile (no state yet, then state); later lrs reuse the graph.
     assert frames[1] == frames[-1], frames
-    for g, w in zip(got, eager_weights(torch.tensor(0.01), foreach=foreach)):
+    for g, w in zip(got, eager_weights(torch.tensor(0.01), **kwargs)):
         torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
 
 
