@@ -27,6 +27,9 @@ $(LAB_STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 
 $(TEST_STAMP): $(LAB_STAMP)
 	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers]'
+	# timm without its torchvision (a CUDA build that does not import with the CPU torch):
+	# the AGC comparison loads timm/utils/agc.py alone
+	$(BIN)/pip install -q --no-deps 'timm>=0.9'
 	touch $(TEST_STAMP)
 
 venv: $(LAB_STAMP)

@@ -15,13 +15,14 @@ just before ``p -= lr*u``. The hyperparameters come in one record, ``adamhd.hype
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_value, _stack_if_compiling
+from torch.optim.optimizer import _get_value, _stack_if_compiling, _to_scalar
 
 from adamhd.decay import DecayRule, decay_strength
 from adamhd.distributed import any_dtensor, global_mean_abs, whole_mean_abs
@@ -44,15 +45,36 @@ def adamhd(
     fused: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    rule_states: list[dict[str, Tensor]] | None = None,
 ) -> None:
     """One AdamHD step over lists of tensors, updating ``params`` and the state lists in place.
 
     ``hyper``: the group's hyperparameters (``AdamStep.from_group``). ``delta_mus`` holds the
     adaptive threshold's EMA per tensor (empty for a fixed threshold). ``grad_scale``/``found_inf``
     (from ``torch.amp.GradScaler``) are honoured by the fused path only, as in torch.
+    ``hyper.beta1``/``beta2`` may be 0-dim Tensors (see ``AdamHD``). An update rule other than
+    plain Adam (``hyper.update``) runs in ``adamhd.functional_rules`` (``rule_states``: each
+    parameter's state dict, for the rules that keep state).
     """
+    if not hyper.update.plain and not fused:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError("grad_scale/found_inf are only supported by the fused path")
+        from adamhd.functional_rules import rules_adamhd
+
+        rules_adamhd(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, hyper,
+            rule_states or [{} for _ in params], foreach,
+        )
+        return
     if fused:
-        from adamhd.kernels import fused_adamhd
+        from adamhd.kernels import fused_adamhd, fused_update_reason
+
+        reason = fused_update_reason(hyper.update)
+        if reason is not None:
+            raise RuntimeError(f"fused step impossible: {reason}; use foreach or single")
+
+        # the kernels take betas as numbers (torch's fused Adam reads Tensor betas the same way)
+        hyper = dataclasses.replace(hyper, beta1=_number(hyper.beta1), beta2=_number(hyper.beta2))
 
         fused_adamhd(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, hyper,
@@ -79,10 +101,7 @@ def _single_tensor_adamhd(
     amsgrad, maximize = hyper.amsgrad, hyper.maximize
     capturable, differentiable = hyper.capturable, hyper.differentiable
     tensor_math = capturable or differentiable
-    if not tensor_math:
-        lr = _get_value(lr)
-    elif isinstance(lr, Tensor) and lr.dim() != 0:
-        lr = lr.squeeze()
+    lr = _to_scalar(lr)  # a Tensor lr stays a 0-dim Tensor, as in torch's AdamW (same rounding)
     tau = decay_strength(lr, hyper.weight_decay)
     decays = hyper.decays
     if decays:
@@ -105,7 +124,8 @@ def _single_tensor_adamhd(
             if decay.before_update and not decay.cautious:
                 decay.apply_([param], tau, thresholds, foreach=False)
 
-        exp_avg.lerp_(grad, 1 - beta1)
+        # a Tensor beta1 in the parameter's dtype and device, as torch does (pytorch#140601)
+        exp_avg.lerp_(grad, 1 - _like(beta1, param))
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
 
         if tensor_math:
@@ -139,10 +159,13 @@ def _single_tensor_adamhd(
             numer, value = exp_avg, -step_size
 
         # Cautious decay: the mask needs the update u (its sign is exp_avg's: the bias correction
-        # and the denominator are positive) and p_t, so the explicit decay moves here.
-        masks = decay.masks([exp_avg], [param], foreach=False) if decays else None
+        # and the denominator are positive) and p_t, so the explicit decay moves here and takes
+        # the mask as it runs; the proximal one takes it now and decays after the update.
+        masks = None
         if decays and decay.before_update and decay.cautious:
-            decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
+            decay.apply_([param], tau, thresholds, foreach=False, signs=[exp_avg])
+        elif decays:
+            masks = decay.masks([exp_avg], [param], foreach=False)
         param.addcdiv_(numer, denom, value=value)
         if decays and not decay.before_update:
             decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
@@ -243,9 +266,14 @@ def _multi_tensor_adamhd(
                 decay.apply_(device_params, tau, thresholds, foreach=True)
             continue
 
-        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - beta1)
+        torch._foreach_lerp_(device_exp_avgs, device_grads, 1 - _on_device(beta1, device_params))
         torch._foreach_mul_(device_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
+        if isinstance(beta2, Tensor):  # _foreach_addcmul_ takes a number only (pytorch#139795)
+            scaled_grads = torch._foreach_mul(device_grads, 1 - beta2)
+            torch._foreach_addcmul_(device_exp_avg_sqs, scaled_grads, device_grads, 1.0)
+            del scaled_grads
+        else:
+            torch._foreach_addcmul_(device_exp_avg_sqs, device_grads, device_grads, 1 - beta2)
         del device_grads
 
         if amsgrad:
@@ -276,15 +304,32 @@ def _multi_tensor_adamhd(
             torch._foreach_add_(denom, eps)
 
         # Cautious decay: masks from sign(u) = sign(exp_avg) and p_t (see the single path).
-        masks = decay.masks(device_exp_avgs, device_params, foreach=True) if decays else None
+        masks = None
         if decays and decay.before_update and decay.cautious:
-            decay.apply_(device_params, tau, thresholds, foreach=True, masks=masks)
+            decay.apply_(device_params, tau, thresholds, foreach=True, signs=device_exp_avgs)
+        elif decays:
+            masks = decay.masks(device_exp_avgs, device_params, foreach=True)
         if step_sizes is None:
             torch._foreach_addcdiv_(device_params, device_exp_avgs, denom)
         else:
             torch._foreach_addcdiv_(device_params, device_exp_avgs, denom, step_sizes)
         if decays and not decay.before_update:
             decay.apply_(device_params, tau, thresholds, foreach=True, masks=masks)
+
+
+def _like(beta: float | Tensor, p: Tensor) -> float | Tensor:
+    return beta.to(device=p.device, dtype=p.dtype) if isinstance(beta, Tensor) else beta
+
+
+def _on_device(beta: float | Tensor, ps: list[Tensor]) -> float | Tensor:
+    """A Tensor beta on the group's device (torch keeps a CPU one where it is)."""
+    if isinstance(beta, Tensor) and not ps[0].is_cpu:
+        return beta.to(device=ps[0].device)
+    return beta
+
+
+def _number(x: float | Tensor) -> float:
+    return float(x) if isinstance(x, Tensor) else x
 
 
 def _fused_adam_ok(decay: DecayRule, dtype: torch.dtype) -> bool:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
+from torch.optim.optimizer import _to_scalar
 
 from adamhd.decay import DecayRule, group_decay_coefficient, rule_from_group
+from adamhd.update_rules import UpdateRule
 
 __all__ = ["AdamStep"]
 
@@ -36,6 +38,7 @@ class AdamStep:
     maximize: bool = False
     capturable: bool = False
     differentiable: bool = False
+    update: UpdateRule = UpdateRule()
 
     @property
     def decays(self) -> bool:
@@ -44,7 +47,7 @@ class AdamStep:
     @classmethod
     def from_group(cls, group: Mapping[str, Any]) -> AdamStep:
         """The step a (validated) AdamHD param group asks for."""
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = (_to_scalar(b) for b in group["betas"])  # 1-element Tensors as 0-dim
         return cls(
             decay=rule_from_group(group),
             lr=group["lr"],
@@ -56,4 +59,5 @@ class AdamStep:
             maximize=group.get("maximize", False),
             capturable=group.get("capturable", False),
             differentiable=group.get("differentiable", False),
+            update=UpdateRule.from_group(group),
         )

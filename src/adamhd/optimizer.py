@@ -26,6 +26,8 @@ from adamhd.decay import (
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.functional import adamhd
 from adamhd.hyper import AdamStep
+from adamhd.state import ADAM_STATE, CheckedState, Entry, statistic_dtype
+from adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
 
 __all__ = ["AdamHD"]
 
@@ -40,42 +42,79 @@ def _scalar_dtype() -> torch.dtype:
 def _check_hyperparameters(group: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
     lr = group["lr"]
+    tensor_ok = group["capturable"] or not group["foreach"]
     if isinstance(lr, Tensor):
+        if not tensor_ok:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
         if lr.numel() != 1:
-            raise ValueError(f"lr as a Tensor must have exactly one element, got shape {lr.shape}")
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
         lr_value = float(lr.detach().reshape(()))
     elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
         lr_value = float(lr)
     else:
         raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
     if not lr_value >= 0.0 or math.isinf(lr_value):
-        raise ValueError(f"Invalid learning rate: lr={lr_value} (must be finite and >= 0)")
-
-    betas = group["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        value = float(beta) if isinstance(beta, Tensor) and beta.numel() == 1 else beta
-        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            raise ValueError(
-                f"Invalid beta parameter at index {i}: betas[{i}]={beta} (need 0 <= beta < 1)"
-            )
+        raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
+    _check_betas(group["betas"], tensor_ok)
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: eps={eps} (must be >= 0)")
+        raise ValueError(f"Invalid epsilon value: {eps} (eps must be >= 0)")
     check_decay_options(group)
+    check_update_options(group)
 
 
 def _check_fused_rule(group: dict[str, Any]) -> None:
-    """``fused=True`` with a decay rule the kernels lack: a clear error naming the option."""
+    """``fused=True`` with a decay or update rule the kernels lack: a clear error naming it."""
     if group.get("fused"):
-        reason = kernels.fused_rule_reason(rule_from_group(group))
+        reason = kernels.fused_rule_reason(rule_from_group(group)) or kernels.fused_update_reason(
+            UpdateRule.from_group(group)
+        )
         if reason is not None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
 
-class AdamHD(Optimizer):
+def _check_betas(betas: Any, tensor_ok: bool) -> None:
+    """torch.optim.AdamW's rules: two floats or two 1-element Tensors, each in [0, 1); Tensors
+    only where the path can take them (not foreach without capturable)."""
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError(f"betas must be either both floats or both Tensors, got {betas!r}")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if not tensor_ok:
+                raise ValueError(
+                    f"betas[{i}] as a Tensor is not supported for capturable=False and "
+                    "foreach=True"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element, got {tuple(beta.shape)}")
+            value = float(beta.detach().reshape(()))
+        elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
+            value = float(beta)
+        else:
+            raise ValueError(f"betas[{i}] must be a float or a Tensor, got {beta!r}")
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"Invalid beta parameter at index {i}: {value} (need 0 <= betas[{i}] < 1)"
+            )
+
+
+def _squeeze_betas(betas: Any) -> Any:
+    """1-element Tensor betas as 0-dim Tensors (torch's ``_to_scalar``); anything else as is."""
+    if isinstance(betas, (tuple, list)):
+        return tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() else b for b in betas)
+    return betas
+
+
+def _tensor_hyperparameters(group: dict[str, Any]) -> bool:
+    return isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"])
+
+
+class AdamHD(CheckedState, Optimizer):
     r"""AdamW with decoupled Huber decay (arXiv 2511.14721).
 
     Each step, per parameter tensor ``p`` with gradient ``g`` (``tau = lr * weight_decay``;
@@ -95,8 +134,13 @@ class AdamHD(Optimizer):
         params: parameters or parameter groups, as for any torch optimizer.
         lr: learning rate (float or 1-element Tensor). Decay is scaled by it, as in AdamW.
         betas, eps, amsgrad, maximize, foreach, capturable, differentiable: as in
-            ``torch.optim.AdamW``.
+            ``torch.optim.AdamW``, positions included (``AdamHD(params, 1e-3, (0.9, 0.999), 1e-8,
+            0.01, True)`` sets ``amsgrad``). ``lr`` and ``betas`` may be 1-element Tensors (both
+            betas or neither) except with ``foreach=True`` and ``capturable=False``, which
+            raises at construction, as in torch.
         weight_decay: the decay coefficient ``lambda`` (default 1e-2, AdamW's default).
+
+    Keyword-only (after ``amsgrad``):
         delta: threshold of the Huber penalty: a positive float (``math.inf`` allowed) or
             ``"adaptive"`` (default).
         delta_scale: ``c`` in ``d_t = c * mu_t`` (adaptive only). Default 1.5.
@@ -105,11 +149,10 @@ class AdamHD(Optimizer):
         fused: use a fused kernel (``adamhd.kernels``). ``True`` raises if none can serve every
             parameter; ``None`` picks it only where it is the fastest verified path.
         decay: ``"huber"`` (default) or ``"l2"`` (AdamW's decay: ``delta=math.inf``, the delta
-            options are ignored). Keyword-only, like the two below.
+            options are ignored).
         cautious_decay: decay only coordinates where the Adam update ``u`` and the weight
             ``p_t`` satisfy ``u*p_t >= 0`` (arXiv 2510.12402; with ``decay="l2"`` this is the
-            paper's cautious AdamW). Default ``False``. Not in the fused kernels yet:
-            ``fused=None`` then takes the foreach or single-tensor path, ``fused=True`` raises.
+            paper's cautious AdamW). Default ``False``. The fused kernels implement it.
         decay_scaling: ``"lr"`` (default, ``tau = lr_t*weight_decay``) or ``"schedule"``
             (``tau = (lr_t/initial_lr)*weight_decay``, SGDW's ``eta_t*lambda``; ``initial_lr`` is
             the group's, set by an lr scheduler or else the lr at construction, which must be
@@ -121,7 +164,19 @@ class AdamHD(Optimizer):
     The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
     without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are
     rejected with an error before anything changes.
+
+    ``load_state_dict`` (``adamhd.state``): group keys missing from the loaded groups (an AdamW
+    checkpoint has no ``delta``...) keep the values this optimizer was constructed with; every
+    state tensor is checked against its parameter first (a clear ``StateError``, nothing
+    changed); ``delta_mu`` stays float32 (float64 for float64 weights) for bf16/fp16 weights.
     """
+
+    state_spec = {
+        **ADAM_STATE,
+        "delta_mu": Entry(shape="scalar", dtype="statistic"),
+        "adanorm_e": Entry(shape="scalar", dtype="statistic"),
+        "prev_grad": Entry(),
+    }
 
     def __init__(
         self,
@@ -130,12 +185,12 @@ class AdamHD(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
         delta: float | str = "adaptive",
         delta_scale: float = DEFAULT_DELTA_SCALE,
         delta_beta: float = DEFAULT_DELTA_BETA,
         decay_form: str = "explicit",
-        amsgrad: bool = False,
-        *,
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
@@ -144,10 +199,18 @@ class AdamHD(Optimizer):
         decay: str = "huber",
         cautious_decay: bool = False,
         decay_scaling: str = "lr",
+        update: str = "adam",
+        atan2_a: float = 1.27,
+        atan2_b: float = 1.0,
+        softplus_beta: float = 50.0,
+        cautious: bool = False,
+        trust_ratio: bool = False,
+        adanorm: bool = False,
+        diffgrad: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=betas,
+            betas=_squeeze_betas(betas),
             eps=eps,
             weight_decay=weight_decay,
             delta=delta,
@@ -157,6 +220,14 @@ class AdamHD(Optimizer):
             decay=decay,
             cautious_decay=cautious_decay,
             decay_scaling=decay_scaling,
+            update=update,
+            atan2_a=atan2_a,
+            atan2_b=atan2_b,
+            softplus_beta=softplus_beta,
+            cautious=cautious,
+            trust_ratio=trust_ratio,
+            adanorm=adanorm,
+            diffgrad=diffgrad,
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
@@ -200,7 +271,7 @@ class AdamHD(Optimizer):
             group.setdefault("fused", None)
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
-            for key, value in DECAY_DEFAULTS.items():
+            for key, value in {**DECAY_DEFAULTS, **UPDATE_DEFAULTS}.items():
                 group.setdefault(key, value)
             on_device = group["capturable"] or group["fused"]
             for p in group["params"]:
@@ -228,11 +299,15 @@ class AdamHD(Optimizer):
         if (
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
+            and kernels.fused_update_reason(hyper.update) is None
             and not any_dtensor(params)
             and kernels.fused_is_default(params)
         ):
             return "fused"
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        # foreach takes Tensor lr/betas only when capturable (torch's default avoids it for lr)
+        if foreach and _tensor_hyperparameters(group) and not group["capturable"]:
+            return "single"
         return "foreach" if foreach else "single"
 
     def _init_group(
@@ -263,6 +338,7 @@ class AdamHD(Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._init_rule_state(group, p, state)
             if adaptive and "delta_mu" not in state:
                 fresh_mu.append(p)
             exp_avgs.append(state["exp_avg"])
@@ -277,9 +353,23 @@ class AdamHD(Optimizer):
                 self.state[p]["delta_mu"] = a.to(mu_dtype(p)).clone()
             delta_mus.extend(self.state[p]["delta_mu"] for p in params)
 
-    def _check_gradients(self) -> None:
+    @staticmethod
+    def _init_rule_state(group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """AdaNorm's gradient-norm EMA (``e_0 = 0``) and diffGrad's previous gradient (zeros)."""
+        if group["adanorm"] and "adanorm_e" not in state:
+            state["adanorm_e"] = torch.zeros((), dtype=statistic_dtype(p), device=p.device)
+        if group["diffgrad"] and "prev_grad" not in state:
+            state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _check_before_step(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
+        self.check_state_once()
         for group in self.param_groups:
+            if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
+                raise RuntimeError(
+                    "lr and betas as Tensors are not supported for capturable=False and "
+                    "foreach=True (a param group was changed after construction)"
+                )
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -300,7 +390,7 @@ class AdamHD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        self._check_gradients()
+        self._check_before_step()
         # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
         hypers = [AdamStep.from_group(group) for group in self.param_groups]
         for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
@@ -331,5 +421,6 @@ class AdamHD(Optimizer):
                 fused=path == "fused",
                 grad_scale=getattr(self, "grad_scale", None) if path == "fused" else None,
                 found_inf=getattr(self, "found_inf", None) if path == "fused" else None,
+                rule_states=None if hyper.update.plain else [self.state[p] for p in params],
             )
         return loss

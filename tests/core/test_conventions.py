@@ -27,7 +27,9 @@ def test_tensor_lr_equals_float_lr(path):
     torch.manual_seed(0)
     a = torch.randn(12, requires_grad=True)
     b = a.detach().clone().requires_grad_()
-    opt_a = AdamHD([a], lr=torch.tensor(0.01), weight_decay=0.3, **path_kwargs(path))
+    # foreach takes a Tensor lr only with capturable=True, as torch's AdamW (test_torch_inputs)
+    extra = dict(capturable=True) if path == "foreach" else {}
+    opt_a = AdamHD([a], lr=torch.tensor(0.01), weight_decay=0.3, **path_kwargs(path), **extra)
     opt_b = AdamHD([b], lr=0.01, weight_decay=0.3, **path_kwargs(path))
     for _ in range(5):
         g = torch.randn(12)

@@ -128,25 +128,26 @@ def test_schedule_initial_lr_is_the_construction_lr_and_a_scheduler_keeps_it():
     assert "initial_lr" not in plain.param_groups[0]  # "lr" scaling adds no key
 
 
-def test_cautious_decay_and_the_fused_path(monkeypatch):
-    """fused=True with cautious_decay raises; fused=None takes another path for that group only.
+def test_an_option_the_kernels_lack_and_the_fused_path(monkeypatch):
+    """fused=True with an option the kernels lack (trust_ratio) raises; fused=None takes another
+    path for that group only (cautious_decay itself is in the kernels: tests/kernels).
 
     The kernels are replaced by a recorder (this tests the choice, not the kernels, and needs no
     kernel build)."""
     p = torch.randn(8, requires_grad=True)
-    with pytest.raises(RuntimeError, match="cautious_decay"):
-        AdamHD([p], cautious_decay=True, fused=True)
+    with pytest.raises(RuntimeError, match="trust_ratio"):
+        AdamHD([p], trust_ratio=True, fused=True)
     calls = []
     monkeypatch.setattr(kernels, "fused_unsupported_reason", lambda p: None)
     monkeypatch.setattr(kernels, "fused_is_default", lambda params: True)
     monkeypatch.setattr(kernels, "fused_adamhd", lambda params, *a, **k: calls.append(params))
     opt = AdamHD([p], fused=True)
-    with pytest.raises(RuntimeError, match="cautious_decay"):
+    with pytest.raises(RuntimeError, match="trust_ratio"):
         opt.add_param_group({"params": [torch.randn(3, requires_grad=True)],
-                             "cautious_decay": True})
+                             "trust_ratio": True})
     assert len(opt.param_groups) == 1
     q, r = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
-    opt = AdamHD([{"params": [q], "cautious_decay": True}, {"params": [r]}])
+    opt = AdamHD([{"params": [q], "trust_ratio": True}, {"params": [r]}])
     q.grad, r.grad = torch.randn(8), torch.randn(8)
     q0 = q.detach().clone()
     opt.step()

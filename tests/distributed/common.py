@@ -21,7 +21,14 @@ FSDP_CONFIGS: dict[str, dict] = {
     "foreach_explicit": dict(foreach=True, decay_form="explicit"),
     "single_proximal_amsgrad": dict(foreach=False, decay_form="proximal", amsgrad=True),
     "foreach_fixed_delta": dict(foreach=True, delta=0.05),
+    # update rules with whole-tensor statistics (norms, kept fraction) and rule state
+    "foreach_rules": dict(foreach=True, update="atan2", cautious=True, trust_ratio=True,
+                          adanorm=True, diffgrad=True, cautious_decay=True),
+    "single_rules": dict(foreach=False, update="softplus", trust_ratio=True, adanorm=True,
+                         decay_form="proximal"),
 }
+#: the configurations whose update rule takes whole-tensor norms or means (more all-reduces)
+RULE_CONFIGS = ("foreach_rules", "single_rules")
 BASE = dict(lr=2e-2, weight_decay=0.5)
 
 

@@ -42,7 +42,9 @@ def dist_results(tmp_path_factory) -> dict:
         pytest.skip("torch.distributed with the gloo backend is not available")
     out = tmp_path_factory.mktemp("dist")
     save_one_process_checkpoint(out / "ckpt_1proc")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # src first: a worktree tests its own package, not an editable install of another checkout
+    pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     cmd = [sys.executable, "-m", "tests.distributed.worker", "--out", str(out)]
     proc = subprocess.run(
         [*cmd, "--port", str(free_port())],

@@ -24,7 +24,7 @@ def test_fsdp_matches_single_process(dist_results, config):
     model, opt = common.reference(**common.FSDP_CONFIGS[config])
     got = dist_results["fsdp"][config]
     assert_close_dicts(got["weights"], common.weights(model))
-    for key in ("exp_avg", "exp_avg_sq", "delta_mu"):
+    for key in ("exp_avg", "exp_avg_sq", "delta_mu", "adanorm_e", "prev_grad"):
         assert_close_dicts(got[key], common.state_by_name(model, opt, key))
     expected_path = "foreach" if common.FSDP_CONFIGS[config]["foreach"] else "single"
     assert set(got["paths"].values()) == {expected_path}
@@ -53,6 +53,12 @@ def test_one_small_all_reduce_per_step(dist_results):
             assert not any("gather" in op for op in count), (config, step, count)
         if cfg.get("delta", "adaptive") != "adaptive":
             assert all(c == {} for c in counts), counts
+            continue
+        if config in common.RULE_CONFIGS:
+            # one all-reduce per statistic kind per group (mean|p|, ||g||, kept fraction,
+            # ||p|| with ||u||), the same every step after the first: no gathers
+            assert all(c == counts[1] for c in counts[2:]), (config, counts)
+            assert set(counts[1]) == {"c10d.allreduce_"}, (config, counts)
             continue
         # After the first step (which also initialises delta_mu of both groups): exactly one
         # all-reduce for all tensors of the decayed group, none for the exempt group.

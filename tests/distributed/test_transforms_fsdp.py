@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from adamhd.transforms import TRANSFORMS
 from tests.distributed import common
 from tests.distributed import transforms_common as tc
 from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
@@ -76,3 +77,21 @@ def test_lookahead_resume_under_fsdp_is_bit_exact(results):
     assert_close_dicts(got["resumed_weights"], got["weights"], exact=True)
     assert_close_dicts(got["resumed_slow"], got["slow"], exact=True)
     assert got["resumed_step"] == [common.STEPS] * 2
+
+
+def test_lookahead_dcp_resume_under_fsdp_is_bit_exact(results):
+    """get_state_dict/dcp.save after 2 steps; a fresh model and Lookahead (state created by
+    DCP's zero-gradient step) load it and continue: the same weights, slow weights, count."""
+    got = results["lookahead"]
+    assert_close_dicts(got["dcp_weights"], got["weights"], exact=True)
+    assert_close_dicts(got["dcp_slow"], got["slow"], exact=True)
+    assert got["dcp_step"] == [common.STEPS] * 2
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_tensor_parallel_shards_on_any_dim_match_single_process(results, name):
+    """Shard(1)/Shard(2) split rows: their partial row sums are all-reduced too, still once."""
+    got = results["tensor_parallel"][name]
+    for g, want in zip(got["grads"], tc.reference_tp(name)):
+        torch.testing.assert_close(g, want, atol=ATOL, rtol=1e-5)
+    assert got["comm_counts"] == {"c10d.allreduce_": 1}

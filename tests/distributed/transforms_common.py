@@ -57,3 +57,25 @@ def slow_weights(model: nn.Module, opt: Lookahead) -> dict[str, torch.Tensor]:
 
 
 SLOW_KEY = "lookahead_slow"
+
+# tensor parallelism: shapes and the dim each is sharded on (rows are split for dims > 0)
+TP_TENSORS = [((5, 6), 1), ((6,), 0), ((3, 4, 2), 2), ((4, 3), 0)]
+
+
+def tp_inputs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for shape, _ in TP_TENSORS:
+        p = torch.randn(shape, generator=g)
+        out.append((p, torch.randn(shape, generator=g) * 0.3 + 0.1))
+    return out
+
+
+def reference_tp(name: str) -> list[torch.Tensor]:
+    params = []
+    for p, grad in tp_inputs():
+        param = nn.Parameter(p.clone())
+        param.grad = grad.clone()
+        params.append(param)
+    getattr(transforms, name)(params)
+    return [p.grad for p in params]

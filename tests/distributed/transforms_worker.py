@@ -9,12 +9,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
-from torch.distributed.tensor import DTensor
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.utils._pytree import tree_map
 
+from adamhd import transforms
 from tests.distributed import common
 from tests.distributed import transforms_common as tc
 from tests.distributed.worker import sharded_model
@@ -43,12 +47,14 @@ def clone_tree(tree):
     return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, tree)
 
 
-def lookahead_run(rank: int, world: int) -> dict:
+def lookahead_run(rank: int, world: int, out: Path) -> dict:
     data = common.batches()
     model = sharded_model()
     opt = tc.lookahead_optimizer(model)
     steps(model, opt, data[: tc.RESUME_AT], rank, world)
     saved_model, saved_opt = clone_tree(model.state_dict()), clone_tree(opt.state_dict())
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "lookahead_dcp"))
     steps(model, opt, data[tc.RESUME_AT :], rank, world)
     slow_types = {type(s[tc.SLOW_KEY]).__name__ for s in opt.state.values()}
 
@@ -57,7 +63,20 @@ def lookahead_run(rank: int, world: int) -> dict:
     resumed_opt = tc.lookahead_optimizer(resumed)
     resumed_opt.load_state_dict(saved_opt)
     steps(resumed, resumed_opt, data[tc.RESUME_AT :], rank, world)
+
+    # torch.distributed.checkpoint into a fresh model and Lookahead (DCP initialises its state)
+    fresh = sharded_model()
+    fresh_opt = tc.lookahead_optimizer(fresh)
+    msd, osd = get_state_dict(fresh, fresh_opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(out / "lookahead_dcp"))
+    set_state_dict(fresh, fresh_opt, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    steps(fresh, fresh_opt, data[tc.RESUME_AT :], rank, world)
     return {
+        "dcp_weights": common.weights(fresh),
+        "dcp_slow": tc.slow_weights(fresh, fresh_opt),
+        "dcp_step": [g["lookahead_step"] for g in fresh_opt.param_groups],
         "weights": common.weights(model),
         "slow": tc.slow_weights(model, opt),
         "slow_types": slow_types,
@@ -71,6 +90,25 @@ def lookahead_run(rank: int, world: int) -> dict:
     }
 
 
+def tp_run(world: int) -> dict:
+    """Plain calls of each transform on DTensors sharded on dims 0, 1 and 2 of one mesh."""
+    mesh = init_device_mesh("cpu", (world,))
+    result = {}
+    for name in transforms.TRANSFORMS:
+        params = []
+        for (p, grad), (_, dim) in zip(tc.tp_inputs(), tc.TP_TENSORS):
+            param = nn.Parameter(distribute_tensor(p, mesh, [Shard(dim)]))
+            param.grad = distribute_tensor(grad, mesh, [Shard(dim)])
+            params.append(param)
+        with CommDebugMode() as comm:
+            getattr(transforms, name)(params)
+        result[name] = {
+            "grads": [p.grad.full_tensor() for p in params],
+            "comm_counts": {str(op): n for op, n in comm.get_comm_counts().items()},
+        }
+    return result
+
+
 def run(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
@@ -78,7 +116,8 @@ def run(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     results = {
         "transforms": {case: transform_run(rank, world, case) for case in tc.TRANSFORM_CASES},
-        "lookahead": lookahead_run(rank, world),
+        "lookahead": lookahead_run(rank, world, Path(out)),
+        "tensor_parallel": tp_run(world),
     }
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")

@@ -55,6 +55,8 @@ def fsdp_run(rank: int, world: int, config: dict) -> dict:
         "weights": common.weights(model),
         "exp_avg": common.state_by_name(model, opt, "exp_avg"),
         "exp_avg_sq": common.state_by_name(model, opt, "exp_avg_sq"),
+        "adanorm_e": common.state_by_name(model, opt, "adanorm_e"),
+        "prev_grad": common.state_by_name(model, opt, "prev_grad"),
         "delta_mu": mus,
         "delta_mu_all_ranks": everyone,
         "local_shard_mean": local_mean,

@@ -94,7 +94,7 @@ def test_large_tensor_and_threshold_statistic(cpu_kernel):
     torch.testing.assert_close(opt.state[ps[0]]["delta_mu"], ref.state[ref_ps[0]]["delta_mu"],
                                rtol=1e-6, atol=0)
     # the cached statistic is the mean of the p just written
-    cached = kernels._abs_means[ps[0]][2]
+    cached = cpu_kernel.cached_abs_sums([ps[0]])[0].item() / ps[0].numel()
     assert cached == pytest.approx(ps[0].detach().double().abs().mean().item(), rel=1e-6)
 
 
@@ -142,14 +142,18 @@ def test_grad_scale_and_found_inf(cpu_kernel):
         opt.grad_scale = torch.tensor(1024.0)
         opt.found_inf = torch.tensor(1.0 if skip else 0.0)
         before = _snapshot(opt, ps) if step > 0 else None
-        cached = dict(kernels._abs_means.items()) if step > 0 else None
+        cached = cpu_kernel.cached_abs_sums(ps) if step > 0 else None
         opt.step()
         if skip:
             after = _snapshot(opt, ps)
             assert all(torch.equal(x, y) for x, y in zip(before, after))  # nothing changed
-            assert all(kernels._abs_means[p] == cached[p] for p in ps)
+            assert torch.equal(cpu_kernel.cached_abs_sums(ps), cached)
+            for p, g in zip(ps, grads):  # gradients left as they were: still scaled
+                assert torch.equal(p.grad, (g * 1024).float())
         else:
             ref.step()
+            for p, g in zip(ps, grads):  # unscaled in place, in the same pass
+                assert torch.equal(p.grad, (g * 1024).float() / 1024)
     del opt.grad_scale, opt.found_inf
     for p, q in zip(ps, ref_ps):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=2e-5, atol=2e-6)

@@ -1,4 +1,4 @@
-"""The Triton kernel's math on CPU, through Triton's interpreter (TRITON_INTERPRET=1).
+"""The multi-tensor Triton kernel's math on CPU, through Triton's interpreter (TRITON_INTERPRET=1).
 
 Runs in a subprocess so that TRITON_INTERPRET is set before triton is imported. Skipped when
 triton is not installed. (Speed on a GPU is measured by `adamhd bench step`, not here.)
@@ -23,6 +23,8 @@ CASES = [
          steps=3),
     dict(dtype="bfloat16", delta=0.3, form="proximal", amsgrad=False, maximize=False, wd=0.1,
          steps=3),
+    dict(dtype="bfloat16", delta="adaptive", form="explicit", amsgrad=True, maximize=False,
+         wd=0.1, steps=3, grad_scale=64),
 ]
 
 
@@ -37,9 +39,13 @@ def test_triton_kernel_matches_reference_in_interpreter():
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
-    assert out["skipped_step_unchanged"]
+    assert out["skipped_step_unchanged"]  # weights, state and gradients
+    assert out["mixed_dtypes_equal"]  # one launch per dtype, same as separate calls
+    assert out["non_finite_guard"]
+    assert out["options_tolerance_used"] < 1  # cautious, L2, atan2, softplus vs float64
     for case, res in zip(CASES, out["results"]):
         assert res["steps"] == [float(case["steps"])] * len(res["steps"])
+        assert res["grads_unscaled"]  # written back in the kernel's pass (grad_scale cases)
         if case["dtype"] == "float32":
             assert res["diff"] < 1e-5 and res["mu_diff"] < 1e-6, (case, res)
         else:

@@ -171,7 +171,11 @@ def test_is_an_optimizer_for_schedulers_and_shares_groups():
     extra = nn.Parameter(torch.randn(3))
     opt.add_param_group({"params": [extra]})
     assert len(inner.param_groups) == 2 and opt.param_groups[1]["lookahead_step"] == 0
-    assert torch.equal(opt.state[extra]["lookahead_slow"], extra.detach())
+    assert extra not in opt.state  # slow weights are created at the next step
+    before = extra.detach().clone()
+    backward(model, 0)
+    opt.step()
+    assert torch.equal(opt.state[extra]["lookahead_slow"], before)
     backward(model, 0)
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
@@ -271,3 +275,24 @@ def test_deepcopy_keeps_the_wrapper_and_trains_the_same():
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
     assert_same_state(opt, opt2)
+
+
+def test_state_is_empty_until_the_first_step_and_slow_starts_there():
+    """torch.distributed.checkpoint initialises a fresh optimizer only when its state is empty;
+    the slow weights are the weights at the first step (e.g. after loading a model checkpoint)."""
+    model = make_model()
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=2)
+    assert not opt.state
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    start = [p.detach().clone() for p in model.parameters()]
+    train(model, opt, range(1))
+    for p, s in zip(model.parameters(), start):
+        assert torch.equal(opt.state[p]["lookahead_slow"], s)
+
+
+def test_state_dict_of_another_size_is_refused():
+    opt = Lookahead(torch.optim.SGD(make_model().parameters(), lr=0.1))
+    small = Lookahead(torch.optim.SGD(make_model()[0].parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="has 2 parameters, this optimizer 4"):
+        opt.load_state_dict(small.state_dict())

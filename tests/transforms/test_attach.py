@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -147,6 +148,7 @@ def test_groups_added_after_attach_and_params_without_grads():
         (lambda o, m: transforms.attach(o, "agc", exclude=["x"], model=m), ValueError, "matches"),
         (lambda o, m: transforms.attach(o, "agc", exclude=[3], model=m), TypeError, "exclude"),
         (lambda o, m: transforms.attach(o, AGC(), clip=2), TypeError, "constructor"),
+        (lambda o, m: transforms.attach(o, ("agc", {}), clip=2), TypeError, "either"),
         (lambda o, m: transforms.attach(m, "agc"), TypeError, "torch.optim.Optimizer"),
     ],
 )
@@ -233,4 +235,25 @@ def test_compiled_step_with_attached_transforms_equals_eager(stages):
     (got, frames), (want, _) = train(True), train(False)
     assert frames >= 1
     for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="inductor on CPU needs a C++ compiler")
+def test_inductor_compiled_step_with_attached_transforms_equals_eager():
+    def train(step_of):
+        torch._dynamo.reset()
+        model = make_model()
+        opt = AdamHD(model.parameters(), lr=0.05, foreach=True, fused=False)
+        transforms.attach(opt, ("centralize", {}), ("agc", {}))
+        step = step_of(opt)
+        for seed in range(3):
+            backward(model, seed)
+            step()
+            opt.zero_grad()
+        return [p.detach() for p in model.parameters()]
+
+    got = train(lambda opt: torch.compile(opt.step, backend="inductor"))
+    for a, b in zip(got, train(lambda opt: opt.step)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

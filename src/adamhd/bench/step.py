@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from adamhd.argtypes import choices_of, nonneg_int, positive_int
+from adamhd.argtypes import choices_of, list_of, nonneg_int, positive_float, positive_int
 
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
 
@@ -66,9 +66,27 @@ def layer_stack_1b_shapes(layers: int) -> list[tuple[int, ...]]:
     return shapes
 
 
+def gpt_like_shapes() -> list[tuple[int, ...]]:
+    """146 tensors, 42.5M parameters: 12 layers of d=512 (MLP 2048), vocabulary 8192, context 1024
+    (embeddings, attention and MLP matrices, biases, norms): the set of issue 13."""
+    d, ff, vocab, ctx, layers = 512, 2048, 8192, 1024, 12
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,)]
+        shapes += [(d,), (d,), (ff, d), (ff,), (d, ff), (d,)]
+    return shapes
+
+
+def tiny_shapes(count: int) -> list[tuple[int, ...]]:
+    """``count`` tensors of 16 elements: the fixed cost per tensor, not bandwidth."""
+    return [(16,)] * count
+
+
 PARAM_SETS: dict[str, Callable[[argparse.Namespace], list[tuple[int, ...]]]] = {
     "gpt2-124m": lambda args: gpt2_124m_shapes(),
+    "gpt-like": lambda args: gpt_like_shapes(),
     "1b-stack": lambda args: layer_stack_1b_shapes(args.layers),
+    "tiny": lambda args: tiny_shapes(args.tiny),
 }
 
 
@@ -90,28 +108,54 @@ class Contender:
     error: str | None = None
 
 
+def option_contenders(lr: float, wd: float) -> list[Contender]:
+    """Each elementwise option of the fused kernel, to read against "AdamHD fused adaptive
+    explicit" (the plain fused step) in the same table."""
+    from adamhd import AdamHD
+
+    out = []
+    for name, kw in (("cautious_decay", dict(cautious_decay=True)), ("decay=l2", dict(decay="l2")),
+                     ("decay=l2 cautious", dict(decay="l2", cautious_decay=True)),
+                     ("update=atan2", dict(update="atan2")),
+                     ("update=softplus", dict(update="softplus"))):
+        out.append(Contender(f"AdamHD fused {name}",
+                             lambda ps, kw=kw: AdamHD(ps, lr=lr, weight_decay=wd, fused=True, **kw),
+                             "adamhd", prime=True))
+    return out
+
+
+def _compiled(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``opt`` with its ``step`` replaced by ``torch.compile(opt.step)``."""
+    opt.step = torch.compile(opt.step)  # type: ignore[method-assign]
+    return opt
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
     from adamhd import AdamHD
     from adamhd.kernels import fused_unsupported_reason
 
     lr, wd = 1e-4, 0.1
+    torch_paths = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+                   "fused": dict(fused=True)}
     out = [
-        Contender(
-            "torch AdamW single",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=False),
-            "torch",
-        ),
-        Contender(
-            "torch AdamW foreach",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, foreach=True),
-            "torch",
-        ),
-        Contender(
-            "torch AdamW fused",
-            lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True),
-            "torch",
-        ),
+        Contender(f"torch AdamW {path}",
+                  lambda ps, kw=torch_paths[path]: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
+                                                                     **kw),
+                  "torch")
+        for path in args.torch
     ]
+    if args.compile:
+        out.append(Contender(
+            "torch AdamW fused compiled",
+            lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
+            "torch",
+        ))
+        out.append(Contender(
+            "AdamHD default compiled",
+            lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)),
+            "adamhd",
+            prime=True,
+        ))
     paths = args.paths
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
     for path in paths:
@@ -120,7 +164,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
             continue
         kw = {"single": dict(foreach=False), "foreach": dict(foreach=True),
               "fused": dict(fused=True)}[path]
-        for delta in args.deltas.split(","):
+        for delta in args.deltas:
             delta_value: float | str = delta if delta == "adaptive" else float(delta)
             for form in args.forms:
                 name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
@@ -132,6 +176,10 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
 
                 out.append(Contender(name, make, "adamhd",
                                      prime=path == "fused" and delta == "adaptive"))
+        for option in (o for o in args.options.split(",") if o):
+            out.append(_option_contender(path, kw, option, lr, wd))
+    if args.kernel_options and fused_ok:
+        out += option_contenders(lr, wd)
     if args.external:
         try:
             import heavyball
@@ -154,6 +202,32 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         except Exception as exc:
             print(f"pytorch_optimizer not available: {exc!r}")
     return out
+
+
+def _option_value(text: str) -> bool | float | str:
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _option_contender(path: str, kw: dict, option: str, lr: float, wd: float) -> Contender:
+    """AdamHD (adaptive Huber, explicit) on ``path`` with one more option, ``key=value`` or
+    ``key=value+key=value`` (e.g. ``update=atan2``, ``cautious=True+trust_ratio=True``).
+    ``fused`` with an option the kernels lack is reported as an error row."""
+    from adamhd import AdamHD
+
+    options = {}
+    for item in option.split("+"):
+        key, _, value = item.partition("=")
+        options[key] = _option_value(value)
+
+    def make(ps):
+        return AdamHD(ps, lr=lr, weight_decay=wd, **options, **kw)
+
+    return Contender(f"AdamHD {path} adaptive explicit {option}", make, "adamhd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +369,7 @@ def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.N
             "gb_per_s": numel * BYTES_PER_PARAM / (ms / 1e3) / 1e9 if c.times else math.nan,
             "ratio_to_torch_fused": ms / fused_ms,
             "ratio_to_torch_foreach": ms / foreach_ms,
+            "us_per_tensor": ms * 1e3 / len(shapes),
             "state_bytes_per_param": c.state_bytes_per_param,
             "peak_extra_bytes_per_param": c.peak_extra_bytes_per_param,
             "times_ms": [t * 1e3 for t in c.times],
@@ -314,16 +389,17 @@ def format_table(result: dict, copy_gbs: float) -> str:
         f"### {result['param_set']}: {result['parameters'] / 1e6:.1f}M parameters in "
         f"{result['tensors']} tensors (copy bandwidth {copy_gbs:.1f} GB/s)",
         "",
-        "| contender | median ms | GB/s | % of copy | x torch fused | x torch foreach "
-        "| state B/param | peak extra B/param |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| contender | median ms | range ms | us/tensor | GB/s | % of copy | x torch fused "
+        "| x torch foreach | state B/param | peak extra B/param |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if r["error"]:
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['name']} | {r['median_ms']:.1f} | {r['gb_per_s']:.1f} | "
+            f"| {r['name']} | {r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
+            f"{r['us_per_tensor']:.2f} | {r['gb_per_s']:.1f} | "
             f"{100 * r['gb_per_s'] / copy_gbs:.0f}% | {r['ratio_to_torch_fused']:.2f} | "
             f"{r['ratio_to_torch_foreach']:.2f} | {r['state_bytes_per_param']:.2f} | "
             f"{r['peak_extra_bytes_per_param']:.1f} |"
@@ -360,6 +436,13 @@ def plot(results: list[dict], copy_gbs: float, path: Path) -> bool:
     return True
 
 
+def _threshold(text: str) -> str:
+    """One ``--deltas`` item: ``adaptive`` or a positive number (kept as text)."""
+    if text != "adaptive":
+        positive_float(text)
+    return text
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,8 +458,6 @@ def cmd_step(args: argparse.Namespace) -> int:
     log(f"copy bandwidth {copy_before:.1f} GB/s")
     results = []
     for name in args.sets:
-        if name not in PARAM_SETS:
-            raise ValueError(f"unknown parameter set {name!r} (one of {', '.join(PARAM_SETS)})")
         results.append(run_param_set(name, PARAM_SETS[name](args), args, log))
     copy_after = copy_bandwidth()
     copy_gbs = max(copy_before, copy_after)
@@ -410,21 +491,35 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "step", help="time one optimizer step: AdamHD paths vs torch AdamW (and others)",
         description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--sets", type=choices_of(PARAM_SETS), default="gpt2-124m,1b-stack",
+    paths = ("single", "foreach", "fused")
+    p.add_argument("--sets", type=choices_of(PARAM_SETS),
+                   default="gpt2-124m,gpt-like,1b-stack,tiny",
                    help=f"comma-separated parameter sets ({', '.join(PARAM_SETS)}); "
                         "default: %(default)s")
     p.add_argument("--layers", type=positive_int, default=1,
                    help="layers of the 1B stack (24 in the full model; default %(default)s)")
     p.add_argument("--rounds", type=positive_int, default=5, help="timed steps per contender")
-    p.add_argument("--paths", type=choices_of(("single", "foreach", "fused")),
-                   default="single,foreach,fused", help="AdamHD paths")
-    p.add_argument("--deltas", default="adaptive,0.05",
+    p.add_argument("--tiny", type=positive_int, default=1000,
+                   help="tensors of 16 elements in the 'tiny' set (default %(default)s)")
+    p.add_argument("--kernel-options", action="store_true",
+                   help="add the fused kernel's options (cautious, l2, atan2, softplus)")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile(opt.step) of torch's fused AdamW and AdamHD's default")
+    p.add_argument("--paths", type=choices_of(paths), default="single,foreach,fused",
+                   help="AdamHD paths")
+    p.add_argument("--torch", type=choices_of(paths), default="single,foreach,fused",
+                   help="torch AdamW paths (the ratios need fused and foreach)")
+    p.add_argument("--deltas", type=list_of(_threshold), default="adaptive,0.05",
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
     p.add_argument("--forms", type=choices_of(("explicit", "proximal")),
                    default="explicit,proximal", help="AdamHD decay forms")
+    p.add_argument("--options", default="",
+                   help="AdamHD options, each timed on every path: comma-separated key=value "
+                        "(join several with +), e.g. update=atan2,cautious=True+trust_ratio=True")
     p.add_argument("--no-external", dest="external", action="store_false",
                    help="skip heavyball / pytorch_optimizer even if installed")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=nonneg_int, default=0,
+                   help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_step)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,7 @@ def run_set(set_name: str, shapes: list[tuple[int, ...]], config: BenchConfig,
     opt.step()  # state, kernels
     rows = {name: Row(name) for name in ["AdamHD", *TRANSFORMS]}
     lookahead = Lookahead(opt, k=config.lookahead_k)
+    lookahead._ensure_slow()  # created by its first step, which the bench does not take
     sync = Row(f"Lookahead sync (every {config.lookahead_k} steps)")
     contenders = list(rows)
     for r in range(config.rounds):
@@ -163,13 +165,12 @@ def cmd_transforms(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m adamhd.bench.transforms [options]`` (options as ``adamhd bench transforms``)."""
     parser = argparse.ArgumentParser(prog="adamhd bench")
     add_transforms_parser(parser.add_subparsers(dest="bench_command", required=True))
-    args = parser.parse_args(["transforms", *(argv or [])] if argv is not None else None)
+    args = parser.parse_args(["transforms", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)
 
 
-if __name__ == "__main__":  # python -m adamhd.bench.transforms [options]
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))
+if __name__ == "__main__":
+    raise SystemExit(main())

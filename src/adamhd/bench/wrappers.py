@@ -10,7 +10,9 @@ matrices, so Muon can take them; fixed gradients):
 Contenders are interleaved: each round times one step of each, in an order rotated every round,
 after ``warmup`` untimed steps. The ratio is the median over rounds of ``contender / base`` (the
 two steps of a round run back to back, so a machine that slows down for a while, as a shared one
-does, affects both): 1.10 means the decay adds 10% to the base step.
+does, affects both): 1.10 means the decay adds 10% to the base step. ``--clock cpu`` times each
+step by the CPU time of the calling thread (``time.thread_time``; with ``--threads 1`` torch
+computes there): on a shared machine it leaves out the time spent waiting for a core.
 
 Run ``python -m adamhd.bench.wrappers --help``, or ``run(...)`` from Python; ``main(argv)``
 prints the table.
@@ -78,8 +80,13 @@ def _make(base: type, kwargs: dict, shapes, variant: str) -> tuple[torch.optim.O
     return wrapped(params, cautious_decay=variant == "cautious", **kwargs), params
 
 
-def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int) -> Row:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int,
+              clock: str = "wall") -> Row:
     """Median step times of ``base``, ``huber`` and ``cautious`` for one base optimizer."""
+    now = CLOCKS[clock]
     factory = BASES[name]
     if factory is None:
         raise ValueError(f"{name}: its package is not installed")
@@ -93,9 +100,9 @@ def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int
     for r in range(rounds):
         order = variants[r % 3:] + variants[: r % 3]
         for v in order:
-            start = time.perf_counter()
+            start = now()
             opts[v].step()
-            times[v].append(time.perf_counter() - start)
+            times[v].append(now() - start)
     base_times = times["base"]
 
     def ratio(v: str) -> float:  # paired: each round's step over the base step of that round
@@ -109,12 +116,13 @@ def run(
     shapes: list[tuple[int, int]] | None = None,
     rounds: int = 15,
     warmup: int = 3,
+    clock: str = "wall",
 ) -> list[Row]:
     """Time every base of ``names`` (default: all installed in ``BASES``) on ``shapes``
     (default four 512x512 and one 1024x512 matrix, 1.6M parameters)."""
     shapes = shapes or [(512, 512)] * 4 + [(1024, 512)]
     names = names or [n for n, f in BASES.items() if f is not None]
-    return [time_base(n, shapes, rounds, warmup) for n in names]
+    return [time_base(n, shapes, rounds, warmup, clock) for n in names]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -154,6 +162,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=15, help="timed rounds (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or the calling thread's CPU time (default %(default)s)")
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -163,10 +173,10 @@ def _cmd(args: argparse.Namespace) -> int:
     unknown = [n for n in names or [] if n not in BASES]
     if unknown:
         raise SystemExit(f"unknown optimizers: {', '.join(unknown)} (known: {', '.join(BASES)})")
-    rows = run(names, args.shapes, args.rounds, args.warmup)
+    rows = run(names, args.shapes, args.rounds, args.warmup, args.clock)
     print(format_table(rows))
     print(f"\nmedian of {args.rounds} interleaved rounds, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; ratio = step with decay / step without")
+          f"{args.clock} clock, torch {torch.__version__}; ratio = step with decay / step without")
     return 0
 
 

@@ -24,12 +24,14 @@ A rule pulls the weights toward zero once per step, apart from the optimizer's u
   ``u * p_t >= 0`` (the update moves ``p`` toward zero, or not at all), for both forms; the mask is
   taken on ``p_t``, the weights before the step. ``>=`` as in the paper: a coordinate whose update
   is exactly 0 (a dead unit, a frozen coordinate) still decays, as it would without the mask;
-  a strict ``>`` (used by some code) would exempt it from decay forever. The mask costs one
-  weight-sized temporary while the decay is applied.
+  a strict ``>`` (used by some code) would exempt it from decay forever.
 
 Every formula has a per-tensor form (the readable definition) and a ``foreach`` form over a list of
 tensors (the same formula with ``torch._foreach_*`` ops). Fused kernels reimplement the same
-formulas and are tested against these.
+formulas and are tested against these. On large contiguous CPU tensors the per-tensor form runs
+chunk by chunk (``adamhd.decay.chunks``): the same formula, its temporaries (the pull, the mask)
+a chunk long and in cache instead of weight-sized; the explicit cautious form then builds its mask
+in the same sweep (``signs=``). Same bits as on the whole tensor.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from adamhd.decay.chunks import splits, sweep
 from adamhd.decay.threshold import (
     for_autograd,
     foreach_mean_abs,
@@ -59,8 +62,10 @@ __all__ = [
     "DecayRule",
     "HuberDecay",
     "L2Decay",
+    "TensorDecay",
     "Threshold",
     "cautious_mask",
+    "cautious_weights",
     "clip",
     "foreach_cautious_mask",
     "foreach_clip",
@@ -78,40 +83,123 @@ __all__ = [
 
 def clip(x: Tensor, d: Threshold, scale: float | Tensor = 1.0) -> Tensor:
     """``clip(x, -scale*d, scale*d)``: the gradient of ``scale*d``-Huber, the decay's pull."""
-    bound = d.to(x.dtype) * scale if isinstance(d, Tensor) else d * scale
-    return torch.clamp(for_autograd(x), min=-bound, max=bound)
+    return _Pull.of(d, scale, x.dtype)(x, None)
 
 
 def cautious_mask(u: Tensor, p: Tensor) -> Tensor:
     """``u * p >= 0`` as a boolean tensor, computed as ``sign(u) * p >= 0``: exact, where the
     product ``u * p`` of two tiny numbers of opposite sign underflows to ``-0.0``, which
-    ``>= 0`` would wrongly accept."""
+    ``>= 0`` would wrongly accept. (The rules use ``cautious_weights``: the same mask as 0/1.)"""
     with torch.no_grad():
         return torch.sign(u).mul_(p) >= 0
 
 
+def cautious_weights(u: Tensor, p: Tensor) -> Tensor:
+    """``cautious_mask(u, p)`` as 0/1 in ``p``'s dtype: ``min(sign(sign(u)*p) + 1, 1)`` (exact:
+    products with -1, 0 and 1), 1 where ``u*p >= 0``. NaN where ``u`` or ``p`` is NaN (the
+    weight is NaN after the step then anyway). Float weights, not a boolean mask: CPU kernels
+    multiply by a float tensor several times faster than by a boolean one. Built chunk by chunk
+    into one buffer on large CPU tensors."""
+    with torch.no_grad():
+        if not splits(u, p):
+            return _weights_from_signs_(torch.sign(u), p)
+        weights = torch.empty_like(p)
+        sweep(_cautious_weights_into, weights, u, p)
+        return weights
+
+
+def _cautious_weights_into(weights: Tensor, u: Tensor, p: Tensor) -> None:
+    _weights_from_signs_(torch.sign(u, out=weights), p)
+
+
+def _weights_from_signs_(signs: Tensor, p: Tensor) -> Tensor:
+    """``sign(u)`` (in ``signs``, overwritten) -> the 0/1 cautious weights."""
+    return signs.mul_(p).sign_().add_(1.0).clamp_max_(1.0)
+
+
 def huber_explicit_(
-    p: Tensor, tau: float | Tensor, d: Threshold, mask: Tensor | None = None
+    p: Tensor,
+    tau: float | Tensor,
+    d: Threshold,
+    mask: Tensor | None = None,
+    signs: Tensor | None = None,
 ) -> None:
     """``p <- p - tau*[mask]*clip(p, -d, d)`` in place (the paper's explicit step).
 
-    ``d = inf`` without a mask is the L2 limit and is written as AdamW writes it, ``p*(1 - tau)``.
+    ``signs`` (instead of ``mask``): a tensor with the sign of the update ``u``; the cautious mask
+    ``cautious_weights(signs, p)`` is then taken on ``p`` (which must be ``p_t``) chunk by chunk as
+    the decay runs, without a weight-sized mask. ``d = inf`` without a mask is the L2 limit and is
+    written as AdamW writes it, ``p*(1 - tau)``.
     """
-    if mask is None and _is_inf(d):
-        p.mul_(1 - tau)
-        return
-    _add_scaled_(p, _pull(p, d, 1.0, mask), -tau)
+    sweep(TensorDecay.of("explicit", tau, d, p.dtype), p, mask, signs)
 
 
 def huber_proximal_(
     q: Tensor, tau: float | Tensor, d: Threshold, mask: Tensor | None = None
 ) -> None:
     """``q <- prox_{tau*H_d}(q)`` in place where ``mask`` (everywhere without one)."""
-    _add_scaled_(q, _pull(q, d, 1 + tau, mask), -tau / (1 + tau))
+    sweep(TensorDecay.of("proximal", tau, d, q.dtype), q, mask, None)
+
+
+@dataclass(frozen=True)
+class TensorDecay:
+    """One tensor's decay this step, its numbers made once (not once per chunk)::
+
+        x <- x + alpha * [mask *] clip(x, -bound, bound)
+        explicit:  alpha = -tau,            bound = d;    x * (1 - tau) for d = inf, no mask
+        proximal:  alpha = -tau/(1 + tau),  bound = (1 + tau)*d
+
+    Called on the whole tensor or on any chunk of it (elementwise): ``decay(x, mask, signs)``
+    updates ``x`` in place; ``signs`` (explicit form) makes the mask ``cautious_weights(signs, x)``.
+    """
+
+    pull: _Pull
+    alpha: float | Tensor
+    l2_factor: float | Tensor | None  # explicit form with d = inf: AdamW's x*(1 - tau)
+
+    @classmethod
+    def of(cls, form: Form, tau: float | Tensor, d: Threshold, dtype: torch.dtype) -> TensorDecay:
+        if form == "explicit":
+            return cls(_Pull.of(d, 1.0, dtype), -tau, 1 - tau if _is_inf(d) else None)
+        return cls(_Pull.of(d, 1 + tau, dtype), -tau / (1 + tau), None)
+
+    def __call__(
+        self, x: Tensor, mask: Tensor | None = None, signs: Tensor | None = None
+    ) -> None:
+        if signs is not None:
+            mask = cautious_weights(signs, x)
+        if mask is None and self.l2_factor is not None:
+            x.mul_(self.l2_factor)
+            return
+        _add_scaled_(x, self.pull(x, mask), self.alpha)
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """``[mask *] clip(x, lo, hi)``, its bounds made once per tensor (not once per chunk)."""
+
+    lo: float | Tensor
+    hi: float | Tensor
+    unbounded: bool  # d = inf: with a mask the pull is ``x * mask``, one pass
+
+    @classmethod
+    def of(cls, d: Threshold, scale: float | Tensor, dtype: torch.dtype) -> _Pull:
+        bound = d.to(dtype) * scale if isinstance(d, Tensor) else d * scale
+        if isinstance(bound, Tensor) and _readable_on_host(bound):
+            # the same number (exactly: a value of x's dtype) as a Python float: CPU clamps with
+            # number bounds are vectorised, with 0-dim tensor bounds several times slower
+            bound = bound.item()
+        return cls(-bound, bound, _is_inf(d))
+
+    def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is not None and self.unbounded:
+            return for_autograd(x) * mask
+        pulled = torch.clamp(for_autograd(x), min=self.lo, max=self.hi)
+        return pulled if mask is None else pulled.mul_(mask)
 
 
 def foreach_cautious_mask(us: list[Tensor], ps: list[Tensor]) -> list[Tensor]:
-    """``u * p >= 0`` for each pair, as 0/1 tensors of ``p``'s dtype (see ``cautious_mask``)."""
+    """``cautious_weights`` for each pair, with ``foreach`` ops (0/1 tensors of ``p``'s dtype)."""
     signs = torch._foreach_sign(us)
     torch._foreach_mul_(signs, ps)  # sign(u)*p: exact (a product with -1, 0 or 1)
     torch._foreach_sign_(signs)  # sign(u)*sign(p): -1, 0 or 1
@@ -148,17 +236,10 @@ def foreach_huber_proximal_(
     torch._foreach_add_(qs, _foreach_pull(qs, ds, 1 + tau, masks), alpha=-tau / (1 + tau))
 
 
-def _pull(x: Tensor, d: Threshold, scale: float | Tensor, mask: Tensor | None) -> Tensor:
-    """``[mask *] clip(x, -scale*d, scale*d)`` (``[mask *] x`` for ``d = inf``: one pass)."""
-    if mask is None:
-        return clip(x, d, scale)
-    return for_autograd(x) * mask if _is_inf(d) else clip(x, d, scale).mul_(mask)
-
-
 def _foreach_pull(
     xs: list[Tensor], ds: list[Threshold], scale: float, masks: list[Tensor] | None
 ) -> list[Tensor]:
-    """``_pull`` for each tensor of ``xs``."""
+    """``[mask *] clip(x, -scale*d, scale*d)`` for each tensor of ``xs`` (``_Pull``'s formula)."""
     if masks is None:
         return foreach_clip(xs, ds, scale)
     if all(_is_inf(d) for d in ds):
@@ -174,6 +255,21 @@ def _add_scaled_(x: Tensor, y: Tensor, alpha: float | Tensor) -> None:
         x.add_(y * alpha)
     else:
         x.add_(y, alpha=alpha)
+
+
+def _chunk_in_foreach(p: Tensor) -> bool:
+    """Whether a ``foreach`` decay takes ``p`` on its own, chunk by chunk: large CPU tensors of
+    float32/float64. (For bfloat16/float16 torch's ``foreach`` ops round number arguments such as
+    ``1 - tau`` to the tensor's dtype and per-tensor ops do not: the bits would differ.)"""
+    return p.dtype in (torch.float32, torch.float64) and splits(p)
+
+
+def _readable_on_host(t: Tensor) -> bool:
+    """A 0-dim CPU tensor whose value may be read (no device sync, no autograd, no tracing)."""
+    return (
+        type(t) is Tensor and t.is_cpu and not t.requires_grad
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _is_inf(d: Threshold) -> bool:
@@ -246,32 +342,85 @@ class DecayRule:
         ds: list[Threshold],
         foreach: bool,
         masks: list[Tensor] | None = None,
+        *,
+        signs: list[Tensor] | None = None,
     ) -> None:
         """Apply the rule to ``params`` in place with strength ``tau`` and thresholds ``ds``.
 
-        ``masks``: the cautious masks (``cautious_mask(u, p_t)``), or ``None`` to decay every
-        coordinate.
+        ``masks``: the cautious masks (``self.masks(us, p_t)``), or ``None`` to decay every
+        coordinate. ``signs`` (explicit form only, instead of ``masks``): tensors with the sign of
+        each update ``u``; the masks are then taken on ``params`` (which are ``p_t``) as the decay
+        runs, chunk by chunk for large CPU tensors, with no weight-sized mask.
+
+        Large contiguous CPU tensors are decayed one at a time, chunk by chunk (``chunks.sweep``);
+        the others with ``foreach`` ops when ``foreach``. Same bits either way.
         """
+        if signs is not None and not (self.cautious and self.before_update):
+            raise ValueError("signs: only a cautious rule's explicit form takes the mask on the "
+                             "tensor it decays; pass masks taken before the update instead")
         if not params:
             return
-        if foreach and not isinstance(tau, Tensor):
-            step_foreach = (
-                foreach_huber_explicit_ if self.before_update else foreach_huber_proximal_
-            )
-            step_foreach(params, tau, ds, masks)
-            return
         step = huber_explicit_ if self.before_update else huber_proximal_
-        for i, (p, d) in enumerate(zip(params, ds)):
-            step(p, tau, d, None if masks is None else masks[i])
+        if foreach and not isinstance(tau, Tensor):
+            in_place = masks is None and signs is None and all(_is_inf(d) for d in ds)
+            rest = [i for i, p in enumerate(params) if in_place or not _chunk_in_foreach(p)]
+            if rest:
+                self._apply_foreach_(rest, params, tau, ds, masks, signs)
+            if len(rest) == len(params):
+                return
+            chunked = sorted(set(range(len(params))) - set(rest))
+        else:
+            chunked = list(range(len(params)))
+        for i in chunked:
+            mask = None if masks is None else masks[i]
+            if signs is None:
+                step(params[i], tau, ds[i], mask)
+            else:
+                huber_explicit_(params[i], tau, ds[i], signs=signs[i])
+
+    def _apply_foreach_(
+        self,
+        indices: list[int],
+        params: list[Tensor],
+        tau: float,
+        ds: list[Threshold],
+        masks: list[Tensor] | None,
+        signs: list[Tensor] | None,
+    ) -> None:
+        """``apply_`` with ``foreach`` ops on ``params[i]`` for ``i`` in ``indices``."""
+        ps = [params[i] for i in indices]
+        if signs is not None:
+            masks_ = foreach_cautious_mask([signs[i] for i in indices], ps)
+        else:
+            masks_ = None if masks is None else [masks[i] for i in indices]
+        step_foreach = foreach_huber_explicit_ if self.before_update else foreach_huber_proximal_
+        step_foreach(ps, tau, [ds[i] for i in indices], masks_)
+
+    def on(self, tau: float | Tensor, d: Threshold, dtype: torch.dtype) -> TensorDecay:
+        """This rule's decay of one tensor (or chunk) of ``dtype`` with strength ``tau`` and
+        threshold ``d``, its numbers prepared once: ``self.on(tau, d, p.dtype)(p, mask)``."""
+        return TensorDecay.of(self.form, tau, d, dtype)
 
     def masks(self, us: list[Tensor], params: list[Tensor], foreach: bool) -> list[Tensor] | None:
         """The cautious masks for updates ``us`` and weights ``params`` (``None`` if not
-        cautious). ``us`` may be anything with the sign of the update (Adam: ``exp_avg``)."""
+        cautious). ``us`` may be anything with the sign of the update (Adam: ``exp_avg``).
+
+        0/1 in the weights' dtype (``cautious_weights``): built chunk by chunk for large CPU
+        tensors, with ``foreach`` ops for the others when ``foreach``."""
         if not self.cautious:
             return None
-        if foreach:
-            return foreach_cautious_mask(us, params)
-        return [cautious_mask(u, p) for u, p in zip(us, params)]
+        if not foreach:
+            return [cautious_weights(u, p) for u, p in zip(us, params)]
+        out: list[Tensor | None] = [
+            cautious_weights(u, p) if _chunk_in_foreach(p) and splits(u, p) else None
+            for u, p in zip(us, params)
+        ]
+        rest = [i for i, m in enumerate(out) if m is None]
+        if rest:
+            for i, m in zip(rest, foreach_cautious_mask([us[i] for i in rest],
+                                                        [params[i] for i in rest])):
+                out[i] = m
+        return out  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ synchronisation, traceable by ``torch.compile``.
 
 ``mu`` is kept in float32 (float64 for float64 weights), whatever the weights' dtype.
 Sharded (DTensor) parameters: the whole-tensor ``mean|p|`` is ``adamhd.distributed.whole_mean_abs``;
-this module is purely local and imports nothing of ``adamhd``.
+this module is purely local and imports only ``adamhd.decay.chunks`` (an execution detail).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import math
 
 import torch
 from torch import Tensor
+
+import adamhd.decay.chunks as _chunks
 
 __all__ = [
     "foreach_mean_abs",
@@ -54,9 +56,25 @@ def mean_abs(p: Tensor) -> Tensor:
     """``mean(|p|)`` of the (local) tensor as a 0-dim tensor (0 for an empty tensor)."""
     if p.numel() == 0:
         return torch.zeros((), dtype=mu_dtype(p), device=p.device)
+    if _chunks.splits(p, above=_chunks.SUM_SPLIT_ABOVE):
+        return (chunked_sum_abs(p) / p.numel()).to(mu_dtype(p))
     # torch's mean sums in cascade (accurate to ~1e-8 on millions of float32 elements), unlike
     # its CPU L1 norm, which drifts ~1e-4; it also measured faster than a float64 norm on CPU.
     return for_autograd(p).abs().mean(dtype=mu_dtype(p))
+
+
+def chunked_sum_abs(p: Tensor) -> Tensor:
+    """``sum(|p|)`` of a contiguous tensor as a 0-dim float64 tensor, without a weight-sized
+    ``|p|``: ``|chunk|`` in one reused buffer, each chunk summed in torch's cascade (in
+    ``mu_dtype(p)``, as ``mean`` sums), the chunk sums added in float64. At least as accurate as
+    the whole tensor's cascade ``mean`` (``tests/decay/test_chunks.py``)."""
+    parts = _chunks.chunks(p, _chunks.SUM_CHUNK_ELEMENTS)
+    sums = torch.empty(len(parts), dtype=mu_dtype(p), device=p.device)
+    scratch = torch.empty(parts[0].numel(), dtype=p.dtype, device=p.device)
+    for i, part in enumerate(parts):
+        magnitudes = scratch if part.numel() == scratch.numel() else scratch[: part.numel()]
+        torch.sum(torch.abs(part, out=magnitudes), dim=0, dtype=sums.dtype, out=sums[i])
+    return sums.sum(dtype=torch.float64)
 
 
 def foreach_mean_abs(params: list[Tensor]) -> list[Tensor]:

@@ -48,6 +48,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -55,8 +56,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
+from adamhd.decay.chunks import sweep
 from adamhd.decay.options import DECAY_DEFAULTS, check_decay_options, rule_from_group
-from adamhd.decay.rules import DecayRule, Threshold
+from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
 from adamhd.decay.strength import decay_strength, group_decay_coefficient, remember_initial_lr
 from adamhd.decay.threshold import mu_dtype
 from adamhd.distributed import whole_mean_abs
@@ -208,15 +210,23 @@ def _apply_cautious(plan: _GroupDecay) -> None:
     Explicit: the rule is applied to the copy of ``p_t`` and the base step's displacement is
     added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
     assert plan.before is not None
-    for i, (p, p_t) in enumerate(zip(plan.params, plan.before)):
-        mask = plan.rule.masks([p_t - p], [p_t], foreach=True)  # 0/1 in p.dtype: no bool cast
-        if plan.rule.before_update:
-            p.sub_(p_t)
-            plan.rule.apply_([p_t], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
-            p.add_(p_t)
-        else:
-            plan.rule.apply_([p], plan.tau, [plan.ds[i]], foreach=False, masks=mask)
+    for p, p_t, d in zip(plan.params, plan.before, plan.ds):
+        # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
+        decay = plan.rule.on(plan.tau, d, p.dtype)
+        sweep(partial(_decay_cautiously, plan.rule, decay), p, p_t)
     plan.before = None
+
+
+def _decay_cautiously(rule: DecayRule, decay: TensorDecay, p: Tensor, p_t: Tensor) -> None:
+    """``_apply_cautious`` on one tensor (or one chunk of it): ``p`` after the base step, ``p_t``
+    a copy of it before."""
+    [mask] = rule.masks([p_t - p], [p_t], foreach=False)  # type: ignore[misc]
+    if rule.before_update:
+        p.sub_(p_t)
+        decay(p_t, mask)
+        p.add_(p_t)
+    else:
+        decay(p, mask)
 
 
 def _check_real(param_group: dict[str, Any]) -> None:

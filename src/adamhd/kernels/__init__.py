@@ -1,4 +1,4 @@
-"""Fused AdamHD kernels: one pass over memory per tensor, the same math as ``adamhd.functional``.
+"""Fused AdamHD kernels: one pass over memory per step, the same math as ``adamhd.functional``.
 
 Contract, used by ``AdamHD`` and ``adamhd.functional``:
 
@@ -11,28 +11,40 @@ Contract, used by ``AdamHD`` and ``adamhd.functional``:
 * ``fused_adamhd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus,
   hyper, *, grad_scale, found_inf)``: one step, in place; ``hyper`` is an
   ``adamhd.hyper.AdamStep`` (its ``weight_decay`` is the coefficient: ``tau = lr*weight_decay``).
+  With ``grad_scale`` (``torch.amp.GradScaler``) the gradients are unscaled in place in the same
+  pass, as torch's fused AdamW does; a step with a non-zero ``found_inf`` changes nothing
+  (weights, state, gradients).
 
 Kernels:
 
-* CPU: a C++ kernel (``adamhd_cpu.cpp``, ``at::vec`` + ``at::parallel_reduce``), compiled on first
-  use and cached by torch (see ``adamhd.kernels.cpu``); it runs at 88-95% of the measured copy
-  bandwidth (``docs/speed.md``). If it cannot be built (no compiler), ``fused=None`` uses torch's
-  default path for the device and ``fused=True`` raises with the reason.
-* CUDA: a Triton kernel (``adamhd.kernels.triton_adamhd``), one launch per tensor,
-  ``capturable``; its math is tested under ``TRITON_INTERPRET=1``, it has not been timed on a GPU.
+* CPU: a C++ kernel (``adamhd_cpu.cpp``, ``at::vec``), compiled on first use and cached by torch
+  (see ``adamhd.kernels.cpu``), registered as the custom op ``torch.ops.adamhd.fused_step_`` (with a
+  fake implementation, so ``torch.compile`` traces it as one opaque op). One call per group: the
+  tensors are cut into chunks that the threads of one parallel region share, so small tensors cost
+  no thread start-up each. If it cannot be built (no compiler), ``fused=None`` uses torch's default
+  path for the device and ``fused=True`` raises with the reason.
+* CUDA: a Triton kernel (``adamhd.kernels.triton_adamhd``), one launch for all the tensors of a
+  dtype (pointer and size tables), ``capturable``; its math is tested under ``TRITON_INTERPRET=1``,
+  it has not been timed on a GPU.
 
-Adaptive threshold without an extra pass: the kernels return ``sum|p_new|`` per tensor, accumulated
-while they write ``p``. It is kept, per parameter, in a weak side table together with
-``p._version`` (after the step) and ``p.data_ptr()``; the next step uses it as ``mean|p_t|`` if
-both still match, and recomputes ``mean|p|`` otherwise (weights loaded, pruned in place, ...).
-Writes through ``p.data`` do not bump ``p._version``: after such writes call
-``forget_abs_means()``. The table is not part of ``state_dict`` (a version number means nothing in
-another process), so a resumed run recomputes ``mean|p|`` once.
+Adaptive threshold without an extra pass: the kernels compute ``sum|p_new|`` per tensor while they
+write ``p`` and keep it for the next step's ``mean|p_t|``, together with ``p._version`` (after the
+step), ``p.data_ptr()`` and ``p.numel()``; if any of them changed (weights loaded, pruned in place,
+...), ``mean|p|`` is recomputed. On CPU that table lives in C++ (weak references: it keeps nothing
+alive); on CUDA in a weak Python table. Writes through ``p.data`` do not bump ``p._version``: after
+such writes call ``forget_abs_means()``. The table is not part of ``state_dict`` (a version number
+means nothing in another process), so a resumed run recomputes ``mean|p|`` once, with the same
+blocking, so the resumed run is bit-exact.
+
+Non-finite statistic: if ``mean|p_t|`` is not finite (a NaN or inf weight), ``mu`` keeps its value;
+if ``mu`` is not finite, it takes ``mean|p_t|``. One NaN weight costs one element, as in AdamW.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,23 +60,46 @@ __all__ = [
     "fused_is_default",
     "fused_rule_reason",
     "fused_unsupported_reason",
+    "fused_update_reason",
 ]
 
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# param -> (p._version after the step, p.data_ptr(), mean|p| as a Python float or 0-dim tensor)
+# CUDA (Triton) only: param -> (p._version after the step, p.data_ptr(), mean|p| as a 0-dim tensor)
 _abs_means: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def forget_abs_means(params: list[Tensor] | None = None) -> None:
     """Drop the cached ``mean|p|`` (all, or of ``params``): the next step recomputes it."""
+    from adamhd.kernels import cpu
+
+    module = cpu.loaded()
+    if module is not None:
+        module.forget(list(params or []), params is None)
     if params is None:
         _abs_means.clear()
         return
     for p in params:
         _abs_means.pop(p, None)
+
+
+def _lookup_abs_means(params: list[Tensor]) -> list[Any]:
+    """CUDA: ``mean|p_t|`` per tensor, as cached by the previous step if ``p`` is unchanged."""
+    out: list[Any] = []
+    for p in params:
+        entry = _abs_means.get(p)
+        if entry is not None and entry[0] == p._version and entry[1] == p.data_ptr():
+            out.append(entry[2])
+        else:
+            out.append(None)
+    return out
+
+
+def _store_abs_means(params: list[Tensor], means: list[Any]) -> None:
+    for p, mean in zip(params, means):
+        _abs_means[p] = (p._version, p.data_ptr(), mean)
 
 
 def _cpu_module():
@@ -98,14 +133,95 @@ def fused_unsupported_reason(p: Tensor) -> str | None:
 
 
 def fused_rule_reason(decay: Any) -> str | None:
-    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``."""
-    if decay.cautious:
-        return "the fused AdamHD kernels do not implement cautious_decay=True yet"
+    """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``.
+
+    They implement L2 and Huber decay (fixed or adaptive threshold), explicit or proximal, with
+    or without ``cautious`` (decay only where ``sign(u)*sign(p_t) >= 0``).
+    """
+    if getattr(decay, "name", None) not in ("huber", "l2"):
+        return f"the fused AdamHD kernels do not implement the decay rule {decay!r}"
     return None
+
+
+UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
+SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: softplus(x) = x above it
+
+
+def fused_update_reason(update: Any) -> str | None:
+    """Why the fused kernels cannot run the update rule record ``update``
+    (``adamhd.update_rules.UpdateRule``), or ``None``: they run ``update="adam"``, ``"atan2"`` and
+    ``"softplus"``, not the options with a per-tensor reduction or extra state (``cautious``,
+    ``trust_ratio``, ``adanorm``, ``diffgrad``)."""
+    if update.update not in UPDATE_KINDS:
+        return f"the fused AdamHD kernels do not implement update={update.update!r}"
+    if not update.elementwise:
+        return f"the fused AdamHD kernels do not implement {update.describe()}"
+    return None
+
+
+def update_args(hyper: AdamStep) -> tuple[int, float, float]:
+    """``(kind, a, b)`` of the step's update rule for the kernels: atan2 ``(1, a, b)``, softplus
+    ``(2, beta, 20)``, Adam ``(0, 1, 1)``. Raises ``ValueError`` for a rule they lack."""
+    rule = hyper.update
+    reason = fused_update_reason(rule)
+    if reason is not None:
+        raise ValueError(reason)
+    if rule.update == "atan2":
+        return 1, float(rule.atan2_a), float(rule.atan2_b)
+    if rule.update == "softplus":
+        return 2, float(rule.softplus_beta), SOFTPLUS_THRESHOLD
+    return 0, 1.0, 1.0
 
 
 def _cpu_fused_by_default() -> bool:
     return os.environ.get("ADAMHD_FUSED_DEFAULT", "1") != "0"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a list of parameters allows, decided once per list (not per step).
+
+    ``reason``: why no fused kernel serves every tensor (``None``: one does). ``device_type``: the
+    one device type of the list, or ``None`` if mixed; ``by_device``: index lists per device.
+    """
+
+    reason: str | None
+    device_type: str | None
+    by_device: tuple[tuple[int, ...], ...]
+
+
+_plans: dict[tuple[int, ...], _Plan] = {}
+_MAX_PLANS = 64
+
+
+def _make_plan(params: list[Tensor]) -> _Plan:
+    reason = next((r for r in map(fused_unsupported_reason, params) if r is not None), None)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, p in enumerate(params):
+        by_device.setdefault(p.device, []).append(i)
+    types = {d.type for d in by_device}
+    return _Plan(reason, types.pop() if len(types) == 1 else None,
+                 tuple(tuple(v) for v in by_device.values()))
+
+
+def _plan(params: list[Tensor]) -> _Plan:
+    """The plan of ``params``, cached by the identities of the tensors.
+
+    A cached plan is only a fast path: the CPU kernel checks every tensor's device, dtype and
+    shape again in C++ (cheaply) and raises before changing anything.
+    """
+    key = tuple(map(id, params))
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        plan = _plans[key] = _make_plan(params)
+    return plan
+
+
+def forget_plans() -> None:
+    """Forget the cached plans (after the CPU kernel's availability changed)."""
+    _plans.clear()
 
 
 def fused_is_default(params: list[Tensor]) -> bool:
@@ -120,29 +236,10 @@ def fused_is_default(params: list[Tensor]) -> bool:
     """
     if not params:
         return False
-    devices = {p.device.type for p in params}
-    if len(devices) != 1:
+    plan = _make_plan(params) if torch.compiler.is_compiling() else _plan(params)
+    if plan.device_type is None or plan.reason is not None:
         return False
-    if devices == {"cpu"} and not _cpu_fused_by_default():
-        return False
-    return all(fused_unsupported_reason(p) is None for p in params)
-
-
-def _lookup_abs_means(params: list[Tensor]) -> list[Any]:
-    """``mean|p_t|`` per tensor: the value cached by the previous step if ``p`` is unchanged."""
-    out: list[Any] = []
-    for p in params:
-        entry = _abs_means.get(p)
-        if entry is not None and entry[0] == p._version and entry[1] == p.data_ptr():
-            out.append(entry[2])
-        else:
-            out.append(None)
-    return out
-
-
-def _store_abs_means(params: list[Tensor], means: list[Any]) -> None:
-    for p, mean in zip(params, means):
-        _abs_means[p] = (p._version, p.data_ptr(), mean)
+    return plan.device_type != "cpu" or _cpu_fused_by_default()
 
 
 def fused_adamhd(
@@ -165,101 +262,82 @@ def fused_adamhd(
     reason = fused_rule_reason(hyper.decay)
     if reason is not None:
         raise RuntimeError(f"fused AdamHD step impossible: {reason}")
-    for p in params:
-        reason = fused_unsupported_reason(p)
-        if reason is not None:
-            raise RuntimeError(f"fused AdamHD step impossible: {reason}")
-    by_device: dict[torch.device, list[int]] = {}
-    for i, p in enumerate(params):
-        by_device.setdefault(p.device, []).append(i)
-    for index in by_device.values():
-        def pick(xs: list[Tensor], index: list[int] = index) -> list[Tensor]:
-            return [xs[i] for i in index] if xs else []
-
-        device = params[index[0]].device
-        args = (
-            pick(params),
-            pick(grads),
-            pick(exp_avgs),
-            pick(exp_avg_sqs),
-            pick(max_exp_avg_sqs),
-            pick(state_steps),
-            pick(delta_mus),
-        )
-        kwargs = dict(
-            decay=hyper.decay,
-            amsgrad=hyper.amsgrad,
-            beta1=hyper.beta1,
-            beta2=hyper.beta2,
-            lr=hyper.lr,
-            weight_decay=hyper.weight_decay,
-            eps=hyper.eps,
-            maximize=hyper.maximize,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-        )
-        if device.type == "cpu":
-            _fused_cpu(*args, **kwargs)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus)
+    if torch.compiler.is_compiling():  # traced once; the op checks every tensor at run time
+        if params[0].device.type == "cpu":
+            _fused_cpu(lists, hyper, grad_scale, found_inf)
         else:
-            from adamhd.kernels import triton_adamhd
+            _fused_triton(lists, hyper, grad_scale, found_inf)
+        return
+    plan = _plan(params)
+    if plan.reason is not None:
+        raise RuntimeError(f"fused AdamHD step impossible: {plan.reason}")
+    for index in plan.by_device:
+        part = lists
+        if len(plan.by_device) > 1:
+            part = tuple([xs[i] for i in index] if xs else [] for xs in lists)
+        if plan.device_type == "cpu" or part[0][0].device.type == "cpu":
+            _fused_cpu(part, hyper, grad_scale, found_inf)
+        else:
+            _fused_triton(part, hyper, grad_scale, found_inf)
 
-            triton_adamhd.fused_adamhd_triton(*args, capturable=hyper.capturable, **kwargs)
+
+def _fused_triton(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
+    from adamhd.kernels import triton_adamhd
+
+    triton_adamhd.fused_adamhd_triton(
+        *lists, decay=hyper.decay, amsgrad=hyper.amsgrad, beta1=hyper.beta1, beta2=hyper.beta2,
+        lr=hyper.lr, weight_decay=hyper.weight_decay, eps=hyper.eps, maximize=hyper.maximize,
+        capturable=hyper.capturable, grad_scale=grad_scale, found_inf=found_inf,
+        update=update_args(hyper),
+    )
 
 
-def _scalar(x: float | Tensor | None) -> float | None:
-    if x is None:
-        return None
-    return float(x.detach().reshape(())) if isinstance(x, Tensor) else float(x)
-
-
-def _fused_cpu(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
-    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf,
-) -> None:
-    found = _scalar(found_inf)
-    if found is not None and found != 0.0:
-        return  # GradScaler found inf/nan: this step changes nothing
+def _cpu_op():
     module = _cpu_module()
     if module is None:  # fused_unsupported_reason said yes, so this is unreachable
         raise RuntimeError("the fused CPU kernel is not available")
-    scale = _scalar(grad_scale)
-    decays = weight_decay != 0
+    return torch.ops.adamhd.fused_step_
+
+
+def _decay_kind(decay, weight_decay: float) -> int:
+    """0: no decay (``weight_decay == 0``), 1: explicit, 2: proximal. L2 decay is Huber decay with
+    ``d = inf`` in either form (``excess = 0``), so it takes the same code."""
+    if weight_decay == 0:
+        return 0
+    return 1 if decay.form == "explicit" else 2
+
+
+def _fused_cpu(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
+    """One call of the C++ op for the whole list: no per-tensor Python work, no host sync."""
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus = lists
+    decay = hyper.decay
     adaptive = decay.adaptive
-    want_sums = adaptive and decays
-    abs_means: list[float] = []
-    if want_sums:
-        abs_means = _lookup_abs_means(params)
-        stale = [i for i, mean in enumerate(abs_means) if mean is None]
-        if stale:
-            fresh = module.abs_sums([params[i] for i in stale]).tolist()
-            for i, total in zip(stale, fresh):
-                abs_means[i] = total / max(params[i].numel(), 1)
-    decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
-    sums = module.fused_step(
+    lr = hyper.lr
+    lr_tensor = lr if isinstance(lr, Tensor) else None
+    _cpu_op()(
         params,
         grads,
         exp_avgs,
         exp_avg_sqs,
-        max_exp_avg_sqs if amsgrad else [],
+        max_exp_avg_sqs if hyper.amsgrad else [],
         state_steps,
-        delta_mus if (adaptive and decays) else [],
-        abs_means,
-        float(_scalar(lr)),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        decay_kind,
-        float("inf") if adaptive else float(decay.delta),
+        delta_mus if adaptive and hyper.decays else [],
+        lr_tensor,
+        grad_scale,
+        found_inf,
+        0.0 if lr_tensor is not None else float(lr),
+        float(hyper.beta1),
+        float(hyper.beta2),
+        float(hyper.eps),
+        float(hyper.weight_decay),
+        _decay_kind(decay, hyper.weight_decay),
+        math.inf if adaptive else float(decay.delta),
         float(decay.delta_scale),
         float(decay.delta_beta),
         adaptive,
-        amsgrad,
-        maximize,
-        0.0 if scale is None else scale,
-        want_sums,
+        hyper.amsgrad,
+        hyper.maximize,
+        *update_args(hyper),
+        bool(decay.cautious),
     )
-    torch.autograd.graph.increment_version(params)
-    if want_sums:
-        means = [s / max(p.numel(), 1) for s, p in zip(sums.tolist(), params)]
-        _store_abs_means(params, means)

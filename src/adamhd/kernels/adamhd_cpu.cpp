@@ -1,24 +1,40 @@
-// Fused AdamHD step on CPU: one pass over p, g, m, v (and max_v for amsgrad) per tensor.
+// Fused AdamHD step on CPU: one pass over p, g, m, v (and max_v for amsgrad) for a whole list of
+// tensors, registered as the custom op adamhd::fused_step_ (torch.compile sees one opaque op).
 //
 // The math is the one of adamhd.functional/_single_tensor_adamhd and adamhd.decay, in the same
 // order of operations, computed in float (double for float64 tensors) and rounded once on store:
 //
-//   explicit decay:  p = p*(1 - tau) + tau*(p - clip(p, -d, d))          (before the Adam update)
-//   Adam:            m = lerp(m, g, 1 - beta1);  v = v*beta2 + (1 - beta2)*g*g
-//                    p = p + (-step_size) * m / (sqrt(v)/bc2_sqrt + eps)
+//   GradScaler:      g = g / grad_scale, written back to the gradient (as torch's fused AdamW)
+//   moments:         m = lerp(m, g, 1 - beta1);  v = v*beta2 + (1 - beta2)*g*g
+//   explicit decay:  p = p*(1 - tau) + tau*(p - clip(p, -d, d))          (on p_t)
+//   update:          adam     p = p + (-step_size) * m / (sqrt(v)/bc2_sqrt + eps)
+//                    atan2    p = p - lr * a*atan2(m/bc1, b*sqrt(v)/bc2_sqrt)
+//                    softplus p = p - lr * (m/bc1) / softplus_beta(sqrt(v)/bc2_sqrt)
 //   proximal decay:  x = p/(1 + tau);  p = x + tau*(x - clip(x, -d, d))  (after it)
+//   cautious:        either decay only where sign(m)*sign(p_t) >= 0, else p keeps its value
 //
-// While it writes the new p, the kernel accumulates sum|p_new| (in double across blocks), which the
-// Python side keeps as the next step's mean|p| for the adaptive threshold: no extra pass.
+// Work is cut into chunks of kChunk elements (a tensor's last chunk is shorter; a small tensor is
+// one chunk) and the chunks of all tensors are shared by the threads of ONE parallel region, taken
+// dynamically: no per-tensor thread start-up or barrier, and a thread the OS deschedules does not
+// hold the others up. While it writes the new p, the kernel accumulates sum|p_new| per chunk (in
+// double), summed per tensor in chunk order, so the result does not depend on the thread count.
+// That sum is kept in a side table (below) as the next step's mean|p| for the adaptive threshold.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <mutex>
+#include <optional>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -75,7 +91,6 @@ inline T excess(const T& x, const T& neg_d, const T& d) {
 template <typename T>
 struct Consts {
   T weight1;        // 1 - beta1 (lerp weight)
-  T one_minus_w1;   // 1 - weight1, as torch.lerp computes it
   T beta2;
   T one_minus_beta2;
   T neg_step_size;  // -lr / (1 - beta1**t)
@@ -87,31 +102,142 @@ struct Consts {
   T d;
   T neg_d;
   T grad_scale;
+  T neg_lr;         // -lr (atan2 and softplus updates)
+  T bc1;            // 1 - beta1**t
+  T update_a;       // atan2: a; softplus: beta
+  T update_b;       // atan2: b; softplus: beta * x above which softplus(x) = x (torch's 20)
+  T inv_bc1;        // 1/bc1, 1/bc2_sqrt, 1/update_a: the atan2 and softplus updates multiply
+  T inv_bc2_sqrt;
+  T inv_update_a;
 };
 
 template <typename T, typename S>
 Consts<T> broadcast(const Consts<S>& c) {
-  return Consts<T>{T(c.weight1), T(c.one_minus_w1),    T(c.beta2),   T(c.one_minus_beta2),
-                   T(c.neg_step_size), T(c.bc2_sqrt),  T(c.eps),     T(c.tau),
-                   T(c.one_minus_tau), T(c.one_plus_tau), T(c.d),    T(c.neg_d),
-                   T(c.grad_scale)};
+  return Consts<T>{T(c.weight1),   T(c.beta2),         T(c.one_minus_beta2), T(c.neg_step_size),
+                   T(c.bc2_sqrt),  T(c.eps),           T(c.tau),             T(c.one_minus_tau),
+                   T(c.one_plus_tau), T(c.d),          T(c.neg_d),           T(c.grad_scale),
+                   T(c.neg_lr),    T(c.bc1),           T(c.update_a),        T(c.update_b),
+                   T(c.inv_bc1),   T(c.inv_bc2_sqrt),  T(c.inv_update_a)};
 }
+
+enum Update : int64_t { kAdam = 0, kAtan2 = 1, kSoftplus = 2 };
 
 struct Flags {
   bool lerp_low;  // weight1 < 0.5: torch.lerp's "start + w*(end - start)" branch
   bool maximize;
-  bool scaled;    // divide g by grad_scale
+  bool scaled;    // divide g by grad_scale (and store the result back into the gradient)
+  int64_t update; // Update
+  bool cautious;  // decay only where sign(u) * sign(p_t) >= 0
 };
 
-// One element (or one vector of elements): returns the new p; updates m, v, max_v in place.
-// DECAY: 0 none, 1 explicit, 2 proximal.
-template <int DECAY, bool AMSGRAD, typename T>
+// u * p >= 0 from the signs (no underflow), false where either is NaN (as sign(NaN) >= 0 is).
+template <typename T>
+inline auto same_sign_or_zero(const T& u, const T& p) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return (u >= T(0) && p >= T(0)) || (u <= T(0) && p <= T(0));
+  } else {
+    const T zero(0);
+    return ((u >= zero) & (p >= zero)) | ((u <= zero) & (p <= zero));
+  }
+}
+
+template <typename T, typename M>
+inline T select(const M& mask, const T& yes, const T& no) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return mask ? yes : no;
+  } else {
+    return T::blendv(no, yes, mask);
+  }
+}
+
+// atan2(y, x) for x >= 0. Float vectors: Cephes' atanf (range reduction to |r| <= tan(pi/8), a
+// degree-9 odd polynomial; about 1e-7 relative), inline: a library call per vector cost 3x the
+// whole memory-bound step. Otherwise the library function.
+template <typename T>
+inline T atan2_nonneg_x(const T& y, const T& x) {
+  if constexpr (std::is_same_v<T, Vectorized<float>>) {
+    const T zero(0.f);
+    // r = |y|/x reduced to -1/r, (r - 1)/(r + 1) or r, with one division
+    const T ay = y.abs();
+    const T big = ay > x * T(2.414213562373095f);
+    const T mid = ay > x * T(0.4142135623730950f);
+    const T num = T::blendv(T::blendv(ay, ay - x, mid), zero - x, big);
+    const T den = T::blendv(T::blendv(x, ay + x, mid), ay, big);
+    const T xr = num / den;
+    const T base =
+        T::blendv(T::blendv(zero, T(0.7853981633974483f), mid), T(1.5707963267948966f), big);
+    const T z = xr * xr;
+    using at::vec::fmadd;
+    const T poly = fmadd(fmadd(fmadd(T(8.05374449538e-2f), z, T(-1.38776856032e-1f)), z,
+                               T(1.99777106478e-1f)),
+                         z, T(-3.33329491539e-1f));
+    T a = base + fmadd(poly * z, xr, xr);
+    a = T::blendv(a, zero, y == zero);
+    return T::blendv(a, zero - a, y < zero);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return std::atan2(y, x);
+  } else {
+    return y.atan2(x);
+  }
+}
+
+// log1p(w) for float vectors with 0 <= w <= 1: Cephes' logf polynomial on 1 + w (written as
+// x = w, or x = (w - 1)/2 and one ln 2 where 1 + w > sqrt 2; about 1e-7 relative), inline.
+inline Vectorized<float> log1p_unit(const Vectorized<float>& w) {
+  using V = Vectorized<float>;
+  const V one(1.f), half(0.5f);
+  const V e = V::blendv(V(0.f), one, w > V(0.41421356237309503f));
+  const V x = V::blendv(w, (w - one) * half, e == one);
+  const V z = x * x;
+  V y(7.0376836292e-2f);
+  for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
+                  -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
+    y = at::vec::fmadd(y, x, V(c));
+  }
+  y = at::vec::fmadd(y * x, z, at::vec::fmadd(e, V(-2.12194440e-4f), V(0.f) - half * z));
+  return x + at::vec::fmadd(e, V(0.693359375f), y);
+}
+
+// torch.nn.functional.softplus(x, beta, threshold) for x >= 0: x where beta*x > threshold, else
+// log1p(exp(beta*x))/beta = (beta*x + log1p(exp(-beta*x)))/beta. Float vectors: inline (torch's
+// 20-ulp exp, log1p_unit); a library call per vector cost 3x the whole memory-bound step.
+template <typename T>
+inline T vsoftplus(const T& x, const T& beta, const T& inv_beta, const T& threshold) {
+  const T bx = x * beta;
+  if constexpr (std::is_floating_point_v<T>) {
+    return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
+  } else if constexpr (std::is_same_v<T, Vectorized<float>>) {
+    const T small = vminimum(bx, threshold);
+    return select(bx > threshold, x, (small + log1p_unit((T(0.f) - small).exp_u20())) * inv_beta);
+  } else {
+    return select(bx > threshold, x, vminimum(bx, threshold).exp().log1p() / beta);
+  }
+}
+
+// The step p += -lr * u for the update rule, given m and the second moment (v or max_v).
+template <typename T>
+inline T add_update(const T& p, const T& m, const T& second, const Consts<T>& c, const Flags& f) {
+  if (f.update == kAtan2) {
+    const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
+    return p + c.neg_lr * (c.update_a * atan2_nonneg_x(m * c.inv_bc1, c.update_b * sqrt_v_hat));
+  }
+  if (f.update == kSoftplus) {
+    const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
+    const T softplus = vsoftplus(sqrt_v_hat, c.update_a, c.inv_update_a, c.update_b);
+    return p + c.neg_lr * ((m * c.inv_bc1) / softplus);
+  }
+  const T denom = vsqrt(second) / c.bc2_sqrt + c.eps;
+  return p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
+}
+
+// One element (or one vector of elements) with the gradient already unscaled: returns the new p;
+// updates m, v, max_v in place. DECAY: 0 none, 1 explicit, 2 proximal. PLAIN: Adam's update
+// without cautious decay, decided at compile time (the options' branches and constants out of the
+// hot loop). The explicit decay only reads p_t, so it can follow the moments (the cautious mask
+// needs the new m).
+template <int DECAY, bool AMSGRAD, bool PLAIN, typename T>
 inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const Flags& f) {
   if (f.maximize) g = T(0) - g;
-  if (f.scaled) g = g / c.grad_scale;
-  if constexpr (DECAY == 1) {
-    p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
-  }
   // as torch.lerp: fmadd(w, g - m, m) for small w, else fmadd(w - 1, g - m, g)
   if constexpr (std::is_floating_point_v<T>) {
     m = f.lerp_low ? std::fma(c.weight1, g - m, m) : std::fma(c.weight1 - T(1), g - m, g);
@@ -120,17 +246,22 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
                    : at::vec::fmadd(c.weight1 - T(1), g - m, g);
   }
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
-  T denom;
-  if constexpr (AMSGRAD) {
-    max_v = vmaximum(max_v, v);
-    denom = vsqrt(max_v) / c.bc2_sqrt + c.eps;
-  } else {
-    denom = vsqrt(v) / c.bc2_sqrt + c.eps;
+  if constexpr (AMSGRAD) max_v = vmaximum(max_v, v);
+  const T& second = AMSGRAD ? max_v : v;
+  const T p_t = p;
+  if constexpr (DECAY == 1) {
+    const T decayed = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+    p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
-  p = p + c.neg_step_size * m / denom;  // as torch.addcdiv: self + (value * t1) / t2
+  if constexpr (PLAIN) {
+    p = p + c.neg_step_size * m / (vsqrt(second) / c.bc2_sqrt + c.eps);
+  } else {
+    p = add_update(p, m, second, c, f);
+  }
   if constexpr (DECAY == 2) {
-    T x = p / c.one_plus_tau;
-    p = x + excess(x, c.neg_d, c.d) * c.tau;
+    const T x = p / c.one_plus_tau;
+    const T decayed = x + excess(x, c.neg_d, c.d) * c.tau;
+    p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
   return p;
 }
@@ -145,57 +276,93 @@ inline double hsum(const Vectorized<T>& x) {
 }
 
 constexpr int64_t kSumBlock = 128;  // vectors summed in the compute type before going to double
+constexpr int64_t kChunk = 32768;   // elements per work item (a multiple of every vector width)
 
-// The elements [begin, end) of one tensor; returns sum|p_new| over them (0 if !want_sum).
-template <typename scalar_t, int DECAY, bool AMSGRAD>
-double run_range(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, scalar_t* max_v,
-                 int64_t begin, int64_t end, const Consts<at::opmath_type<scalar_t>>& cs,
-                 const Flags& f, bool want_sum) {
+// sum|x| of vectors, flushed to double every kSumBlock vectors (the blocking both passes share)
+template <typename OVec>
+struct AbsSum {
+  double total = 0.0;
+  OVec acc = OVec(0);
+  int64_t in_acc = 0;
+  inline void add(const OVec& x) {
+    acc = acc + x.abs();
+    if (++in_acc == kSumBlock) flush();
+  }
+  inline void flush() {
+    total += hsum(acc);
+    acc = OVec(0);
+    in_acc = 0;
+  }
+};
+
+// One tensor's pointers and constants.
+struct Job {
+  void* p;
+  void* g;
+  void* m;
+  void* v;
+  void* max_v;
+  int64_t numel;
+  int64_t first_chunk;
+  Consts<double> c;
+  Flags f;
+  double (*fn)(const Job&, int64_t, int64_t, bool);  // the step over [begin, end)
+  double (*abs_fn)(const Job&, int64_t, int64_t);    // sum|p| over [begin, end)
+};
+
+// The step over the elements [begin, end) of one tensor; returns sum|p_new| (0 if !want_sum).
+template <typename scalar_t, int DECAY, bool AMSGRAD, bool PLAIN>
+double run_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   using opmath_t = at::opmath_type<scalar_t>;
   using OVec = Vectorized<opmath_t>;
+  auto* p = static_cast<scalar_t*>(job.p);
+  auto* g = static_cast<scalar_t*>(job.g);
+  auto* m = static_cast<scalar_t*>(job.m);
+  auto* v = static_cast<scalar_t*>(job.v);
+  auto* max_v = static_cast<scalar_t*>(job.max_v);
+  const Flags& f = job.f;
+  const Consts<opmath_t> cs = broadcast<opmath_t>(job.c);
   const Consts<OVec> cv = broadcast<OVec>(cs);
-  double total = 0.0;
-  OVec acc(0);
-  int64_t in_acc = 0;
+  AbsSum<OVec> sum;
   int64_t i = begin;
-  opmath_t dummy_max = 0;
+  OVec dummy(0);
 
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
     constexpr int64_t W = OVec::size();
-    OVec mv_dummy(0);
     for (; i + W <= end; i += W) {
       OVec pv = OVec::loadu(p + i), gv = OVec::loadu(g + i);
       OVec mv = OVec::loadu(m + i), vv = OVec::loadu(v + i);
-      OVec xv = AMSGRAD ? OVec::loadu(max_v + i) : mv_dummy;
-      pv = adamhd_update<DECAY, AMSGRAD>(pv, gv, mv, vv, xv, cv, f);
+      OVec xv = AMSGRAD ? OVec::loadu(max_v + i) : dummy;
+      if (f.scaled) {
+        gv = gv / cv.grad_scale;
+        gv.store(g + i);
+      }
+      pv = adamhd_update<DECAY, AMSGRAD, PLAIN>(pv, gv, mv, vv, xv, cv, f);
       pv.store(p + i);
       mv.store(m + i);
       vv.store(v + i);
       if constexpr (AMSGRAD) xv.store(max_v + i);
-      if (want_sum) {
-        acc = acc + pv.abs();
-        if (++in_acc == kSumBlock) {
-          total += hsum(acc);
-          acc = OVec(0);
-          in_acc = 0;
-        }
-      }
+      if (want_sum) sum.add(pv);
     }
   } else {
     using SVec = Vectorized<scalar_t>;
     constexpr int64_t W = SVec::size();  // two float vectors
-    OVec mv_dummy(0);
     for (; i + W <= end; i += W) {
       auto [p0, p1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p + i));
       auto [g0, g1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(g + i));
       auto [m0, m1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(m + i));
       auto [v0, v1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(v + i));
-      OVec x0 = mv_dummy, x1 = mv_dummy;
+      OVec x0 = dummy, x1 = dummy;
       if constexpr (AMSGRAD) {
         std::tie(x0, x1) = at::vec::convert_to_float<scalar_t>(SVec::loadu(max_v + i));
       }
-      p0 = adamhd_update<DECAY, AMSGRAD>(p0, g0, m0, v0, x0, cv, f);
-      p1 = adamhd_update<DECAY, AMSGRAD>(p1, g1, m1, v1, x1, cv, f);
+      if (f.scaled) {
+        g0 = g0 / cv.grad_scale;
+        g1 = g1 / cv.grad_scale;
+        at::vec::convert_from_float<scalar_t>(g0, g1).store(g + i);
+      }
+      p0 = adamhd_update<DECAY, AMSGRAD, PLAIN>(p0, g0, m0, v0, x0, cv, f);
+      p1 = adamhd_update<DECAY, AMSGRAD, PLAIN>(p1, g1, m1, v1, x1, cv, f);
       SVec pr = at::vec::convert_from_float<scalar_t>(p0, p1);
       pr.store(p + i);
       at::vec::convert_from_float<scalar_t>(m0, m1).store(m + i);
@@ -204,98 +371,64 @@ double run_range(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, scala
       if (want_sum) {
         // sum the stored (rounded) values: that is what the next step reads
         auto [r0, r1] = at::vec::convert_to_float<scalar_t>(pr);
-        acc = acc + r0.abs() + r1.abs();
-        if (++in_acc == kSumBlock) {
-          total += hsum(acc);
-          acc = OVec(0);
-          in_acc = 0;
-        }
+        sum.add(r0);
+        sum.add(r1);
       }
     }
   }
-  if (want_sum) total += hsum(acc);
+  if (want_sum) sum.flush();
 
   // scalar tail, same math
   for (; i < end; ++i) {
     opmath_t pv = static_cast<opmath_t>(p[i]), gv = static_cast<opmath_t>(g[i]);
     opmath_t mv = static_cast<opmath_t>(m[i]), vv = static_cast<opmath_t>(v[i]);
-    opmath_t xv = AMSGRAD ? static_cast<opmath_t>(max_v[i]) : dummy_max;
-    pv = adamhd_update<DECAY, AMSGRAD>(pv, gv, mv, vv, xv, cs, f);
+    opmath_t xv = AMSGRAD ? static_cast<opmath_t>(max_v[i]) : opmath_t(0);
+    if (f.scaled) {
+      gv = gv / cs.grad_scale;
+      g[i] = static_cast<scalar_t>(gv);
+    }
+    pv = adamhd_update<DECAY, AMSGRAD, PLAIN>(pv, gv, mv, vv, xv, cs, f);
     p[i] = static_cast<scalar_t>(pv);
     m[i] = static_cast<scalar_t>(mv);
     v[i] = static_cast<scalar_t>(vv);
     if constexpr (AMSGRAD) max_v[i] = static_cast<scalar_t>(xv);
-    if (want_sum) total += std::abs(static_cast<double>(p[i]));
+    if (want_sum) sum.total += std::abs(static_cast<double>(p[i]));
   }
-  return total;
+  return sum.total;
 }
-
-constexpr int64_t kGrain = 32768;
 
 // sum|p| over [begin, end), with exactly the blocking of run_range, so that a value recomputed
 // here equals, bit for bit, the one the fused step returned for the same p.
 template <typename scalar_t>
-double sum_abs_range(const scalar_t* p, int64_t begin, int64_t end) {
+double sum_abs_range(const Job& job, int64_t begin, int64_t end) {
   using opmath_t = at::opmath_type<scalar_t>;
   using OVec = Vectorized<opmath_t>;
-  double total = 0.0;
-  OVec acc(0);
-  int64_t in_acc = 0;
+  const auto* p = static_cast<const scalar_t*>(job.p);
+  AbsSum<OVec> sum;
   int64_t i = begin;
   if constexpr (std::is_same_v<scalar_t, opmath_t>) {
     constexpr int64_t W = OVec::size();
-    for (; i + W <= end; i += W) {
-      acc = acc + OVec::loadu(p + i).abs();
-      if (++in_acc == kSumBlock) {
-        total += hsum(acc);
-        acc = OVec(0);
-        in_acc = 0;
-      }
-    }
+    for (; i + W <= end; i += W) sum.add(OVec::loadu(p + i));
   } else {
     using SVec = Vectorized<scalar_t>;
     constexpr int64_t W = SVec::size();
     for (; i + W <= end; i += W) {
       auto [r0, r1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p + i));
-      acc = acc + r0.abs() + r1.abs();
-      if (++in_acc == kSumBlock) {
-        total += hsum(acc);
-        acc = OVec(0);
-        in_acc = 0;
-      }
+      sum.add(r0);
+      sum.add(r1);
     }
   }
-  total += hsum(acc);
-  for (; i < end; ++i) total += std::abs(static_cast<double>(p[i]));
-  return total;
-}
-
-template <typename scalar_t, int DECAY, bool AMSGRAD>
-double run_tensor(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
-                  const at::Tensor& v, const at::Tensor* max_v,
-                  const Consts<at::opmath_type<scalar_t>>& cs, const Flags& f, bool want_sum) {
-  scalar_t* pp = p.data_ptr<scalar_t>();
-  const scalar_t* gp = g.const_data_ptr<scalar_t>();
-  scalar_t* mp = m.data_ptr<scalar_t>();
-  scalar_t* vp = v.data_ptr<scalar_t>();
-  scalar_t* xp = AMSGRAD ? max_v->data_ptr<scalar_t>() : nullptr;
-  return at::parallel_reduce(
-      0, p.numel(), kGrain, 0.0,
-      [&](int64_t b, int64_t e, double ident) {
-        return ident + run_range<scalar_t, DECAY, AMSGRAD>(pp, gp, mp, vp, xp, b, e, cs, f,
-                                                            want_sum);
-      },
-      [](double a, double b) { return a + b; });
+  sum.flush();
+  for (; i < end; ++i) sum.total += std::abs(static_cast<double>(p[i]));
+  return sum.total;
 }
 
 template <typename scalar_t>
-double dispatch_tensor(int64_t decay_kind, bool amsgrad, const at::Tensor& p,
-                       const at::Tensor& g, const at::Tensor& m, const at::Tensor& v,
-                       const at::Tensor* max_v, const Consts<at::opmath_type<scalar_t>>& cs,
-                       const Flags& f, bool want_sum) {
-#define ADAMHD_CASE(D, A)                                                            \
-  if (decay_kind == D && amsgrad == A)                                               \
-    return run_tensor<scalar_t, D, A>(p, g, m, v, max_v, cs, f, want_sum);
+void pick_functions(Job& job, int64_t decay_kind, bool amsgrad, bool plain) {
+  job.abs_fn = &sum_abs_range<scalar_t>;
+#define ADAMHD_CASE(D, A)                                                           \
+  if (decay_kind == D && amsgrad == A)                                              \
+    job.fn = plain ? &run_range<scalar_t, D, A, true> : &run_range<scalar_t, D, A, false>;
   ADAMHD_CASE(0, false)
   ADAMHD_CASE(1, false)
   ADAMHD_CASE(2, false)
@@ -303,20 +436,103 @@ double dispatch_tensor(int64_t decay_kind, bool amsgrad, const at::Tensor& p,
   ADAMHD_CASE(1, true)
   ADAMHD_CASE(2, true)
 #undef ADAMHD_CASE
-  TORCH_CHECK(false, "adamhd: bad decay kind ", decay_kind);
 }
 
-bool same_dense_layout(const at::Tensor& p, const std::vector<const at::Tensor*>& others) {
-  if (!p.is_non_overlapping_and_dense()) return false;
-  for (const at::Tensor* t : others) {
-    if (t->sizes() != p.sizes() || t->strides() != p.strides()) return false;
+inline int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+
+// Runs work(k) for every k in [0, n_chunks) (chunk k of `elements` in all): inline when there is
+// little work, else in one parallel region whose threads take chunks from a shared counter.
+template <typename F>
+void for_each_chunk(int64_t n_chunks, int64_t elements, const F& work) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n_chunks);
+  if (threads <= 1 || elements < 2 * kChunk || at::in_parallel_region()) {
+    for (int64_t k = 0; k < n_chunks; ++k) work(k);
+    return;
   }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next.fetch_add(1); k < n_chunks; k = next.fetch_add(1)) work(k);
+  });
+}
+
+// (job index, chunk index within the job) for every chunk of `jobs`
+struct ChunkList {
+  std::vector<int32_t> job;
+  std::vector<int64_t> begin;
+  int64_t elements = 0;
+};
+
+ChunkList list_chunks(std::vector<Job>& jobs, const std::vector<int64_t>& which) {
+  ChunkList out;
+  for (int64_t j : which) {
+    Job& job = jobs[j];
+    job.first_chunk = static_cast<int64_t>(out.job.size());
+    for (int64_t b = 0; b < job.numel; b += kChunk) {
+      out.job.push_back(static_cast<int32_t>(j));
+      out.begin.push_back(b);
+    }
+    out.elements += job.numel;
+  }
+  return out;
+}
+
+// Per-tensor sums from per-chunk sums, in chunk order (independent of the thread count).
+void sum_chunks(const std::vector<Job>& jobs, const std::vector<int64_t>& which,
+                const std::vector<double>& part, std::vector<double>& out) {
+  for (int64_t j : which) {
+    double s = 0.0;
+    for (int64_t k = 0; k < chunks_of(jobs[j].numel); ++k) s += part[jobs[j].first_chunk + k];
+    out[j] = s;
+  }
+}
+
+// ---- the adaptive threshold's statistic, cached between steps ---------------------------------
+//
+// Per parameter: sum|p| as the step left it, with p's version counter (after the step), data
+// pointer and size. The next step uses it as sum|p_t| if all three still match, else recomputes.
+// Held through a weak pointer, so the table keeps no parameter alive and an address is never
+// reused for another tensor while its entry exists.
+
+struct CacheEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+  int64_t version;
+  const void* data;
+  int64_t numel;
+  double sum;
+};
+
+std::mutex g_cache_mutex;
+std::unordered_map<const c10::TensorImpl*, CacheEntry> g_cache;
+size_t g_cache_sweep_at = 256;
+
+int64_t version_of(const at::Tensor& p) { return p.is_inference() ? -1 : p._version(); }
+
+bool cached_sum(const at::Tensor& p, double* out) {
+  auto it = g_cache.find(p.unsafeGetTensorImpl());
+  if (it == g_cache.end()) return false;
+  const CacheEntry& e = it->second;
+  if (e.impl.expired() || e.version != version_of(p) || e.data != p.data_ptr() ||
+      e.numel != p.numel())
+    return false;
+  *out = e.sum;
   return true;
 }
 
+void store_sum(const at::Tensor& p, double sum) {
+  CacheEntry entry{c10::weak_intrusive_ptr<c10::TensorImpl>(p.getIntrusivePtr()), version_of(p),
+                   p.data_ptr(), p.numel(), sum};
+  g_cache.insert_or_assign(p.unsafeGetTensorImpl(), std::move(entry));
+  if (g_cache.size() >= g_cache_sweep_at) {  // drop the entries of dead tensors now and then
+    for (auto it = g_cache.begin(); it != g_cache.end();) {
+      it = it->second.impl.expired() ? g_cache.erase(it) : std::next(it);
+    }
+    g_cache_sweep_at = std::max<size_t>(256, 2 * g_cache.size());
+  }
+}
+
+// ---- per-tensor scalars ------------------------------------------------------------------------
+
 double read_step_and_increment(const at::Tensor& step) {
-  TORCH_CHECK(step.device().is_cpu() && step.numel() == 1,
-              "adamhd: the fused CPU kernel needs 1-element CPU step tensors");
   if (step.scalar_type() == at::kFloat) {
     float* s = step.data_ptr<float>();
     *s += 1.0f;
@@ -331,136 +547,279 @@ double read_step_and_increment(const at::Tensor& step) {
   return step.item<double>();
 }
 
-// mu <- lerp(mu, a, 1 - beta) in mu's dtype; returns d = scale * mu, as adamhd.decay does.
+// lerp(mu, a, w) as torch.lerp computes it, with the non-finite guard: a non-finite a leaves mu
+// as it is; a non-finite mu (it never had a finite value) is replaced by a.
+template <typename T>
+T guarded_lerp(T mu, T a, T w) {
+  if (!std::isfinite(a)) return mu;
+  if (!std::isfinite(mu)) return a;
+  return w < T(0.5) ? mu + w * (a - mu) : a - (a - mu) * (T(1) - w);
+}
+
+// Advances mu with this step's mean|p| in mu's dtype; returns d = scale * mu, as adamhd.decay does.
 double advance_threshold(const at::Tensor& mu, double abs_mean, double beta, double scale) {
-  TORCH_CHECK(mu.device().is_cpu() && mu.numel() == 1, "adamhd: delta_mu must be a CPU scalar");
   if (mu.scalar_type() == at::kFloat) {
     float* mp = mu.data_ptr<float>();
-    const float w = static_cast<float>(1.0 - beta);
-    const float a = static_cast<float>(abs_mean);
-    *mp = w < 0.5f ? *mp + w * (a - *mp) : a - (a - *mp) * (1.0f - w);
+    *mp = guarded_lerp(*mp, static_cast<float>(abs_mean), static_cast<float>(1.0 - beta));
     return static_cast<double>(*mp * static_cast<float>(scale));
   }
-  TORCH_CHECK(mu.scalar_type() == at::kDouble, "adamhd: delta_mu must be float32 or float64");
   double* mp = mu.data_ptr<double>();
-  const double w = 1.0 - beta;
-  *mp = w < 0.5 ? *mp + w * (abs_mean - *mp) : abs_mean - (abs_mean - *mp) * (1.0 - w);
+  *mp = guarded_lerp(*mp, abs_mean, 1.0 - beta);
   return *mp * scale;
 }
 
-}  // namespace
+// ---- checks, all before anything changes ------------------------------------------------------
 
-// One fused AdamHD step over lists of CPU tensors. Returns sum|p_new| per tensor (float64), or an
-// empty tensor when want_sums is false. abs_means: this step's mean|p| per tensor (adaptive delta
-// only, else empty). decay_kind: 0 none (weight_decay == 0), 1 explicit, 2 proximal.
-at::Tensor fused_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-                      const std::vector<at::Tensor>& exp_avgs,
-                      const std::vector<at::Tensor>& exp_avg_sqs,
-                      const std::vector<at::Tensor>& max_exp_avg_sqs,
-                      const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& mus,
-                      const std::vector<double>& abs_means, double lr, double beta1, double beta2,
-                      double eps, double weight_decay, int64_t decay_kind, double delta,
-                      double delta_scale, double delta_beta, bool adaptive, bool amsgrad,
-                      bool maximize, double grad_scale, bool want_sums) {
+bool is_float_kind(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_inputs(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                  at::TensorList steps, at::TensorList mus, bool amsgrad, bool advance) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
                   steps.size() == n,
-              "adamhd: list lengths differ");
-  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n, "adamhd: max_exp_avg_sqs missing");
-  const bool advance = adaptive && decay_kind != 0;
-  TORCH_CHECK(!advance || (mus.size() == n && abs_means.size() == n),
-              "adamhd: adaptive delta needs delta_mus and abs_means");
-
-  at::Tensor sums = at::zeros({want_sums ? static_cast<int64_t>(n) : 0},
-                              at::TensorOptions().dtype(at::kDouble));
-  double* sums_ptr = sums.data_ptr<double>();
-  const double tau = lr * weight_decay;
-
+              "adamhd fused step: the lists of params, grads, exp_avgs, exp_avg_sqs and steps "
+              "differ in length");
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n,
+              "adamhd fused step: amsgrad needs one max_exp_avg_sq per parameter");
+  TORCH_CHECK(!advance || mus.size() == n,
+              "adamhd fused step: the adaptive threshold needs one delta_mu per parameter");
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
-    const at::Tensor& g = grads[i];
-    const at::Tensor& m = exp_avgs[i];
-    const at::Tensor& v = exp_avg_sqs[i];
-    const at::Tensor* mx = amsgrad ? &max_exp_avg_sqs[i] : nullptr;
-    TORCH_CHECK(p.device().is_cpu(), "adamhd: the fused CPU kernel got a non-CPU tensor");
-    TORCH_CHECK(g.scalar_type() == p.scalar_type() && m.scalar_type() == p.scalar_type() &&
-                    v.scalar_type() == p.scalar_type() &&
-                    (mx == nullptr || mx->scalar_type() == p.scalar_type()),
-                "adamhd: the fused kernel needs p, grad and state of one dtype");
+    TORCH_CHECK(p.device().is_cpu(), "adamhd fused step: parameter ", i, " is on ", p.device(),
+                "; the fused CPU kernel takes CPU tensors only");
+    TORCH_CHECK(is_float_kind(p.scalar_type()) && !p.is_sparse(), "adamhd fused step: parameter ",
+                i, " is ", p.scalar_type(), "; the fused CPU kernel takes dense float32, float64, "
+                "bfloat16 or float16 tensors");
+    std::vector<const at::Tensor*> others{&grads[i], &exp_avgs[i], &exp_avg_sqs[i]};
+    if (amsgrad) others.push_back(&max_exp_avg_sqs[i]);
+    for (const at::Tensor* t : others) {
+      TORCH_CHECK(t->device().is_cpu() && !t->is_sparse() && t->scalar_type() == p.scalar_type() &&
+                      t->sizes() == p.sizes(),
+                  "adamhd fused step: the gradient and state of parameter ", i,
+                  " must be dense CPU tensors of its dtype and shape (", p.scalar_type(), " ",
+                  p.sizes(), "), got ", t->scalar_type(), " ", t->sizes(), " on ", t->device());
+    }
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK(s.device().is_cpu() && s.numel() == 1 && !s.is_sparse(),
+                "adamhd fused step: the step of parameter ", i,
+                " must be a 1-element CPU tensor");
+    if (advance) {
+      const at::Tensor& mu = mus[i];
+      TORCH_CHECK(mu.device().is_cpu() && mu.numel() == 1 &&
+                      (mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble),
+                  "adamhd fused step: delta_mu of parameter ", i,
+                  " must be a 1-element float32 or float64 CPU tensor, got ", mu.scalar_type(),
+                  " with ", mu.numel(), " elements");
+    }
+  }
+}
 
+bool same_dense_layout(const at::Tensor& p, const std::vector<const at::Tensor*>& others) {
+  if (!p.is_non_overlapping_and_dense()) return false;
+  for (const at::Tensor* t : others) {
+    if (t->strides() != p.strides()) return false;
+  }
+  return true;
+}
+
+double scalar_of(const std::optional<at::Tensor>& t, double fallback) {
+  if (!t.has_value() || !t->defined()) return fallback;
+  return t->detach().reshape({}).to(at::kDouble).item<double>();
+}
+
+// Tensors the kernel works on: the originals, or contiguous copies written back afterwards.
+struct Operands {
+  at::Tensor p, g, m, v, max_v;
+  bool direct;
+};
+
+}  // namespace
+
+// One fused AdamHD step over lists of CPU tensors, in place (see the top of this file).
+// decay_kind: 0 none (weight_decay == 0), 1 explicit, 2 proximal. delta: the fixed threshold
+// (ignored when adaptive). update_kind: 0 adam (u = m_hat/(sqrt(v_hat) + eps)), 1 atan2
+// (u = a*atan2(m_hat, b*sqrt(v_hat)); update_a = a, update_b = b), 2 softplus
+// (u = m_hat/softplus_beta(sqrt(v_hat)); update_a = beta, update_b = torch's threshold 20).
+// cautious: decay only where sign(m) * sign(p_t) >= 0 (the sign of u is m's).
+void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                 at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                 at::TensorList mus, const std::optional<at::Tensor>& lr_tensor,
+                 const std::optional<at::Tensor>& grad_scale,
+                 const std::optional<at::Tensor>& found_inf, double lr, double beta1,
+                 double beta2, double eps, double weight_decay, int64_t decay_kind, double delta,
+                 double delta_scale, double delta_beta, bool adaptive, bool amsgrad,
+                 bool maximize, int64_t update_kind, double update_a, double update_b,
+                 bool cautious) {
+  TORCH_CHECK(decay_kind >= 0 && decay_kind <= 2, "adamhd fused step: bad decay kind ",
+              decay_kind);
+  TORCH_CHECK(update_kind >= kAdam && update_kind <= kSoftplus,
+              "adamhd fused step: bad update kind ", update_kind);
+  const bool advance = adaptive && decay_kind != 0;
+  check_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, mus, amsgrad,
+               advance);
+  if (scalar_of(found_inf, 0.0) != 0.0) return;  // GradScaler found inf/nan: change nothing
+  const double scale = scalar_of(grad_scale, 0.0);
+  lr = scalar_of(lr_tensor, lr);
+  const double tau = lr * weight_decay;
+  const size_t n = params.size();
+
+  std::vector<Operands> ops(n);
+  std::vector<Job> jobs(n);
+  std::vector<int64_t> all;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    std::vector<const at::Tensor*> others{&grads[i], &exp_avgs[i], &exp_avg_sqs[i]};
+    if (amsgrad) others.push_back(&max_exp_avg_sqs[i]);
+    Operands& o = ops[i];
+    o.direct = same_dense_layout(p, others);
+    auto take = [&](const at::Tensor& t) { return o.direct ? t : t.contiguous(); };
+    o.p = take(p);
+    o.g = take(grads[i]);
+    o.m = take(exp_avgs[i]);
+    o.v = take(exp_avg_sqs[i]);
+    if (amsgrad) o.max_v = take(max_exp_avg_sqs[i]);
+    Job& job = jobs[i];
+    job.p = o.p.data_ptr();
+    job.g = o.g.data_ptr();
+    job.m = o.m.data_ptr();
+    job.v = o.v.data_ptr();
+    job.max_v = amsgrad ? o.max_v.data_ptr() : nullptr;
+    job.numel = p.numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamhd_pick", [&] {
+      pick_functions<scalar_t>(job, decay_kind, amsgrad, update_kind == kAdam && !cautious);
+    });
+    all.push_back(static_cast<int64_t>(i));
+  }
+
+  // this step's sum|p_t| for the adaptive threshold: cached, or recomputed in one parallel pass
+  std::vector<double> abs_sum(n, 0.0);
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    std::vector<int64_t> stale;
+    for (size_t i = 0; i < n; ++i) {
+      if (!cached_sum(params[i], &abs_sum[i])) stale.push_back(static_cast<int64_t>(i));
+    }
+    if (!stale.empty()) {
+      ChunkList chunks = list_chunks(jobs, stale);
+      std::vector<double> part(chunks.job.size(), 0.0);
+      for_each_chunk(static_cast<int64_t>(part.size()), chunks.elements, [&](int64_t k) {
+        const Job& job = jobs[chunks.job[k]];
+        const int64_t b = chunks.begin[k];
+        part[k] = job.abs_fn(job, b, std::min(b + kChunk, job.numel));
+      });
+      sum_chunks(jobs, stale, part, abs_sum);
+    }
+  }
+
+  for (size_t i = 0; i < n; ++i) {
+    Job& job = jobs[i];
     const double step = read_step_and_increment(steps[i]);
     double d = delta;
-    if (advance) d = advance_threshold(mus[i], abs_means[i], delta_beta, delta_scale);
-    if (p.numel() == 0) continue;
-
-    const double bc1 = 1.0 - std::pow(beta1, step);
-    const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
-    const double weight1 = 1.0 - beta1;
-    Consts<double> c{weight1,
-                     0.0,
-                     beta2,
-                     1.0 - beta2,
-                     -(lr / bc1),
-                     bc2_sqrt,
-                     eps,
-                     tau,
-                     1.0 - tau,
-                     1.0 + tau,
-                     d,
-                     -d,
-                     grad_scale > 0 ? grad_scale : 1.0};
-    Flags f{weight1 < 0.5, maximize, grad_scale > 0};
-
-    std::vector<const at::Tensor*> others{&g, &m, &v};
-    if (mx != nullptr) others.push_back(mx);
-    const bool direct = same_dense_layout(p, others);
-    at::Tensor pc = direct ? p : p.contiguous(), gc = direct ? g : g.contiguous();
-    at::Tensor mc = direct ? m : m.contiguous(), vc = direct ? v : v.contiguous();
-    at::Tensor xc = (mx == nullptr) ? at::Tensor() : (direct ? *mx : mx->contiguous());
-
-    double s = 0.0;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamhd_fused", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      Consts<opmath_t> co = broadcast<opmath_t>(c);
-      // torch.lerp computes 1 - weight in the compute type
-      co.one_minus_w1 = opmath_t(1) - co.weight1;
-      s = dispatch_tensor<scalar_t>(decay_kind, amsgrad, pc, gc, mc, vc,
-                                    mx == nullptr ? nullptr : &xc, co, f, want_sums);
-    });
-    if (!direct) {
-      p.copy_(pc);
-      m.copy_(mc);
-      v.copy_(vc);
-      if (mx != nullptr) mx->copy_(xc);
+    if (advance) {
+      const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
+      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
     }
-    if (want_sums) sums_ptr[i] = s;
+    const double bc1 = 1.0 - std::pow(beta1, step);
+    const double weight1 = 1.0 - beta1;
+    job.c = Consts<double>{weight1,     beta2,    1.0 - beta2, -(lr / bc1),
+                           std::pow(1.0 - std::pow(beta2, step), 0.5),
+                           eps,         tau,      1.0 - tau,   1.0 + tau,
+                           d,           -d,       scale > 0 ? scale : 1.0,
+                           -lr,         bc1,      update_a,    update_b,
+                           1.0 / bc1,   1.0 / std::pow(1.0 - std::pow(beta2, step), 0.5),
+                           1.0 / update_a};
+    job.f = Flags{weight1 < 0.5, maximize, scale > 0, update_kind, cautious};
   }
-  return sums;
+
+  ChunkList chunks = list_chunks(jobs, all);
+  std::vector<double> part(chunks.job.size(), 0.0);
+  for_each_chunk(static_cast<int64_t>(part.size()), chunks.elements, [&](int64_t k) {
+    const Job& job = jobs[chunks.job[k]];
+    const int64_t b = chunks.begin[k];
+    part[k] = job.fn(job, b, std::min(b + kChunk, job.numel), advance);
+  });
+
+  std::vector<double> new_sum(n, 0.0);
+  if (advance) sum_chunks(jobs, all, part, new_sum);
+  for (size_t i = 0; i < n; ++i) {
+    const Operands& o = ops[i];
+    if (!o.direct) {
+      params[i].copy_(o.p);
+      exp_avgs[i].copy_(o.m);
+      exp_avg_sqs[i].copy_(o.v);
+      if (amsgrad) max_exp_avg_sqs[i].copy_(o.max_v);
+      if (scale > 0) grads[i].copy_(o.g);
+    }
+    if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
+  }
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
+  }
 }
 
-// sum|p| per tensor (float64), in storage order like fused_step: the fresh value of the adaptive
-// threshold's statistic when the cached one is stale.
+// sum|p| per tensor (float64), with the fused step's blocking: for tests of the cache.
 at::Tensor abs_sums(const std::vector<at::Tensor>& params) {
-  at::Tensor sums = at::zeros({static_cast<int64_t>(params.size())},
-                              at::TensorOptions().dtype(at::kDouble));
-  double* out = sums.data_ptr<double>();
+  std::vector<Job> jobs(params.size());
+  std::vector<at::Tensor> dense;
+  std::vector<int64_t> all;
   for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p0 = params[i];
-    TORCH_CHECK(p0.device().is_cpu(), "adamhd: abs_sums got a non-CPU tensor");
-    if (p0.numel() == 0) continue;
-    at::Tensor p = p0.is_non_overlapping_and_dense() ? p0 : p0.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "adamhd_abs", [&] {
-      const scalar_t* ptr = p.const_data_ptr<scalar_t>();
-      out[i] = at::parallel_reduce(
-          0, p.numel(), kGrain, 0.0,
-          [&](int64_t b, int64_t e, double ident) { return ident + sum_abs_range(ptr, b, e); },
-          [](double a, double b) { return a + b; });
+    TORCH_CHECK(params[i].device().is_cpu() && is_float_kind(params[i].scalar_type()),
+                "adamhd: abs_sums takes float CPU tensors");
+    dense.push_back(params[i].contiguous());
+    jobs[i].p = dense.back().data_ptr();
+    jobs[i].numel = dense.back().numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "abs", [&] {
+      pick_functions<scalar_t>(jobs[i], 0, false, true);
     });
+    all.push_back(static_cast<int64_t>(i));
   }
-  return sums;
+  ChunkList chunks = list_chunks(jobs, all);
+  std::vector<double> part(chunks.job.size(), 0.0), out(params.size(), 0.0);
+  for_each_chunk(static_cast<int64_t>(part.size()), chunks.elements, [&](int64_t k) {
+    const Job& job = jobs[chunks.job[k]];
+    const int64_t b = chunks.begin[k];
+    part[k] = job.abs_fn(job, b, std::min(b + kChunk, job.numel));
+  });
+  sum_chunks(jobs, all, part, out);
+  return at::tensor(out, at::TensorOptions().dtype(at::kDouble));
 }
+
+// The cached sum|p| of each tensor (NaN where none is valid): for tests.
+at::Tensor cached_abs_sums(const std::vector<at::Tensor>& params) {
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  std::vector<double> out(params.size(), std::nan(""));
+  for (size_t i = 0; i < params.size(); ++i) cached_sum(params[i], &out[i]);
+  return at::tensor(out, at::TensorOptions().dtype(at::kDouble));
+}
+
+// Drops the cached sums of `params` (all of them if `everything`).
+void forget(const std::vector<at::Tensor>& params, bool everything) {
+  std::lock_guard<std::mutex> lock(g_cache_mutex);
+  if (everything) {
+    g_cache.clear();
+    return;
+  }
+  for (const at::Tensor& p : params) g_cache.erase(p.unsafeGetTensorImpl());
+}
+
+TORCH_LIBRARY(adamhd, m) {
+  m.def(
+      "fused_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] steps, "
+      "Tensor(g!)[] mus, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, float lr, "
+      "float beta1, float beta2, float eps, float weight_decay, int decay_kind, float delta, "
+      "float delta_scale, float delta_beta, bool adaptive, bool amsgrad, bool maximize, "
+      "int update_kind, float update_a, float update_b, bool cautious) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(adamhd, CPU, m) { m.impl("fused_step_", &fused_step_); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("abs_sums", &abs_sums, "sum|p| per tensor, as the fused step accumulates it");
-  m.def("fused_step", &fused_step, "One fused AdamHD step over lists of CPU tensors");
+  m.def("abs_sums", &abs_sums, "sum|p| per tensor, with the fused step's blocking");
+  m.def("cached_abs_sums", &cached_abs_sums, "the cached sum|p| per tensor (NaN if none)");
+  m.def("forget", &forget, "drop cached sums");
 }

@@ -76,12 +76,23 @@ def load(verbose: bool = False) -> ModuleType | None:
             return _module
         try:
             _module = _build(verbose)
+            if _module is not None:
+                _register_fake()
         except Exception as exc:  # a failed build must never break the optimizer
             _module = None
             first = str(exc).strip().splitlines()
             _error = f"building the fused CPU kernel failed: {first[-1] if first else exc!r}"
         _tried = True
     return _module
+
+
+def _register_fake() -> None:
+    """Shapes-only implementation of ``adamhd::fused_step_`` for ``torch.compile`` (it returns
+    nothing and only mutates its inputs)."""
+
+    @torch.library.register_fake("adamhd::fused_step_")
+    def _fake(*args, **kwargs) -> None:
+        return None
 
 
 def _build(verbose: bool) -> ModuleType | None:
@@ -113,6 +124,11 @@ def _build(verbose: bool) -> ModuleType | None:
     )
 
 
+def loaded() -> ModuleType | None:
+    """The extension if it was already loaded, without building it."""
+    return _module
+
+
 def build_error() -> str | None:
     """Why ``load()`` returned ``None`` (after it was called), else ``None``."""
     return _error if _module is None else None
@@ -129,3 +145,6 @@ def _reset_for_tests(error: str | None = None) -> None:
         _module = None
         _error = error
         _tried = error is not None
+    from adamhd import kernels
+
+    kernels.forget_plans()

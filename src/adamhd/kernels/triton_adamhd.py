@@ -1,13 +1,15 @@
-"""Fused AdamHD step for CUDA tensors, as a Triton kernel (one pass over p, g, m, v per tensor).
+"""Fused AdamHD step for CUDA tensors, as a multi-tensor Triton kernel (one pass over memory).
 
 Same math as ``adamhd_cpu.cpp`` and the reference path, in fp32 for fp32/bf16/fp16 parameters.
-No host synchronisation: the step count, ``lr`` (if a tensor), the threshold, ``grad_scale`` and
+One launch for all the tensors of one dtype: the tensors' addresses and sizes are packed into
+tables in device memory, and every program of the grid looks up which tensor and which block of
+it it updates (as torch's foreach kernels and apex's multi-tensor apply do). The tables are cached
+by the tensors' addresses, so a loop over the same buffers (a captured CUDA graph) reuses them.
+No host synchronisation: the step counts, ``lr`` (if a tensor), the thresholds, ``grad_scale`` and
 ``found_inf`` are read by the kernel from device memory, so the step can be captured in a CUDA
 graph (``capturable=True``). The adaptive threshold's statistic ``sum|p_new|`` is accumulated by
-the kernel (``atomic_add`` per block) while it writes ``p``.
-
-One launch per tensor: a multi-tensor launch (tensor-list metadata in device memory) would save the
-per-launch cost on models with many small tensors; it is not written yet.
+the kernel (``atomic_add`` per block and tensor) while it writes ``p``. With ``grad_scale`` the
+unscaled gradient is written back in the same pass.
 
 Without a GPU the kernel's math can be run on CPU tensors with ``TRITON_INTERPRET=1`` (set before
 ``triton`` is imported); ``tests/kernels/test_triton_interpret.py`` does that.
@@ -15,7 +17,9 @@ Without a GPU the kernel's math can be run on CPU tensors with ``TRITON_INTERPRE
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -48,37 +52,62 @@ BLOCK = 1024
 if triton is not None:
 
     @triton.jit
-    def _adamhd_kernel(
-        p_ptr, g_ptr, m_ptr, v_ptr, maxv_ptr,
-        n_elements,
-        step_ptr, lr_ptr, lr_value, d_ptr, d_value, scale_ptr, found_ptr, sum_ptr,
-        beta1, beta2, eps, weight_decay,
+    def _atan2_nonneg_x(y, x):
+        """``atan2(y, x)`` for ``x >= 0``, in fp32 (Cephes' atanf: range reduction to
+        ``|r| <= tan(pi/8)`` and a degree-9 odd polynomial, about 1e-7 relative); the interpreter
+        has no libdevice."""
+        r = tl.abs(y) / x
+        big = r > 2.414213562373095
+        mid = r > 0.4142135623730950
+        xr = tl.where(big, -1.0 / r, tl.where(mid, (r - 1.0) / (r + 1.0), r))
+        base = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
+        z = xr * xr
+        poly = ((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z
+        a = base + (poly - 3.33329491539e-1) * z * xr + xr
+        a = tl.where(y == 0.0, 0.0, a)
+        return tl.where(y < 0.0, -a, a)
+
+    @triton.jit
+    def _softplus(x, beta, threshold):
+        """``torch.nn.functional.softplus(x, beta, threshold)`` (``x >= 0`` here)."""
+        bx = x * beta
+        return tl.where(bx > threshold, x, tl.log(1.0 + tl.exp(tl.minimum(bx, threshold))) / beta)
+
+    @triton.jit
+    def _adamhd_multi_kernel(
+        p_tab, g_tab, m_tab, v_tab, x_tab, numel_tab, block_tensor, block_start,
+        step_tab, d_tab, sum_tab, lr_ptr, lr_value, scale_ptr, found_ptr,
+        beta1, beta2, eps, weight_decay, update_a, update_b,
+        DTYPE: tl.constexpr,
         DECAY: tl.constexpr,  # 0 none, 1 explicit, 2 proximal
+        UPDATE: tl.constexpr,  # 0 adam, 1 atan2 (a, b), 2 softplus (beta, threshold)
+        CAUTIOUS: tl.constexpr,
         AMSGRAD: tl.constexpr,
         MAXIMIZE: tl.constexpr,
         LR_PTR: tl.constexpr,
-        D_PTR: tl.constexpr,
         HAS_SCALE: tl.constexpr,
         HAS_FOUND: tl.constexpr,
         WANT_SUM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        limit = n_elements
+        t = tl.load(block_tensor + pid)
+        offsets = tl.load(block_start + pid) + tl.arange(0, BLOCK_SIZE).to(tl.int64)
+        limit = tl.load(numel_tab + t)
         if HAS_FOUND:  # GradScaler found inf/nan: touch nothing
-            limit = tl.where(tl.load(found_ptr) == 0.0, n_elements, 0)
+            limit = tl.where(tl.load(found_ptr) == 0.0, limit, 0)
         mask = offsets < limit
+        p_ptr = tl.load(p_tab + t).to(tl.pointer_type(DTYPE))
+        g_ptr = tl.load(g_tab + t).to(tl.pointer_type(DTYPE))
+        m_ptr = tl.load(m_tab + t).to(tl.pointer_type(DTYPE))
+        v_ptr = tl.load(v_tab + t).to(tl.pointer_type(DTYPE))
 
-        step = tl.load(step_ptr).to(tl.float32)
+        step = tl.load(step_tab + t)
         if LR_PTR:
             lr = tl.load(lr_ptr).to(tl.float32)
         else:
             lr = lr_value
-        if D_PTR:
-            d = tl.load(d_ptr).to(tl.float32)
-        else:
-            d = d_value
+        d = tl.load(d_tab + t)
         tau = lr * weight_decay
         bc1 = 1.0 - tl.exp(step * tl.log(beta1))
         bc2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.log(beta2)))
@@ -88,34 +117,102 @@ if triton is not None:
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        if MAXIMIZE:
-            g = -g
         if HAS_SCALE:
             g = g / tl.load(scale_ptr).to(tl.float32)
+            tl.store(g_ptr + offsets, g.to(DTYPE), mask=mask)
+        if MAXIMIZE:
+            g = -g
 
-        if DECAY == 1:
-            p = p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau
         m = m + (1.0 - beta1) * (g - m)
         v = v * beta2 + (1.0 - beta2) * g * g
         if AMSGRAD:
-            mv = tl.load(maxv_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            mv = tl.maximum(mv, v)
-            denom = tl.sqrt(mv) / bc2_sqrt + eps
-            tl.store(maxv_ptr + offsets, mv.to(maxv_ptr.dtype.element_ty), mask=mask)
+            x_ptr = tl.load(x_tab + t).to(tl.pointer_type(DTYPE))
+            second = tl.maximum(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), v)
+            tl.store(x_ptr + offsets, second.to(DTYPE), mask=mask)
         else:
-            denom = tl.sqrt(v) / bc2_sqrt + eps
-        p = p + neg_step_size * m / denom
+            second = v
+        p_t = p
+        if CAUTIOUS:  # sign(u) * sign(p_t) >= 0; u has m's sign
+            keep = ((m >= 0.0) & (p_t >= 0.0)) | ((m <= 0.0) & (p_t <= 0.0))
+        else:
+            keep = mask
+        if DECAY == 1:
+            p = tl.where(keep, p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau, p)
+        if UPDATE == 1:  # atan2: u = a * atan2(m_hat, b * sqrt(v_hat))
+            u = update_a * _atan2_nonneg_x(m / bc1, update_b * (tl.sqrt(second) / bc2_sqrt))
+            p = p - lr * u
+        elif UPDATE == 2:  # softplus: u = m_hat / softplus_beta(sqrt(v_hat))
+            u = (m / bc1) / _softplus(tl.sqrt(second) / bc2_sqrt, update_a, update_b)
+            p = p - lr * u
+        else:
+            p = p + neg_step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
         if DECAY == 2:
             x = p / (1.0 + tau)
-            p = x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau
+            p = tl.where(keep, x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau, p)
 
-        p_out = p.to(p_ptr.dtype.element_ty)
+        p_out = p.to(DTYPE)
         tl.store(p_ptr + offsets, p_out, mask=mask)
-        tl.store(m_ptr + offsets, m.to(m_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_ptr + offsets, v.to(v_ptr.dtype.element_ty), mask=mask)
+        tl.store(m_ptr + offsets, m.to(DTYPE), mask=mask)
+        tl.store(v_ptr + offsets, v.to(DTYPE), mask=mask)
         if WANT_SUM:
             part = tl.sum(tl.where(mask, tl.abs(p_out.to(tl.float32)), 0.0), axis=0)
-            tl.atomic_add(sum_ptr, part)
+            tl.atomic_add(sum_tab + t, part)
+
+
+_TL_DTYPES = {}
+if triton is not None:
+    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
+                  torch.float16: tl.float16}
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Device tables of one launch: addresses and sizes per tensor, (tensor, start) per block."""
+
+    pointers: tuple[Tensor, ...]  # p, g, m, v, max_v (int64 addresses)
+    numel: Tensor  # int64 per tensor
+    numel_f: Tensor  # float32 max(numel, 1) per tensor
+    block_tensor: Tensor  # int32 per block
+    block_start: Tensor  # int64 per block
+    blocks: int
+
+
+_tables: dict[tuple[int, ...], _Tables] = {}
+
+
+def _launch_tables(lists: list[list[Tensor]], device: torch.device) -> _Tables:
+    """The tables for these tensors, cached by their addresses (a captured graph reuses them)."""
+    key = tuple(t.data_ptr() for xs in lists for t in xs)
+    found = _tables.get(key)
+    if found is not None:
+        return found
+    if len(_tables) >= 64:
+        _tables.clear()
+    params = lists[0]
+    sizes = [p.numel() for p in params]
+    block_tensor = [i for i, n in enumerate(sizes) for _ in range(triton.cdiv(n, BLOCK))]
+    block_start = [b * BLOCK for n in sizes for b in range(triton.cdiv(n, BLOCK))]
+
+    def table(values: list[int], dtype: torch.dtype = torch.int64) -> Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    empty = [0] * len(params)
+    made = _Tables(
+        pointers=tuple(table([t.data_ptr() for t in xs] if xs else empty) for xs in lists),
+        numel=table(sizes),
+        numel_f=table([max(n, 1) for n in sizes], torch.float32),
+        block_tensor=table(block_tensor or [0], torch.int32),
+        block_start=table(block_start or [0]),
+        blocks=len(block_tensor),
+    )
+    _tables[key] = made
+    return made
+
+
+def _guarded_lerp(mu: Tensor, a: Tensor, weight: float) -> Tensor:
+    """``lerp(mu, a, weight)`` with the non-finite guard: a non-finite ``a`` leaves ``mu``; a
+    non-finite ``mu`` takes ``a``."""
+    return torch.where(a.isfinite(), torch.where(mu.isfinite(), mu.lerp(a, weight), a), mu)
 
 
 def fused_adamhd_triton(
@@ -138,70 +235,92 @@ def fused_adamhd_triton(
     capturable: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    update: tuple[int, float, float] = (0, 1.0, 1.0),
 ) -> None:
-    """One step over tensors of one device, without host synchronisation."""
-    from adamhd.decay import mean_abs
-    from adamhd.kernels import _lookup_abs_means, _store_abs_means
+    """One step over tensors of one device, one launch per dtype, without host synchronisation.
 
+    ``update``: the update rule as ``adamhd.kernels.update_args`` gives it, ``(kind, a, b)``.
+    """
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
     if not params:
         return
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(params):
+        by_dtype.setdefault(p.dtype, []).append(i)
+    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus]
+    for index in by_dtype.values():
+        part = lists
+        if len(by_dtype) > 1:
+            part = [[xs[i] for i in index] if xs else [] for xs in lists]
+        _step_one_dtype(*part, decay=decay, amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
+                        weight_decay=weight_decay, eps=eps, maximize=maximize,
+                        grad_scale=grad_scale, found_inf=found_inf, update=update)
+
+
+def _step_one_dtype(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
+    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf, update,
+) -> None:
+    from adamhd.decay import foreach_mean_abs
+    from adamhd.kernels import _lookup_abs_means, _store_abs_means
+
     device = params[0].device
+    update_kind, update_a, update_b = update
     decays = weight_decay != 0
     adaptive = decay.adaptive and decays
     decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
     found = None if found_inf is None else found_inf.reshape(()).to(torch.float32)
+    tables = _launch_tables(
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []], device)
 
     # step += 1, except where GradScaler found inf/nan (all on device)
     if found is None:
         torch._foreach_add_(state_steps, 1)
     else:
         torch._foreach_add_(state_steps, [(1 - found).to(s.dtype) for s in state_steps])
+    steps = torch.stack([s.reshape(()) for s in state_steps]).to(torch.float32)
 
-    lr_is_tensor = isinstance(lr, Tensor)
-    lr_t = lr.reshape(()).to(device=device, dtype=torch.float32) if lr_is_tensor else None
+    lr_t = lr.reshape(()).to(device=device, dtype=torch.float32) if isinstance(lr, Tensor) else None
     dummy = torch.zeros((), device=device, dtype=torch.float32)
+    abs_means = None
+    sums = dummy
+    if adaptive:
+        cached = _lookup_abs_means(params)
+        stale = [i for i, a in enumerate(cached) if a is None]
+        if stale:
+            for i, a in zip(stale, foreach_mean_abs([params[i].detach() for i in stale])):
+                cached[i] = a
+        abs_means = torch.stack([a.reshape(()).to(torch.float32) for a in cached])
+        mus = torch.stack([mu.reshape(()) for mu in delta_mus])
+        new_mus = _guarded_lerp(mus, abs_means.to(mus.dtype), 1.0 - decay.delta_beta)
+        if found is not None:
+            new_mus = torch.where(found > 0, mus, new_mus)
+        torch._foreach_copy_(delta_mus, list(new_mus.unbind()))
+        ds = (new_mus * decay.delta_scale).to(torch.float32)
+        sums = torch.zeros(len(params), device=device, dtype=torch.float32)
+    else:
+        value = math.inf if decay.adaptive or not decays else float(decay.delta)
+        ds = torch.full((len(params),), value, device=device, dtype=torch.float32)
 
-    for i, p in enumerate(params):
-        n = p.numel()
-        d_t = None
-        sum_buf = None
-        if adaptive:
-            a = _lookup_abs_means([p])[0]
-            if a is None:
-                a = mean_abs(p.detach())
-            mu = delta_mus[i]
-            new_mu = mu.lerp(a.to(mu.dtype), 1.0 - decay.delta_beta)
-            if found is not None:
-                new_mu = torch.where(found > 0, mu, new_mu)
-            mu.copy_(new_mu)
-            d_t = (mu * decay.delta_scale).to(torch.float32)
-            sum_buf = torch.zeros((), device=device, dtype=torch.float32)
-        d_value = float("inf") if decay.adaptive else float(decay.delta)
-        if n > 0:
-            grid = (triton.cdiv(n, BLOCK),)
-            _adamhd_kernel[grid](
-                p, grads[i], exp_avgs[i], exp_avg_sqs[i],
-                max_exp_avg_sqs[i] if amsgrad else p,
-                n,
-                state_steps[i], lr_t if lr_is_tensor else dummy, 0.0 if lr_is_tensor else float(lr),
-                d_t if d_t is not None else dummy, d_value,
-                grad_scale if grad_scale is not None else dummy,
-                found if found is not None else dummy,
-                sum_buf if sum_buf is not None else dummy,
-                beta1, beta2, eps, weight_decay,
-                DECAY=decay_kind, AMSGRAD=amsgrad, MAXIMIZE=maximize, LR_PTR=lr_is_tensor,
-                D_PTR=d_t is not None, HAS_SCALE=grad_scale is not None,
-                HAS_FOUND=found is not None, WANT_SUM=sum_buf is not None,
-                BLOCK_SIZE=BLOCK,
-            )
-        if sum_buf is not None:
-            mean = sum_buf / max(n, 1)
-            if found is not None:  # a skipped step keeps the statistic of the unchanged p
-                mean = torch.where(found > 0, a.to(mean.dtype), mean)
-            torch.autograd.graph.increment_version(p)
-            _store_abs_means([p], [mean])
-        else:
-            torch.autograd.graph.increment_version(p)
+    if tables.blocks > 0:
+        p_tab, g_tab, m_tab, v_tab, x_tab = tables.pointers
+        _adamhd_multi_kernel[(tables.blocks,)](
+            p_tab, g_tab, m_tab, v_tab, x_tab, tables.numel, tables.block_tensor,
+            tables.block_start, steps, ds, sums,
+            lr_t if lr_t is not None else dummy, 0.0 if lr_t is not None else float(lr),
+            grad_scale if grad_scale is not None else dummy,
+            found if found is not None else dummy,
+            beta1, beta2, eps, weight_decay, update_a, update_b,
+            DTYPE=_TL_DTYPES[params[0].dtype], DECAY=decay_kind, UPDATE=update_kind,
+            CAUTIOUS=bool(decay.cautious) and decays, AMSGRAD=amsgrad,
+            MAXIMIZE=maximize, LR_PTR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+            HAS_FOUND=found is not None, WANT_SUM=adaptive, BLOCK_SIZE=BLOCK,
+        )
+    torch.autograd.graph.increment_version(params)
+    if abs_means is not None:
+        means = sums / tables.numel_f
+        if found is not None:  # a skipped step keeps the statistic of the unchanged p
+            means = torch.where(found > 0, abs_means, means)
+        _store_abs_means(params, list(means.unbind()))

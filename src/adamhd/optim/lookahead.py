@@ -4,9 +4,10 @@ Every ``k`` steps of the inner optimizer, per parameter group::
 
     slow <- slow + alpha*(fast - slow)        fast <- slow
 
-``slow`` starts as a copy of the weights. Defaults ``k=5`` (the authors' code) and ``alpha=0.5``
-(the paper's experiments use 0.5 and 0.8 and report little difference; the authors' code defaults
-to 0.8, pytorch_optimizer and timm to 0.5). Memory: one extra copy of the weights.
+``slow`` starts as a copy of the weights at the first step. Defaults ``k=5`` (the authors'
+code) and ``alpha=0.5`` (the paper's experiments use 0.5 and 0.8 and report little difference;
+the authors' code defaults to 0.8, pytorch_optimizer and timm to 0.5). Memory: one extra copy of
+the weights.
 
 Differences from pytorch_optimizer's ``Lookahead``: the sync covers every parameter of the group
 (a parameter that got no gradient this step still moved in earlier ones), the step counter is
@@ -58,25 +59,30 @@ class Lookahead(torch.optim.Optimizer):
         self.alpha = float(alpha)
         self.param_groups = optimizer.param_groups
         for group in self.param_groups:
-            self._init_group(group)
+            group.setdefault(COUNT, 0)
 
     @torch.no_grad()
-    def _init_group(self, group: dict[str, Any]) -> None:
-        group.setdefault(COUNT, 0)
-        for p in group["params"]:
-            if SLOW not in self.state[p]:
-                self.state[p][SLOW] = p.detach().clone()
+    def _ensure_slow(self) -> None:
+        """Slow weights start as the weights at the first step (or state_dict call). Created
+        lazily, so that ``optimizer.state`` is empty until then, as torch.distributed.checkpoint
+        expects of a fresh optimizer (it then initialises the state with a zero-gradient step)."""
+        for group in self.param_groups:
+            group.setdefault(COUNT, 0)
+            for p in group["params"]:
+                if SLOW not in self.state[p]:
+                    self.state[p][SLOW] = p.detach().clone()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "optimizer" not in self.__dict__:  # from Optimizer.__init__: the groups exist already
             return
         self.optimizer.add_param_group(param_group)
-        self._init_group(self.param_groups[-1])
+        self.param_groups[-1].setdefault(COUNT, 0)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        self._ensure_slow()
         loss = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
         for group in self.param_groups:
             group[COUNT] += 1
@@ -97,29 +103,37 @@ class Lookahead(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's ``state_dict`` with each parameter's slow weights added to its
         state entry (key ``lookahead_slow``) and the step count in each group."""
+        self._ensure_slow()
         inner = self.optimizer.state_dict()
         state = {i: dict(s) for i, s in inner["state"].items()}
-        index = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                state.setdefault(index, {})[SLOW] = self.state[p][SLOW]
-                index += 1
+        ids = [i for g in inner["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            state.setdefault(i, {})[SLOW] = self.state[p][SLOW]
         return {**inner, "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         params = [p for group in self.param_groups for p in group["params"]]
         saved = state_dict["state"]
+        # saved parameter ids in group order (indices from state_dict(), names from DCP), as
+        # torch's load_state_dict maps them
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        if len(saved_ids) != len(params):
+            raise ValueError(
+                f"Lookahead.load_state_dict: the state_dict has {len(saved_ids)} parameters, "
+                f"this optimizer {len(params)}"
+            )
         slow = {}
-        for i, p in enumerate(params):
-            entry = saved.get(i, saved.get(str(i), {}))
+        for i, p in zip(saved_ids, params):
+            entry = saved.get(i, {})
             if SLOW not in entry:
                 raise ValueError(
-                    f"Lookahead.load_state_dict: parameter {i} has no {SLOW!r}; was this "
+                    f"Lookahead.load_state_dict: parameter {i!r} has no {SLOW!r}; was this "
                     "state_dict saved by Lookahead?"
                 )
             if tuple(entry[SLOW].shape) != tuple(p.shape):
                 raise ValueError(
-                    f"Lookahead.load_state_dict: slow weights of parameter {i} have shape "
+                    f"Lookahead.load_state_dict: slow weights of parameter {i!r} have shape "
                     f"{tuple(entry[SLOW].shape)}, the parameter {tuple(p.shape)}"
                 )
             slow[p] = entry[SLOW]
@@ -133,6 +147,7 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError(f"Lookahead.load_state_dict: a param group has no {COUNT!r}")
         self.optimizer.load_state_dict({**state_dict, "state": inner_state})
         self.param_groups = self.optimizer.param_groups  # torch rebuilds the list on load
+        self._ensure_slow()
         with torch.no_grad():
             for p, value in slow.items():
                 self.state[p][SLOW].copy_(value)

@@ -92,6 +92,8 @@ def _stage(spec: Spec, options: Mapping[str, Any], model: nn.Module | None) -> S
     if isinstance(spec, tuple):
         if len(spec) != 2 or not isinstance(spec[1], Mapping):
             raise TypeError(f"a transform is a name, (name, options) or an instance; got {spec!r}")
+        if options:
+            raise TypeError("give the options either in the (name, options) pair or as keywords")
         spec, options = spec
     options = dict(options)
     exclude = _excluded(options.pop("exclude", ()), model)
