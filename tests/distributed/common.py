@@ -7,7 +7,14 @@ global batch, so DDP/FSDP gradient averaging equals the single-process full-batc
 
 from __future__ import annotations
 
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from adamhd import AdamHD
@@ -94,3 +101,30 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
         n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
         for n, p in model.named_parameters()
     }
+
+
+Collect = Callable[[int, int, Path], dict]
+
+
+def worker_main(collect: Collect) -> None:
+    """The command line of a worker script (``--out DIR --port N``): run ``collect(rank, world,
+    out)`` on ``WORLD`` gloo processes and save rank 0's results to ``DIR/results.pt``.
+    ``collect`` must be a module-level function (the spawned processes import it)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_run_worker, args=(WORLD, args.port, args.out, collect), nprocs=WORLD, join=True)
+
+
+def _run_worker(rank: int, world: int, port: int, out: str, collect: Collect) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    results = collect(rank, world, Path(out))
+    if rank == 0:
+        torch.save(results, Path(out) / "results.pt")
+    dist.barrier()
+    dist.destroy_process_group()

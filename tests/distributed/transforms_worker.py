@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
@@ -109,30 +105,13 @@ def tp_run(world: int) -> dict:
     return result
 
 
-def run(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    torch.set_num_threads(1)
-    results = {
+def collect(rank: int, world: int, out: Path) -> dict:
+    return {
         "transforms": {case: transform_run(rank, world, case) for case in tc.TRANSFORM_CASES},
-        "lookahead": lookahead_run(rank, world, Path(out)),
+        "lookahead": lookahead_run(rank, world, out),
         "tensor_parallel": tp_run(world),
     }
-    if rank == 0:
-        torch.save(results, Path(out) / "results.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
 
 
 if __name__ == "__main__":
-    main()
+    common.worker_main(collect)

@@ -6,14 +6,10 @@ Every rank runs each scenario; rank 0 writes ``results.pt`` (full tensors, gathe
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import fully_shard
@@ -132,33 +128,15 @@ def dcp_run(rank: int, world: int, out: Path) -> dict:
     return result
 
 
-def run(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    torch.set_num_threads(1)
-    out_dir = Path(out)
-    results = {
+def collect(rank: int, world: int, out: Path) -> dict:
+    return {
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),
-        "dcp": dcp_run(rank, world, out_dir),
+        "dcp": dcp_run(rank, world, out),
         "fused_error": fused_error(rank, world),
     }
-    if rank == 0:
-        torch.save(results, out_dir / "results.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
 
 
 if __name__ == "__main__":
-    main()
+    common.worker_main(collect)

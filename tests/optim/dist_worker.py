@@ -7,13 +7,8 @@ support must refuse sharded parameters.
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.debug import CommDebugMode
@@ -64,27 +59,11 @@ def refusals() -> dict[str, str]:
     return out
 
 
-def run(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    torch.set_num_threads(1)
+def collect(rank: int, world: int, out: Path) -> dict:
     results = {name: train(rank, world, name) for name in CONFIGS}
     results["refusals"] = refusals()
-    if rank == 0:
-        torch.save(results, Path(out) / "results.pt")
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(run, args=(common.WORLD, args.port, args.out), nprocs=common.WORLD, join=True)
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    common.worker_main(collect)

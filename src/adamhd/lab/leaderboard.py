@@ -16,10 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from adamhd.lab.claims import crossing
-from adamhd.lab.files import LabFileError, read_jsonl
+from adamhd.lab.files import read_jsonl
 from adamhd.lab.optimizers import REGISTRY, parse_spec
 from adamhd.lab.stats import paired, summarize, verdict
-from adamhd.lab.sweep_report import best_setting, by_setting, load_sweep
+from adamhd.lab.sweep_report import best_setting, by_setting, write_grid_report
 
 BASELINE = "adamw"
 
@@ -138,16 +138,5 @@ def fig_curves(meta: dict, rows: list[dict], path: Path) -> None:
 
 
 def build_leaderboard_report(folders: list[Path], out: Path | None = None) -> Path:
-    from adamhd.lab.report import render_html, render_md
-
-    folders = [Path(f) for f in folders]
-    out = Path(out) if out else folders[0]
-    meta, rows, missing = load_sweep(folders)
-    if not rows:
-        raise LabFileError(f"{folders[0]}: no finished run of the leaderboard yet")
-    out.mkdir(parents=True, exist_ok=True)
-    fig_curves(meta, rows, out / "leaderboard.png")
-    blocks = leaderboard_blocks(meta, rows, missing, out / "leaderboard.png")
-    (out / "leaderboard.md").write_text(render_md(blocks))
-    (out / "leaderboard.html").write_text(render_html(blocks, "AdamHD lab leaderboard"))
-    return out / "leaderboard.md"
+    return write_grid_report(folders, out, "leaderboard", fig_curves, leaderboard_blocks,
+                             "AdamHD lab leaderboard")

@@ -219,16 +219,24 @@ def sweep_blocks(meta: dict, rows: list[dict], missing: list[str], fig_name: str
 
 
 def build_sweep_report(folders: list[Path], out: Path | None = None) -> Path:
+    return write_grid_report(folders, out, "sweep", fig_sensitivity, sweep_blocks,
+                             "AdamHD lab sweep")
+
+
+def write_grid_report(folders: list[Path], out: Path | None, name: str, figure, blocks_of,
+                      title: str) -> Path:
+    """Load the runs of a grid (one folder or shards), draw ``figure`` to ``name.png`` and write
+    ``name.md`` and ``name.html`` from ``blocks_of``; shared by the sweep and the leaderboard."""
     from adamhd.lab.report import render_html, render_md
 
     folders = [Path(f) for f in folders]
     out = Path(out) if out else folders[0]
     meta, rows, missing = load_sweep(folders)
     if not rows:
-        raise LabFileError(f"{folders[0]}: no finished run of the sweep yet")
+        raise LabFileError(f"{folders[0]}: no finished run of the {name} yet")
     out.mkdir(parents=True, exist_ok=True)
-    fig_sensitivity(meta, rows, out / "sweep.png")
-    blocks = sweep_blocks(meta, rows, missing, out / "sweep.png")
-    (out / "sweep.md").write_text(render_md(blocks))
-    (out / "sweep.html").write_text(render_html(blocks, "AdamHD lab sweep"))
-    return out / "sweep.md"
+    figure(meta, rows, out / f"{name}.png")
+    blocks = blocks_of(meta, rows, missing, out / f"{name}.png")
+    (out / f"{name}.md").write_text(render_md(blocks))
+    (out / f"{name}.html").write_text(render_html(blocks, title))
+    return out / f"{name}.md"
