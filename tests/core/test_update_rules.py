@@ -348,3 +348,26 @@ def test_atan2_matches_adam_atan2_pytorch(cautious, weight_decay):
         theirs.step()
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+
+
+def test_bench_step_times_each_option_on_every_path():
+    """``adamhd bench step --options``: one contender per path and option set."""
+    import argparse
+
+    from adamhd.bench import step as bench_step
+
+    parser = argparse.ArgumentParser()
+    bench_step.add_step_parser(parser.add_subparsers())
+    args = parser.parse_args(["step", "--paths", "single,foreach", "--deltas", "adaptive",
+                              "--forms", "explicit", "--no-external",
+                              "--options", "update=atan2,cautious=True+softplus_beta=7"])
+    rows = {c.name: c for c in bench_step.contenders(args) if "explicit " in c.name}
+    assert set(rows) == {
+        f"AdamHD {path} adaptive explicit {option}"
+        for path in ("single", "foreach")
+        for option in ("update=atan2", "cautious=True+softplus_beta=7")
+    }
+    opt = rows["AdamHD foreach adaptive explicit cautious=True+softplus_beta=7"].make(
+        [torch.nn.Parameter(torch.randn(2))])
+    group = opt.param_groups[0]
+    assert group["cautious"] is True and group["softplus_beta"] == 7.0 and group["foreach"]

@@ -116,3 +116,28 @@ def register_all(register: Callable) -> None:
         register("adamhd-lookahead", lookahead, AdamHD, "Lookahead (k=5, alpha=0.5) around "
                  "AdamHD (arXiv 1907.08610)",
                  keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"})
+    if hasattr(adamhd, "transforms"):
+        for key, spec, note in [
+            ("adamhd+agc", ("agc", {"clip": 0.01}), "AdamHD with unit-wise AGC (clip 0.01, arXiv "
+             "2102.06171); the tied embedding / output head is not clipped, as the paper leaves "
+             "the classifier layer"),
+            ("adamhd+centralize", ("centralize", {}), "AdamHD with gradient centralisation "
+             "(arXiv 2004.01461)"),
+            ("adamhd+softclip", ("soft_clip", {}), "AdamHD with the seed's soft clip (row RMS of "
+             "the gradient capped at the weight's)"),
+        ]:
+            register(key, None, AdamHD, note, builder=_transform_builder(*spec),
+                     keys=set(inspect.signature(AdamHD).parameters))
+
+
+def _transform_builder(name: str, options: dict) -> Callable:
+    """AdamHD on the usual groups with one gradient transform attached (a step pre-hook that
+    lives as long as the optimizer; the transforms keep no state, so resume is unchanged)."""
+
+    def build(model, lr, weight_decay, **kw):
+        opt = AdamHD(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kw)
+        exclude = [model.lm_head.weight] if name == "agc" and hasattr(model, "lm_head") else []
+        adamhd.transforms.attach(opt, name, model=model, exclude=exclude, **options)
+        return opt
+
+    return build
