@@ -87,6 +87,15 @@ def register_all(register: Callable) -> None:
         register("muonhd", None, have["MuonHD"], "MuonHD on the block matrices, AdamHD on the "
                  "rest", builder=_muon_builder(have["MuonHD"], AdamHD),
                  keys=_wrapper_keys(have["MuonHD"]))
+    for key, cls, note, scale, fixed in [
+        ("sgd", torch.optim.SGD, "torch SGD, momentum 0.9, its own coupled weight decay (the "
+         "baseline of sgdw)", 30.0, {"momentum": 0.9}),
+        ("nadam", torch.optim.NAdam, "torch NAdam with decoupled_weight_decay=True (the "
+         "baseline of nadamhd)", 1.0, {"decoupled_weight_decay": True}),
+        ("radam", torch.optim.RAdam, "torch RAdam with decoupled_weight_decay=True (the "
+         "baseline of radamhd)", 1.0, {"decoupled_weight_decay": True}),
+    ]:
+        register(key, plain(cls, **fixed), cls, note, lr_scale=scale)
     for name, key, note, scale, fixed in [
         ("SGDW", "sgdw", "SGDW, momentum 0.9, decay_scaling='lr' (arXiv 1711.05101)", 30.0,
          {"momentum": 0.9, "decay_scaling": "lr"}),
