@@ -128,7 +128,7 @@ def test_grad_scaler_leaves_gradients_as_torch_fused_adamw_does(cpu_kernel):
 
 
 def _mu_reference(a_values, beta):
-    """mu_t with the non-finite guard (COMMON.md), in float64."""
+    """mu_t with the non-finite guard (docs/decay.md), in float64."""
     mu = math.nan
     out = []
     for a in a_values:

@@ -67,7 +67,7 @@ def step_record(update: str = "adam", **kw) -> AdamStep:
 
 
 def reference_step(p, g, m, v, t, mu, h):
-    """One AdamHD step in float64 (COMMON.md's formulas); returns (p, m, v, mu)."""
+    """One AdamHD step in float64 (docs/decay.md, docs/update-rules.md); returns (p, m, v, mu)."""
     p, g, m, v = (x.double() for x in (p, g, m, v))
     if h.maximize:
         g = -g
