@@ -68,7 +68,7 @@ def test_one_seed_says_no_interval(tmp_path, works_dir, other_domain):
     (["compare", "--steps", "0"], "must be >= 1"),
     (["compare", "--lr", "-1"], "must be > 0"),
     (["compare", "--model", "huge"], "invalid choice"),
-    (["compare", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
+    (["compare", "--optimizers", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["compare", "--optimizers", "adamhd:nope=1"], "adamhd has no option 'nope'"),
     (["compare", "--optimizers", "adamw,adamw"], "same entrant twice"),
     (["compare", "--data", "/no/such/corpus"], "no such file or folder"),
