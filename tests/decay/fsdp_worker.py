@@ -11,20 +11,11 @@ from pathlib import Path
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.debug import CommDebugMode
 
 from tests.decay.fsdp_configs import CONFIGS, make_optimizer
 from tests.distributed import common
-
-
-def sharded_model() -> nn.Module:
-    model = common.make_model()
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
-    return model
+from tests.distributed.worker import sharded_model
 
 
 def train_run(rank: int, world: int, name: str) -> dict:

@@ -10,20 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.debug import CommDebugMode
 
 from tests.distributed import common
+from tests.distributed.worker import sharded_model
 from tests.optim.dist_configs import CONFIGS, make_optimizer, step
-
-
-def sharded_model() -> nn.Module:
-    model = common.make_model()
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
-    return model
 
 
 def train(rank: int, world: int, name: str) -> dict:
