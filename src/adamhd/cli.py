@@ -302,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None,
                    seeds=2)
 
+    from adamhd.lab.tune_cli import add_parsers as add_tune_parsers
+
+    add_tune_parsers(sub)  # `adamhd tune`, `adamhd tune-report`
+
     # ------------------------------------------------------------------------------------------
     # Extension point: `adamhd bench ...` lives in the module `adamhd.bench` (owned elsewhere).
     # If that module exists and defines add_parser(subparsers), it registers its own

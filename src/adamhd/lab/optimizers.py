@@ -57,7 +57,10 @@ class Entrant:
     itself, for optimizers that treat parameters by role); `keys` (default: `cls`'s constructor
     keywords) are the overrides a spec may set; `step_kwargs(loss)` gives extra keywords for
     `optimizer.step` (e.g. an optimizer that needs the loss); `lr_scale` multiplies the lr grid of
-    `adamhd leaderboard` for this entrant (SGD-type steps need a larger lr than Adam-type)."""
+    `adamhd leaderboard` for this entrant (SGD-type steps need a larger lr than Adam-type), and
+    the lr range of `adamhd tune`; `tune` declares the entrant's own search space for `adamhd
+    tune`, on top of lr and weight_decay: (key, (low, high, log)) for its one key hyperparameter,
+    or ("weight_decay", None) for an entrant that ignores weight decay."""
 
     factory: Factory | None
     cls: type
@@ -66,6 +69,7 @@ class Entrant:
     builder: Callable[..., torch.optim.Optimizer] | None = None
     keys: frozenset[str] | None = None
     lr_scale: float = 1.0
+    tune: tuple = ()
 
     def accepted(self) -> set[str]:
         keys = self.keys if self.keys is not None else inspect.signature(self.cls).parameters
@@ -80,7 +84,7 @@ _RESERVED = {"params", "lr", "weight_decay"}
 def register(name: str, factory: Factory | None, cls: type, note: str = "",
              step_kwargs: Callable[[torch.Tensor], dict] | None = None, *,
              builder: Callable[..., torch.optim.Optimizer] | None = None,
-             keys=None, lr_scale: float = 1.0) -> None:
+             keys=None, lr_scale: float = 1.0, tune: dict | None = None) -> None:
     """Add an entrant (replacing one of the same name). Example, a torch optimizer:
 
         register("sgdw", lambda groups, lr, wd, **kw: SGDW(groups, lr=lr, weight_decay=wd, **kw),
@@ -90,13 +94,18 @@ def register(name: str, factory: Factory | None, cls: type, note: str = "",
         raise ValueError(f"entrant names are lower case without ':', ',' or '=': {name!r}")
     if (factory is None) == (builder is None):
         raise ValueError(f"entrant {name!r}: give a factory or a builder (one of them)")
+    tune = tuple(sorted((tune or {}).items()))
+    if len([k for k, dim in tune if dim is not None and k not in ("lr", "weight_decay")]) > 1:
+        raise ValueError(f"entrant {name!r}: declare at most one key hyperparameter to tune")
     REGISTRY[name] = Entrant(factory, cls, note, step_kwargs, builder,
-                             None if keys is None else frozenset(keys), lr_scale)
+                             None if keys is None else frozenset(keys), lr_scale, tune)
 
 
 register("adamw", _adamw, torch.optim.AdamW, "torch.optim.AdamW (the baseline)")
-register("adamhd", _adamhd, AdamHD, "AdamHD: AdamW with decoupled Huber decay")
-register("adam", _adam, torch.optim.Adam, "torch.optim.Adam without decay (a reference)")
+register("adamhd", _adamhd, AdamHD, "AdamHD: AdamW with decoupled Huber decay",
+         tune={"delta_scale": (0.5, 5.0, True)})
+register("adam", _adam, torch.optim.Adam, "torch.optim.Adam without decay (a reference)",
+         tune={"weight_decay": None})
 
 
 def _adamhd_variant(name: str, note: str, **fixed) -> None:

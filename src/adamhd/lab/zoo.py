@@ -124,7 +124,8 @@ def register_all(register: Callable) -> None:
 
         register("adamhd-lookahead", lookahead, AdamHD, "Lookahead (k=5, alpha=0.5) around "
                  "AdamHD (arXiv 1907.08610)",
-                 keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"})
+                 keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"},
+                 tune={"alpha": (0.3, 0.9, False)})
     if hasattr(adamhd, "transforms"):
         for key, spec, note in [
             ("adamhd+agc", ("agc", {"clip": 0.01}), "AdamHD with unit-wise AGC (clip 0.01, arXiv "
