@@ -348,11 +348,11 @@ def _requeue_failed(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _dead_here(t.user_attrs.get("worker", "")):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("surplus") or t.system_attrs.get("requeued"):
+        if t.user_attrs.get("surplus") or t.number in retried:
             continue
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        study._storage.set_trial_system_attr(t._trial_id, "requeued", True)
 
 
 def _dead_here(worker: str) -> bool:
@@ -392,13 +392,22 @@ class _Heartbeat:
 
 
 def tune_study(settings: Settings, storage, cell: Cell, corpus: Corpus, *,
-               interrupt_after: int | None = None, log=None) -> None:
-    """Run the missing tuning trials of one study, then its missing re-runs."""
+               interrupt_after: int | None = None, max_trials: int | None = None,
+               log=None) -> None:
+    """Run the missing tuning trials of one study, then its missing re-runs.
+
+    For the tests: `interrupt_after` raises `Interrupted` in the first trial once it reports that
+    step (a kill in the middle of a trial); `max_trials` stops after that many new trials (a kill
+    between trials)."""
     study = load_study(settings, storage, cell.scale, cell.entrant, create=True)
     study.set_user_attr("space", {k: asdict(d) for k, d in space_of(cell.entrant).items()})
     _requeue_failed(study)
+    ran = 0
     while len(counted(study)) < settings.trials:
+        if max_trials is not None and ran >= max_trials:
+            return
         _one_trial(settings, storage, study, cell, corpus, interrupt_after, log)
+        ran += 1
     rerun_best(settings, storage, study, cell, corpus, log)
 
 
@@ -489,12 +498,12 @@ def rerun_best(settings, storage, study, cell, corpus, log) -> None:
     for seed in settings.fresh_seeds:
         key = f"final:{seed}"
         done = study.user_attrs.get(key)
-        if done is not None and done.get("params") == best.params:
+        if done is not None and done.get("setting") == best.params:
             continue
         cfg = run_config(settings, cell.scale, cell.entrant, best.params, seed,
                          settings.final_evals)
         res = run_trial(cfg, corpus, final_windows=settings.final_windows)
-        study.set_user_attr(key, {"params": best.params, "seed": seed, **res})
+        study.set_user_attr(key, {**res, "setting": best.params, "seed": seed})
         _log(log, f"{study.study_name} re-run seed {seed}: {res['final_val_loss']}")
 
 

@@ -1,0 +1,138 @@
+"""`adamhd tune`: equal trials per entrant, resume after an interrupted trial, fresh seeds
+disjoint from the tuning seeds, Ray on a local instance, bad arguments refused."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("optuna")
+pytest.importorskip("scipy")  # the QMC sampler
+
+from adamhd.cli import main  # noqa: E402
+from adamhd.lab.data import load_corpus  # noqa: E402
+from adamhd.lab.tune import (  # noqa: E402
+    Cell,
+    Interrupted,
+    Plan,
+    Settings,
+    counted,
+    load_study,
+    make_scales,
+    open_storage,
+    run_plan,
+    storage_url,
+    tune_study,
+)
+
+TINY = dict(evals=4, final_evals=4, eval_windows=4, objective_windows=8, final_windows=8)
+
+
+def _settings(**kw) -> Settings:
+    scales = make_scales(["mini"], [12], batch=4, context=16)
+    return Settings(scales=scales, trials=kw.pop("trials", 3), **{**TINY, **kw})
+
+
+def _corpus(works_dir, tmp_path):
+    return load_corpus(str(works_dir), cache_dir=tmp_path / "cache")
+
+
+def _snapshot(url: str, settings: Settings, entrant: str) -> dict:
+    """What a study decided: each counted trial's parameters, state, value, seed, and the
+    re-runs."""
+    storage = open_storage(url)
+    study = load_study(settings, storage, settings.scales[0], entrant, create=False)
+    trials = [(t.params, t.state.name, t.value, t.user_attrs.get("seed")) for t in counted(study)]
+    finals = {k: (v["setting"], v["seed"], v["final_val_loss"], v["curve"])
+              for k, v in study.user_attrs.items() if k.startswith("final:")}
+    best = study.user_attrs.get("best")
+    best = best and {k: v for k, v in best.items() if k != "number"}  # numbering may differ
+    return {"trials": trials, "finals": finals, "best": best}
+
+
+def test_equal_trials_per_entrant_and_fresh_seeds_disjoint(tmp_path, works_dir):
+    settings = _settings(trials=3, tuning_seeds=(7,), fresh_seeds=(1, 2, 3))
+    corpus = _corpus(works_dir, tmp_path)
+    url = storage_url(str(tmp_path / "s.db"))
+    plan = Plan(settings, url, ["adamw", "adam", "sgdw"])
+    run_plan(plan, corpus)
+    for entrant in ("adamw", "adam", "sgdw"):
+        snap = _snapshot(url, settings, entrant)
+        assert len(snap["trials"]) == 3  # the same budget for each
+        assert {seed for *_, seed in snap["trials"]} == {7}
+        finals = snap["finals"]
+        if snap["best"] is None:  # every trial pruned or diverged: nothing to re-run
+            assert finals == {}
+            continue
+        assert sorted(seed for _, seed, *_ in finals.values()) == [1, 2, 3]
+        assert all(p == snap["best"]["params"] for p, *_ in finals.values())
+        assert not {7} & {seed for _, seed, *_ in finals.values()}
+    adam = _snapshot(url, settings, "adam")
+    assert all(set(p) == {"lr"} for p, *_ in adam["trials"])  # adam declares no weight_decay
+
+
+def test_resume_after_an_interrupted_trial_gives_the_same_study(tmp_path, works_dir):
+    settings = _settings(trials=4)
+    corpus = _corpus(works_dir, tmp_path)
+    cell = Cell(settings.scales[0], "adamhd")
+    whole = storage_url(str(tmp_path / "whole.db"))
+    tune_study(settings, open_storage(whole), cell, corpus)
+
+    broken = storage_url(str(tmp_path / "broken.db"))
+    storage = open_storage(broken)
+    tune_study(settings, storage, Cell(cell.scale, "adamhd"), corpus, max_trials=1)
+    with pytest.raises(Interrupted):
+        tune_study(settings, storage, cell, corpus, interrupt_after=6)
+    tune_study(settings, open_storage(broken), cell, corpus)  # resume
+    a, b = _snapshot(whole, settings, "adamhd"), _snapshot(broken, settings, "adamhd")
+    assert a == b
+    assert len(b["trials"]) == 4
+
+
+def test_bad_arguments_are_refused_before_the_storage_is_written(tmp_path, works_dir, capsys):
+    db = tmp_path / "sub" / "s.db"
+    base = ["tune", "--storage", str(db), "--data", str(works_dir), "--cache-dir",
+            str(tmp_path / "c"), "--scales", "mini", "--steps", "12", "--trials", "2"]
+    for extra, words in [
+        (["--fresh-seeds", "0,1,2"], "disjoint"),  # overlaps the tuning seed 0
+        (["--fresh-seeds", "1,2"], "at least 3"),
+        (["--optimizers", "adamw,nosuch"], "nosuch"),
+        (["--scales", "huge"], "huge"),
+        (["--steps", "2"], "fewer than"),
+        (["--steps", "12,12,12"], "one per scale"),
+        (["--context", "5000"], "context"),
+        (["--study", "a/b"], "--study"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(base + extra)
+        assert exc.value.code == 2
+        assert words in capsys.readouterr().err
+        assert not db.exists() and not db.parent.exists()
+
+
+def test_a_resume_with_other_settings_is_refused(tmp_path, works_dir, capsys):
+    db = tmp_path / "s.db"
+    base = ["tune", "--storage", str(db), "--data", str(works_dir), "--cache-dir",
+            str(tmp_path / "c"), "--scales", "mini", "--steps", "10", "--batch-size", "2",
+            "--context", "16", "--optimizers", "adam", "--trials", "1", "--fresh-seeds",
+            "1,2,3"]
+    assert main(base) == 0
+    before = db.stat().st_mtime_ns
+    with pytest.raises(SystemExit) as exc:
+        main([*base[:-1], "4,5,6"])
+    assert "fresh_seeds" in capsys.readouterr().err and exc.value.code == 2
+    assert db.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_ray_on_a_local_instance_equals_in_process(tmp_path, works_dir):
+    ray = pytest.importorskip("ray")
+    settings = _settings(trials=2)
+    corpus = _corpus(works_dir, tmp_path)
+    here, there = (storage_url(str(tmp_path / n)) for n in ("here.db", "ray.db"))
+    run_plan(Plan(settings, here, ["adamw", "adam"]), corpus)
+    try:
+        run_plan(Plan(settings, there, ["adamw", "adam"]), corpus, jobs=2, use_ray=True)
+    finally:
+        ray.shutdown()
+    for entrant in ("adamw", "adam"):
+        assert _snapshot(here, settings, entrant) == _snapshot(there, settings, entrant)
