@@ -3,6 +3,8 @@ disjoint from the tuning seeds, Ray on a local instance, bad arguments refused."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 pytest.importorskip("optuna")
@@ -130,9 +132,43 @@ def test_ray_on_a_local_instance_equals_in_process(tmp_path, works_dir):
     corpus = _corpus(works_dir, tmp_path)
     here, there = (storage_url(str(tmp_path / n)) for n in ("here.db", "ray.db"))
     run_plan(Plan(settings, here, ["adamw", "adam"]), corpus)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")  # a local instance
     try:
         run_plan(Plan(settings, there, ["adamw", "adam"]), corpus, jobs=2, use_ray=True)
     finally:
         ray.shutdown()
     for entrant in ("adamw", "adam"):
         assert _snapshot(here, settings, entrant) == _snapshot(there, settings, entrant)
+
+
+@pytest.mark.slow
+def test_the_gpu_preset_runs_a_few_steps_on_cpu(tmp_path, works_dir):
+    """--preset gpu: GPT-2-small (124M) at sequence 1024, bf16 autocast, torch.compile; here on
+    the CPU, batch 1, 2 steps, one evaluation window."""
+    from dataclasses import replace
+
+    from adamhd.cli import build_parser
+    from adamhd.lab.trial import run_trial
+    from adamhd.lab.tune import run_config
+    from adamhd.lab.tune_cli import settings_from_args
+
+    args = build_parser().parse_args(["tune", "--preset", "gpu", "--data", "hf:wikitext"])
+    settings, names = settings_from_args(args)
+    assert [s.model for s in settings.scales] == ["small", "gpt2-124m"]
+    assert {s.context for s in settings.scales} == {1024}
+    assert (settings.device, settings.dtype, settings.compile) == ("cuda", "bfloat16", True)
+    assert settings.prefix == "gpu" and names == sorted(names, key=names.index)
+
+    for path in works_dir.iterdir():
+        path.write_text(path.read_text() * 4)  # enough text for windows of 1024 tokens
+    corpus = load_corpus(str(works_dir), cache_dir=tmp_path / "cache")
+    cpu = replace(settings, device="cpu", eval_windows=1)
+    scale = replace(settings.scales[1], steps=2, batch_size=1)
+    cfg = run_config(cpu, scale, "adamw", {"lr": 1e-3, "weight_decay": 0.1}, 1, 2)
+    assert (cfg.model, cfg.context, cfg.dtype, cfg.compile) == ("gpt2-124m", 1024, "bfloat16",
+                                                                 True)
+    res = run_trial(cfg, corpus, final_windows=1)
+    assert res["params"] > 85_000_000  # 124M with a 50k vocabulary; 86M with bytes
+    assert [s for s, _ in res["curve"]] == [0, 1, 2]
+    assert math.isfinite(res["final_val_loss"]) and not res["diverged"]
+    assert res["curve"][-1][1] < res["curve"][0][1]  # two steps at lr 1e-3 lower the loss

@@ -41,6 +41,8 @@ def run_trial(cfg: RunConfig, corpus: Corpus, *, final_windows: int,
     model = build_model(cfg, corpus.vocab_size).to(device)
     optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
     torch.manual_seed(cfg.seed + 1_000_003)  # the dropout stream, as train_run seeds it
+    if cfg.compile:
+        torch._dynamo.reset()  # each trial is a new model: compile afresh, not past the cache limit
     forward = torch.compile(model) if cfg.compile else model
     cpu0, train_seconds = time.process_time(), 0.0
 

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -190,8 +191,10 @@ def open_storage(url: str, heartbeat: int = 60):
     import optuna
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                                      grace_period=3 * heartbeat)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: used on purpose
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
 
 
 def study_name(settings: Settings, scale: str, entrant: str) -> str:
