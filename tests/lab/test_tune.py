@@ -172,3 +172,53 @@ def test_the_gpu_preset_runs_a_few_steps_on_cpu(tmp_path, works_dir):
     assert [s for s, _ in res["curve"]] == [0, 1, 2]
     assert math.isfinite(res["final_val_loss"]) and not res["diverged"]
     assert res["curve"][-1][1] < res["curve"][0][1]  # two steps at lr 1e-3 lower the loss
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_in_a_trial_gives_the_same_study(tmp_path, works_dir):
+    """A worker process killed (SIGKILL) in the middle of a trial: the trial stays RUNNING in the
+    storage; the next command sees that its process is gone, fails it and runs its parameters
+    again, and the study ends as an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    def args(db):
+        return ["tune", "--storage", str(db), "--data", str(works_dir), "--cache-dir",
+                str(tmp_path / "c"), "--scales", "mini", "--steps", "400", "--batch-size", "2",
+                "--context", "16", "--optimizers", "adamw", "--trials", "2"]
+
+    assert main(args(tmp_path / "whole.db")) == 0
+    broken = tmp_path / "broken.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "adamhd.cli", *args(broken)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600  # a busy machine starts a process slowly
+        while time.time() < deadline:  # wait for the second trial's first reported loss
+            time.sleep(0.2)
+            if not broken.exists():
+                continue
+            try:
+                study = optuna.load_study(study_name="cpu/mini/adamw",
+                                          storage=storage_url(str(broken)))
+            except KeyError:
+                continue
+            if any(t.number == 1 and t.intermediate_values for t in study.get_trials()):
+                break
+        else:
+            pytest.fail("the worker never reached its second trial")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    study = optuna.load_study(study_name="cpu/mini/adamw", storage=storage_url(str(broken)))
+    assert [t.state.name for t in study.get_trials()][1] == "RUNNING"  # left as it was
+    assert main(args(broken)) == 0  # resume
+    settings = _settings()
+    a = _snapshot(storage_url(str(tmp_path / "whole.db")), settings, "adamw")
+    b = _snapshot(storage_url(str(broken)), settings, "adamw")
+    assert a == b and len(a["trials"]) == 2 and len(a["finals"]) == 3

@@ -289,7 +289,7 @@ def check_stored_settings(settings: Settings, url: str) -> bool:
     if config not in names:
         return False
     saved = optuna.load_study(study_name=config, storage=storage).user_attrs.get(SETTINGS_KEY)
-    diff = _diff(saved or {}, settings.fingerprint())
+    diff = _diff(saved or {}, json.loads(json.dumps(settings.fingerprint())))  # as stored
     if diff:
         raise ValueError(f"the study {settings.prefix!r} in {url} was made with other settings "
                          f"({diff}); resume with the same options, or name another --study")

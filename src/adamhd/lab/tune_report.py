@@ -307,8 +307,7 @@ def _head(settings: dict, cells: dict, command: str | None) -> list[str]:
         f"{settings['device']}, {settings['dtype']}.",
         f"- CPU time of the trials and re-runs so far: {cpu / 3600:.2f} CPU-hours "
         "(process time of the workers, summed).",
-        f"- Machine: {platform.machine()}, {platform.system()} {platform.release()}, Python "
-        f"{platform.python_version()}.",
+        f"- Machine: {_machine()}.",
         "- Intervals: 95% Student-t over the fresh seeds; differences paired by seed. Verdict "
         "'better' / 'worse': the interval of the paired difference excludes 0; 'undecided': it "
         "contains 0, with the seeds that would detect the measured difference with 80% power.",
@@ -318,6 +317,22 @@ def _head(settings: dict, cells: dict, command: str | None) -> list[str]:
     if command:
         lines += ["", "Command:", "", "```sh", command, "```"]
     return lines + [""]
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def _scale_head(scale: str, settings: dict, params: int) -> list[str]:
