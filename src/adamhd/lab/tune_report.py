@@ -170,7 +170,7 @@ def scale_table(scale: str, cells: dict, settings: dict) -> tuple[list[str], lis
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(ranked, 1):
         sp = r.get("speedup")
-        speed = "-" if r["entrant"] == BASELINE else (
+        speed = "-" if r["entrant"] == BASELINE or not r["seeds"] or "speedup" not in r else (
             (_fmt(sp, 2) if sp else "never") +
             (f" ({r['never']} seed(s) never)" if r.get("never") and sp else ""))
         status = "complete" if r["complete"] else \
@@ -312,7 +312,11 @@ def _head(settings: dict, cells: dict, command: str | None) -> list[str]:
         "'better' / 'worse': the interval of the paired difference excludes 0; 'undecided': it "
         "contains 0, with the seeds that would detect the measured difference with 80% power.",
         "- Speedup: AdamW's steps to its own final loss over the entrant's steps to that loss "
-        "(per seed, interpolated between evaluations); 'never': not reached in the run.",
+        "(per seed, interpolated between evaluations), mean over the seeds that reached it; "
+        "'never': not reached in the run (a speedup below 1).",
+        "- ms/step: median training time per step of the re-runs, one thread, measured while "
+        "the machine was shared (under heavy load the figures are inflated and noisy: compare "
+        "them only roughly). State bytes: the optimizer's state tensors per model parameter.",
     ]
     if command:
         lines += ["", "Command:", "", "```sh", command, "```"]
