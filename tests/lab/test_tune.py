@@ -71,6 +71,15 @@ def test_equal_trials_per_entrant_and_fresh_seeds_disjoint(tmp_path, works_dir):
     adam = _snapshot(url, settings, "adam")
     assert all(set(p) == {"lr"} for p, *_ in adam["trials"])  # adam declares no weight_decay
 
+    from adamhd.lab.tune_report import write_report
+
+    md = write_report(url, "cpu", tmp_path / "report").read_text()
+    assert "3 of 3 (scale, entrant) cells complete" in md
+    assert {"adamw", "adam", "sgdw"} <= {line.split(" | ")[1] for line in md.splitlines()
+                                        if line.startswith("| ")}
+    for name in ("results.json", "speedup.png", "curves_mini.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
 
 def test_resume_after_an_interrupted_trial_gives_the_same_study(tmp_path, works_dir):
     settings = _settings(trials=4)
@@ -222,3 +231,32 @@ def test_resume_after_kill_9_in_a_trial_gives_the_same_study(tmp_path, works_dir
     a = _snapshot(storage_url(str(tmp_path / "whole.db")), settings, "adamw")
     b = _snapshot(storage_url(str(broken)), settings, "adamw")
     assert a == b and len(a["trials"]) == 2 and len(a["finals"]) == 3
+
+
+def _final(seed, curve, loss):
+    return {"seed": seed, "curve": curve, "final_val_loss": loss, "setting": {"lr": 1.0},
+            "ms_per_step": 10.0, "state_bytes_per_param": 8.0, "diverged": False,
+            "cpu_seconds": 1.0}
+
+
+def test_report_numbers_by_hand():
+    from adamhd.lab.tune_report import row, speedups, verdict_of
+
+    settings = {"trials": 1, "fresh_seeds": [1, 2, 3]}
+    trial = [{"state": "COMPLETE", "diverged": False}]
+    base = {"trials": trial, "best": {"params": {"lr": 1.0}}, "finals": [
+        _final(k, [[0, 5.0], [10, 3.0], [20, 2.0]], 2.0 + k / 100) for k in (1, 2, 3)]}
+    cand = {"trials": trial, "best": {"params": {"lr": 1.0}}, "finals": [
+        _final(1, [[0, 5.0], [10, 2.5], [20, 1.5]], 1.9),   # reaches 2.0 at step 15
+        _final(2, [[0, 5.0], [10, 2.0], [20, 1.8]], 1.95),  # at step 10
+        _final(3, [[0, 5.0], [10, 3.0], [20, 2.2]], 2.1)]}  # never
+    s = speedups(base, cand)
+    assert s[:2] == [pytest.approx(20 / 15), pytest.approx(2.0)] and math.isnan(s[2])
+    r = row("x", cand, base, settings)
+    diffs = [2.01 - 1.9, 2.02 - 1.95, 2.03 - 2.1]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    assert r["diff"].mean == pytest.approx(mean)
+    assert r["diff"].high - r["diff"].mean == pytest.approx(4.303 * sd / 3 ** 0.5)
+    assert r["speedup"].mean == pytest.approx((20 / 15 + 2) / 2) and r["never"] == 1
+    assert r["complete"] and verdict_of(r).startswith("undecided")
