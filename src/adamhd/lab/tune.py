@@ -580,7 +580,10 @@ def _run_ray(plan: Plan, cells: list[Cell], corpus: Corpus, jobs: int, threads: 
     except ImportError:
         raise ValueError("--ray needs the `ray` package: pip install 'ray[default]'") from None
     if not ray.is_initialized():
-        ray.init(num_cpus=max(jobs, threads))  # RAY_ADDRESS: a running cluster; else local
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # the running cluster named there
+        else:
+            ray.init(num_cpus=max(jobs, threads), include_dashboard=False)  # a local instance
 
     @ray.remote(num_cpus=threads)
     def remote(cell: Cell, corpus_ref) -> str:
