@@ -545,9 +545,20 @@ def _init_worker(corpus: Corpus, threads: int) -> None:
 
 
 def _work(plan: Plan, cell: Cell) -> str:
+    """One study; an error in it is logged and kept with the study (the report names it), and
+    the other studies go on: one broken entrant does not stop the whole study."""
+    import traceback
+
     storage = open_storage(plan.url, plan.heartbeat)
-    tune_study(plan.settings, storage, cell, _WORKER["corpus"], log=sys.stderr)
-    return f"{cell.scale.name}/{cell.entrant}"
+    name = f"{cell.scale.name}/{cell.entrant}"
+    try:
+        tune_study(plan.settings, storage, cell, _WORKER["corpus"], log=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - reported, the study stays incomplete
+        traceback.print_exc(file=sys.stderr)
+        study = load_study(plan.settings, storage, cell.scale, cell.entrant, create=True)
+        study.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        return f"{name} (failed: {type(exc).__name__}: {exc})"
+    return name
 
 
 def run_plan(plan: Plan, corpus: Corpus, *, jobs: int = 1, threads: int = 1,

@@ -67,7 +67,8 @@ def _cell(study, settings: dict) -> dict:
     best = attrs.get("best")
     if best is not None:
         finals = [f for f in finals if f["setting"] == best["params"]]
-    return {"space": attrs.get("space"), "trials": trials, "best": best, "finals": finals}
+    return {"space": attrs.get("space"), "trials": trials, "best": best, "finals": finals,
+            "error": attrs.get("error")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def row(entrant: str, cell: dict, base: dict | None, settings: dict) -> dict:
         "trials_done": sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials),
         "pruned": sum(t["state"] == "PRUNED" and not t["diverged"] for t in trials),
         "diverged": sum(bool(t["diverged"]) for t in trials),
-        "best": cell["best"], "seeds": sorted(losses),
+        "best": cell["best"], "seeds": sorted(losses), "error": cell.get("error"),
         "loss": summarize(losses.values()) if losses else None,
         "ms_per_step": float(np.median([f["ms_per_step"] for f in cell["finals"]]))
         if cell["finals"] else None,
@@ -175,7 +176,8 @@ def scale_table(scale: str, cells: dict, settings: dict) -> tuple[list[str], lis
             (f" ({r['never']} seed(s) never)" if r.get("never") and sp else ""))
         status = "complete" if r["complete"] else \
             f"**incomplete** ({r['trials_done']}/{settings['trials']} trials, " \
-            f"{len(r['seeds'])}/{len(settings['fresh_seeds'])} re-runs)"
+            f"{len(r['seeds'])}/{len(settings['fresh_seeds'])} re-runs)" + \
+            (f", last error: {r['error']}" if r["error"] else "")
         lines.append("| " + " | ".join([
             str(i) if r["complete"] else "-", r["entrant"], _setting(r["best"]), _fmt(r["loss"]),
             _fmt(r.get("diff")), verdict_of(r) if r["entrant"] != BASELINE else "baseline",
