@@ -260,3 +260,24 @@ def test_report_numbers_by_hand():
     assert r["diff"].high - r["diff"].mean == pytest.approx(4.303 * sd / 3 ** 0.5)
     assert r["speedup"].mean == pytest.approx((20 / 15 + 2) / 2) and r["never"] == 1
     assert r["complete"] and verdict_of(r).startswith("undecided")
+
+
+def test_an_error_in_one_study_is_kept_and_the_others_go_on(tmp_path, works_dir, monkeypatch):
+    import adamhd.lab.tune as tune
+
+    real = tune.run_trial
+
+    def flaky(cfg, corpus, **kw):
+        if cfg.optimizer.startswith("adam:") or cfg.optimizer == "adam":
+            raise RuntimeError("broken entrant")
+        return real(cfg, corpus, **kw)
+
+    monkeypatch.setattr(tune, "run_trial", flaky)
+    settings = _settings(trials=1)
+    url = storage_url(str(tmp_path / "s.db"))
+    run_plan(Plan(settings, url, ["adam", "adamw"]), _corpus(works_dir, tmp_path))
+    storage = open_storage(url)
+    broken = load_study(settings, storage, settings.scales[0], "adam", create=False)
+    assert broken.user_attrs["error"] == "RuntimeError: broken entrant"
+    assert [t.state.name for t in broken.get_trials()] == ["FAIL"]
+    assert len(_snapshot(url, settings, "adamw")["trials"]) == 1
