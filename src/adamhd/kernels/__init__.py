@@ -52,7 +52,7 @@ from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 if TYPE_CHECKING:
-    from adamhd.hyper import AdamStep
+    from adamhd.optim.adamhd.step import AdamStep
 
 __all__ = [
     "forget_abs_means",
