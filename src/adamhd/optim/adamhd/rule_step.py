@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_value, _to_scalar
+from torch.optim.optimizer import _get_value
 
+from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import decay_strength
 from adamhd.distributed import is_dtensor, whole_mean_abs
 from adamhd.optim.adamhd import update_rules as R
