@@ -96,7 +96,7 @@ def rules_adamhd(
             prev.copy_(g)
         us.append(R.direction(m_hat, second.sqrt() / (1 - beta2**step) ** 0.5, hyper.eps, rule))
     if rule.cautious:
-        masks = [R.cautious_mask(u, g) for u, g in zip(us, gs)]
+        masks = [R.agreement_mask(u, g) for u, g in zip(us, gs)]
         for u, mask, kept in zip(us, masks, _whole("mean", masks, params)):
             R.cautious_(u, mask, kept)
     if rule.trust_ratio:
