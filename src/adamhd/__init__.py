@@ -6,7 +6,7 @@
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
 * The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
-  (docs/optimizers.md).
+  (docs/optimizers.md); momentum rules ``AdaMomentum``, ``FCAdam`` (docs/momentum.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
 * ``Lookahead``: k steps forward, 1 step back, around any optimizer.
@@ -20,6 +20,8 @@ from adamhd.groups import param_groups
 from adamhd.losses import soft_median
 from adamhd.optim import (
     NSGDA,
+    AdaMomentum,
+    FCAdam,
     SGDW,
     SM3,
     SMMF,
@@ -39,9 +41,11 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "AdaMomentum",
     "Adafactor",
     "AdafactorHD",
     "AdamHD",
+    "FCAdam",
     "HuberDecay",
     "Lookahead",
     "MuonHD",

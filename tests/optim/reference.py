@@ -147,3 +147,46 @@ def huber_explicit(tau, delta=None, scale=1.5, beta=0.99):
         return p - tau * p.clamp(-d, d)
 
     return hook
+
+
+def adamomentum(p, grads, lr, betas, eps=1e-8, weight_decay=0.0, decay=None):
+    """AdaMomentum (arXiv 2106.11514, Algorithm 1): ``v`` is the EMA of ``m**2``, ``eps`` added to
+    ``v`` every step, no ``eps`` in the denominator."""
+    (b1, b2), p = betas, p.to(F64).clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
+        m = b1 * m + (1 - b1) * g.to(F64)
+        v = b2 * v + (1 - b2) * m * m + eps
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * (m / (1 - b1**t)) / torch.sqrt(v / (1 - b2**t))
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def gl_weight(alpha, j):
+    """``w_j`` of FCAdam_G-L's recursion ``w_j = (1 - (alpha+1)/(j+1)) w_{j-1}``, ``w_0 = 1``, in
+    closed form: ``prod_{i=1..j} (i - alpha)/(i + 1) = Gamma(j+1-alpha)/(Gamma(1-alpha) (j+1)!)``
+    (0 for ``alpha = 1``)."""
+    if alpha == 1.0:
+        return 0.0
+    return math.gamma(j + 1 - alpha) / (math.gamma(1 - alpha) * math.factorial(j + 1))
+
+
+def fcadam(p, grads, lr, betas, eps=1e-8, weight_decay=0.0, alpha=0.9, history=10, drop=True,
+           seed=0, decay=None, dropped=None):
+    """FCAdam_G-L (Zhou, Zhao & Huang 2023): Adam on ``D_t = g_t + sum_j c_j w_j g_{t-j}``,
+    ``j = 1..history``; ``dropped[t]`` is the ``j`` with ``c_j = 0`` at step ``t`` (none: all 1)."""
+    (b1, b2), p = betas, p.to(F64).clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    gs = [g.to(F64) for g in grads]
+    for t in range(1, len(gs) + 1):
+        p = decay(p) if decay else p
+        d = gs[t - 1].clone()
+        for j in range(1, min(history, t - 1) + 1):
+            if not (drop and dropped and dropped.get(t) == j):
+                d = d + gl_weight(alpha, j) * gs[t - 1 - j]
+        m = b1 * m + (1 - b1) * d
+        v = b2 * v + (1 - b2) * d * d
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+    return p, {"exp_avg": m, "exp_avg_sq": v}

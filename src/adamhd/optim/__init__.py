@@ -5,6 +5,8 @@ see docs/optimizers.md), each of the latter one plain math function and a thin c
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
+from adamhd.optim.adamomentum import AdaMomentum
+from adamhd.optim.fcadam import FCAdam
 from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
 from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
@@ -18,8 +20,10 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "AdaMomentum",
     "Adafactor",
     "AdafactorHD",
+    "FCAdam",
     "Lookahead",
     "MomentumSGD",
     "MuonHD",
