@@ -114,6 +114,10 @@ def register_all(register: Callable) -> None:
          None),
         ("SMMF", "smmf", "SMMF, square-matricised factored moments", 1.0, None),
         ("SM3", "sm3", "SM3 (arXiv 1901.11150)", 30.0, None),
+        ("AdaMomentum", "adamomentum", "AdaMomentum: v is the EMA of m^2 (arXiv 2106.11514)",
+         1.0, None),
+        ("FCAdam", "fcadam", "FCAdam_G-L: Adam on a Grünwald-Letnikov fractional gradient, "
+         "K=10 past gradients (Mathematics 11(2):316)", 1.0, None),
     ]:
         if name in have:
             register(key, plain(have[name]), have[name], note, extra, lr_scale=scale)
