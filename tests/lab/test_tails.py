@@ -48,7 +48,7 @@ def corpus(works_dir, tmp_path):
 
 
 def _cfg(**kw) -> RunConfig:
-    base = dict(optimizer="adamhd", seed=1, steps=4, model="tiny", batch_size=4, context=16,
+    base = dict(optimizer="adamhd", seed=1, steps=4, model="mini", batch_size=4, context=16,
                 lr=3e-3, weight_decay=0.1, eval_every=2, ckpt_every=2, eval_windows=8,
                 final_eval_windows=8, prune=False, domains=False, choice_items=0,
                 corpus_key="k")
