@@ -3,8 +3,8 @@
 #   make test      lints and runs the test suite
 # Each creates .venv and installs what it needs on a fresh machine. `make compare` installs only
 # the lab: torch, matplotlib, tqdm, tokenizers, ninja (builds the fused CPU kernel) and the corpus.
-# `make test` adds the test tools, the integrations (transformers, lightning), triton and the peer
-# optimizers the tests check against. Separate stamps: `make test` after `make compare` installs
+# `make test` adds the test tools, the integrations (transformers, lightning), triton, tensorboard
+# (the lab's --tensorboard test) and the peer optimizers the tests check against. Separate stamps: `make test` after `make compare` installs
 # only what is missing.
 PY ?= python3
 VENV := .venv
@@ -26,7 +26,7 @@ $(LAB_STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	touch $(LAB_STAMP)
 
 $(TEST_STAMP): $(LAB_STAMP)
-	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers]'
+	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers,tensorboard]'
 	# timm without its torchvision (a CUDA build that does not import with the CPU torch):
 	# the AGC comparison loads timm/utils/agc.py alone
 	$(BIN)/pip install -q --no-deps 'timm>=0.9'

@@ -20,14 +20,14 @@ from adamhd.groups import param_groups
 from adamhd.losses import soft_median
 from adamhd.optim import (
     NSGDA,
-    AdaMomentum,
-    FCAdam,
     SGDW,
     SM3,
     SMMF,
     Adafactor,
     AdafactorHD,
     AdaLo,
+    AdaMomentum,
+    FCAdam,
     Lookahead,
     MuonHD,
     NAdamHD,

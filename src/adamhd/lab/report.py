@@ -266,11 +266,12 @@ def fig_tails(meta, runs, path: Path) -> None:
                 ys = np.nanmean([[np.nan if r["layers"][layer][stat] is None
                                   else r["layers"][layer][stat] for r in rows]
                                  for rows in seeds], axis=0)
-                ax.plot(steps, ys, lw=0.9, alpha=0.7)
+                ax.plot(steps, ys, lw=0.9, alpha=0.7, label=layer.removesuffix(".weight"))
             ax.set_yscale("log" if stat == "p999_p50" else "symlog")
             ax.set_title(f"{label}: {title}", fontsize=9)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6, ncol=2)
     fig.savefig(path, dpi=110)
 
 
