@@ -38,10 +38,10 @@ def train(rank: int, world: int, name: str) -> dict:
 
 
 def refusals() -> dict[str, str]:
-    from adamhd import SM3, SMMF, Adafactor
+    from adamhd import SM3, SMMF, Adafactor, FCAdam
 
     out = {}
-    for cls in (Adafactor, SMMF, SM3):
+    for cls in (Adafactor, SMMF, SM3, FCAdam):
         try:
             cls(sharded_model().parameters())
             out[cls.__name__] = ""
