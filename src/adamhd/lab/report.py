@@ -232,9 +232,10 @@ def extra_blocks(cfg: dict, labels: list[str], runs) -> list:
     blocks = []
     if cfg.get("warmup") == 0:
         blocks.append(("p", "**Without warm-up** (`--warmup 0`, the full lr from step 1): a run "
-                       "whose loss became non-finite stops with an error, so every entrant "
-                       "with results above trained without warm-up at this lr: "
-                       + ", ".join(labels) + "."))
+                       "whose loss becomes non-finite stops the comparison with an error naming "
+                       "the entrant and step, so every entrant with results above trained "
+                       "without warm-up at this lr: " + ", ".join(labels) + ". An unfinished "
+                       "entrant either diverged or was not reached."))
     if has_tails(runs):
         blocks.append(("p", "**Gradient tails** (figure `gradient_tails.png`): per block weight "
                        "matrix, at each evaluation step, the excess kurtosis of its gradient "
