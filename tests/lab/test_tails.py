@@ -112,3 +112,15 @@ def test_tails_do_not_change_the_run(corpus, tmp_path):
                 for r in load_metrics(run_dir)]
 
     assert numbers(tmp_path / "a") == numbers(tmp_path / "b")
+
+
+def test_sweep_shards_may_log_to_different_boards():
+    from adamhd.lab.sweep_report import _settings
+
+    a = {"argv": ["sweep", "--shard", "0/2"], "seeds": [0], "base_config": {"lr": 1e-3,
+                                                                            "tensorboard": "tb0"}}
+    b = {**a, "argv": ["sweep", "--shard", "1/2"], "base_config": {"lr": 1e-3,
+                                                                   "tensorboard": "/m2/tb"}}
+    assert _settings(a) == _settings(b)
+    c = {**a, "base_config": {"lr": 2e-3, "tensorboard": "tb0"}}
+    assert _settings(a) != _settings(c)
