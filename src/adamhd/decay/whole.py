@@ -1,0 +1,49 @@
+"""Whole-tensor sums of parameters that may be sharded (FSDP2 / tensor-parallel ``DTensor``).
+
+``local_sums`` holds one number per parameter, computed on the local shard (or on the whole tensor
+for a plain one). ``whole_sums`` adds the shards' numbers of every ``DTensor`` parameter across
+the ranks: one ``all_reduce`` of a stacked vector per (mesh, sharded mesh dimension), so one per
+step for FSDP2 whatever the number of parameters. Plain tensors are returned as they are. The
+statistics of Stable Weight Decay (``adamhd.decay.stable``) and CPR (``adamhd.decay.cpr``) use it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adamhd.distributed import _sharded_mesh_dims, is_dtensor
+
+__all__ = ["local", "sum_squares", "whole_sums"]
+
+
+def local(p: Tensor) -> Tensor:
+    """The local shard of a ``DTensor`` (the tensor itself otherwise), detached."""
+    return (p.to_local() if is_dtensor(p) else p).detach()  # type: ignore[attr-defined]
+
+
+def sum_squares(tensors: list[Tensor]) -> list[Tensor]:
+    """``sum(x**2)`` of each (local) tensor, float64 0-dim tensors, without a tensor-sized copy."""
+    if not tensors:
+        return []
+    norms = torch._foreach_norm([local(t) for t in tensors], 2, dtype=torch.float64)
+    return [n * n for n in norms]
+
+
+def whole_sums(params: list[Tensor], local_sums: list[Tensor]) -> list[Tensor]:
+    """``local_sums`` (one 0-dim tensor per parameter) summed over the shards of each parameter."""
+    out = list(local_sums)
+    buckets: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        if is_dtensor(p):
+            dims = _sharded_mesh_dims(p)
+            if dims:
+                key = (p.device_mesh, dims, local_sums[i].device)  # type: ignore[attr-defined]
+                buckets.setdefault(key, []).append(i)
+    for (mesh, mesh_dims, _), indices in buckets.items():
+        stacked = torch.stack([local_sums[i].to(torch.float64) for i in indices])
+        for mesh_dim in mesh_dims:
+            torch.distributed.all_reduce(stacked, group=mesh.get_group(mesh_dim))
+        for i, total in zip(indices, stacked.unbind(0)):
+            out[i] = total
+    return out
