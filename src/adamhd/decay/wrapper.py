@@ -195,8 +195,9 @@ class _DecoupledDecay:
         """Each group's ``c`` (``tau = lr_t*c``); ``decay_scaling="stable"`` divides by
         ``sqrt(vbar) + eps``, ``vbar`` the mean ``v_hat`` of all parameters (one statistic)."""
         groups = self.param_groups  # type: ignore[attr-defined]
-        stable = [g.get("decay_scaling") == "stable" and g["weight_decay"] != 0 for g in groups]
-        vbar = mean_v_hat(groups, self.state) if any(stable) else None  # type: ignore
+        stable = [g.get("decay_scaling") == "stable" for g in groups]
+        needed = any(s and g["weight_decay"] != 0 for s, g in zip(stable, groups))
+        vbar = mean_v_hat(groups, self.state) if needed else None  # type: ignore[attr-defined]
         return [
             (0.0 if vbar is None else stable_coefficient(g["weight_decay"], vbar, g["eps"]))
             if is_stable else group_decay_coefficient(g)
