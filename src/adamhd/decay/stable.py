@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.whole import local, sum_squares, whole_sums
+from adamhd.decay.whole import sum_squares, sums, whole_sums
 
 __all__ = ["STABLE_BASES", "check_stable_base", "mean_v_hat", "stable_coefficient"]
 
@@ -68,12 +68,13 @@ def mean_v_hat(groups: list[dict[str, Any]], state: Mapping[Tensor, dict]) -> fl
             params.append(p)
             betas2.append(float(group["betas"][1]))
             steps.append(float(s["step"]) + 1 if "step" in s else 1.0)
-            v = s.get("exp_avg_sq")
-            v_sums.append(None if v is None else torch.linalg.vector_norm(
-                local(v), 1, dtype=torch.float64))
+            v_sums.append(s.get("exp_avg_sq"))
     if not params:
         return None
     g_sums = sum_squares([p.grad for p in params])
+    present = [i for i, v in enumerate(v_sums) if v is not None]
+    for i, total in zip(present, sums([v_sums[i] for i in present])):
+        v_sums[i] = total
     terms = []
     for v_sum, g_sum, beta2, t in zip(v_sums, g_sums, betas2, steps):
         total = (1 - beta2) * g_sum if v_sum is None else beta2 * v_sum + (1 - beta2) * g_sum
