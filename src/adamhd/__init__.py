@@ -5,7 +5,7 @@
 * ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
-* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
+* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Amos``, ``Adafactor``, ``SMMF``, ``SM3``
   (docs/optimizers.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
@@ -26,6 +26,7 @@ from adamhd.optim import (
     Adafactor,
     AdafactorHD,
     AdaLo,
+    Amos,
     Lookahead,
     MuonHD,
     NAdamHD,
@@ -39,6 +40,7 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
     "AdamHD",

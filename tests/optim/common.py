@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo
+from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, Amos
 
 # name -> (class, keyword arguments that make every state and branch move in a few steps)
 CASES = {
@@ -15,6 +15,7 @@ CASES = {
     "adafactor": (Adafactor, dict(lr=0.05, weight_decay=0.1)),
     "smmf": (SMMF, dict(lr=0.05, weight_decay=0.1)),
     "sm3": (SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.1)),
+    "amos": (Amos, dict(lr=0.05, beta=0.9, weight_decay=0.01, cautious_decay=True)),
 }
 SHAPES = [(5, 7), (3, 4, 6), (9,), ()]
 

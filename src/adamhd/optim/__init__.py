@@ -5,6 +5,7 @@ see docs/optimizers.md), each of the latter one plain math function and a thin c
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
+from adamhd.optim.amos import Amos
 from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
 from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
@@ -18,6 +19,7 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
     "Lookahead",
