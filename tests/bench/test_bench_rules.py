@@ -19,6 +19,8 @@ def test_rules_bench_rows_and_state_bytes():
         "huber": 4,  # delta_mu, float32
         "cpr": 3 * 4, "cpr cautious": 3 * 4,  # cpr_lambda, cpr_kappa, cpr_step
         "bound": 2 * 6 * 4 + 4,  # two float32 vectors of 6 columns, bound_ratio
+        # Amos: step, v, b (3 x 4 bytes) instead of Adam's step (4), exp_avg, exp_avg_sq (2n x 4)
+        "amos": 3 * 4 - (4 + 2 * n * 4),
     }
     for name, extra_bytes in want.items():
         assert rows[name][2] == pytest.approx(extra_bytes / n), name

@@ -7,7 +7,9 @@ Contenders, each on its own copy of one parameter set (2-D matrices, fixed gradi
 * ``l2`` / ``huber``: ``with_decoupled_decay(Adam)`` with ``decay="l2"`` / the default Huber;
 * ``stable``: ``decay="l2", decay_scaling="stable"`` (Stable Weight Decay, arXiv 2011.11152);
 * ``cpr`` / ``cpr cautious``: ``decay="cpr"`` (arXiv 2311.09058, uniform kappa so it acts);
-* ``bound``: Adam with ``attach_update_bound`` on every matrix (arXiv 2505.21910, 2 iterations).
+* ``bound``: Adam with ``attach_update_bound`` on every matrix (arXiv 2505.21910, 2 iterations);
+* ``amos``: Amos (arXiv 2210.11693), its own optimizer: its extra state is negative (no
+  per-element moments).
 
 Timing as ``adamhd bench decay``: interleaved rounds in a rotating order after untimed warm-up
 steps; the ratio is the median over rounds of ``contender / adam`` of the same round. State bytes
@@ -26,6 +28,7 @@ import torch
 from adamhd.bench.memory import state_bytes
 from adamhd.bench.wrappers import CLOCKS, _shapes
 from adamhd.decay.wrapper import with_decoupled_decay
+from adamhd.optim.amos import Amos
 from adamhd.transforms.bound import attach_update_bound
 
 __all__ = ["CONTENDERS", "add_rules_parser", "run"]
@@ -52,6 +55,7 @@ CONTENDERS: dict[str, Build] = {
     "cpr cautious": _wrapped(decay="cpr", cpr_kappa_init="uniform", cpr_kappa_param=0.5,
                              cautious_decay=True),
     "bound": _bound,
+    "amos": lambda ps: Amos(ps, lr=1e-2),
 }
 
 
@@ -81,7 +85,7 @@ def run(shapes: list[tuple[int, int]] | None = None, rounds: int = 15, warmup: i
             times[name].append(now() - start)
     numel = sum(a * b for a, b in shapes)
     base_bytes = state_bytes(opts["adam"])
-    return [
+    return [  # state bytes per parameter beyond Adam's (negative: less than Adam)
         (name, 1e3 * statistics.median(times[name]),
          statistics.median(t / b for t, b in zip(times[name], times["adam"])),
          (state_bytes(opts[name]) - base_bytes) / numel)
@@ -98,7 +102,7 @@ def format_table(rows: list[tuple[str, float, float, float]]) -> str:
 
 def add_rules_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``rules`` under ``adamhd bench``."""
-    p = sub.add_parser("rules", help="step cost and state of SWD, CPR and the update bound",
+    p = sub.add_parser("rules", help="step cost and state of SWD, CPR, Amos and the update bound",
                        description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--shapes", type=_shapes, default=None,
                    help="comma-separated matrices like 512x512 (default: 4x 512x512, 1024x512)")

@@ -160,7 +160,7 @@ SWD_LAMBDA_PER_WD = 3e-3
 
 
 def _register_decay_rules(register: Callable) -> None:
-    """Stable Weight Decay (AdamS), CPR (AdamCPR) and the update bound (adamhd+bound)."""
+    """Stable Weight Decay (AdamS), CPR (AdamCPR), Amos and the update bound (adamhd+bound)."""
     from adamhd.decay.wrapper import with_decoupled_decay
 
     adam = with_decoupled_decay(torch.optim.Adam)
@@ -178,6 +178,15 @@ def _register_decay_rules(register: Callable) -> None:
     register("adamcpr", adamcpr, adam, "AdamCPR: Adam + CPR (arXiv 2311.09058), kappa by warm "
              "start after 100 steps (cpr_kappa_param); weight_decay only marks the constrained "
              "groups", keys=_wrapper_keys(adam))
+    if "Amos" in dir(adamhd):
+        def amos(groups, lr, weight_decay, **kw):
+            # Amos's adaptive decay replaces weight decay: its extra L2 stays 0 in every group
+            groups = [{**g, "weight_decay": 0.0} for g in groups]
+            return adamhd.Amos(groups, lr=lr, **kw)
+
+        register("amos", amos, adamhd.Amos, "Amos (arXiv 2210.11693): shared per-tensor second "
+                 "moment, adaptive decay toward 1/sqrt(fan_in); lr is its xi (the per-element "
+                 "step is about xi/sqrt(fan_in)); --weight-decay unused", lr_scale=10.0)
     if hasattr(adamhd.transforms, "attach_update_bound"):
         register("adamhd+bound", None, AdamHD, "AdamHD with the update bound of arXiv 2505.21910 "
                  "(sigma1 ratio clipped at 0.1) on the block matrices; run it with --warmup 0",
