@@ -31,8 +31,9 @@ def sum_squares(tensors: list[Tensor]) -> list[Tensor]:
 
 
 def sums(tensors: list[Tensor]) -> list[Tensor]:
-    """``sum(x)`` of each (local) tensor of non-negative entries, as ``sum_squares``."""
-    return [n.double() for n in _norms([local(t) for t in tensors], 1)]
+    """``sum(x)`` of each (local) tensor, accumulated as ``sum_squares`` (a plain sum: several
+    times faster on CPU than a 1-norm)."""
+    return [local(t).sum(dtype=mu_dtype(t)).double() for t in tensors]
 
 
 def _norms(xs: list[Tensor], order: int) -> list[Tensor]:
