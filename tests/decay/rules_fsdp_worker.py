@@ -1,5 +1,6 @@
-"""2-process (gloo, CPU) FSDP2 worker for Stable Weight Decay and CPR on the wrapper:
-``python -m tests.decay.rules_fsdp_worker``. Rank 0 writes full tensors to ``--out``/results.pt.
+"""2-process (gloo, CPU) FSDP2 worker for Stable Weight Decay and CPR on the wrapper, and the
+update bound (``adamhd.transforms.attach_update_bound``): ``python -m
+tests.decay.rules_fsdp_worker``. Rank 0 writes full tensors to ``--out``/results.pt.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.tensor.debug import CommDebugMode
 
 from adamhd import with_decoupled_decay
+from adamhd.transforms import attach_update_bound
 from tests.distributed import common
 from tests.distributed.worker import sharded_model
 
@@ -27,10 +29,17 @@ CONFIGS = {
     "cpr_dependent_cautious": dict(lr=2e-2, decay="cpr", cpr_kappa_init="dependent",
                                    cpr_kappa_param=0.5, cautious_decay=True),
 }
-CPR_KEYS = ("cpr_lambda", "cpr_kappa", "cpr_step")
+BOUND = "adam_update_bound"  # torch Adam with the update bound on both weight matrices
+STATE_KEYS = ("cpr_lambda", "cpr_kappa", "cpr_step", "bound_v_weight", "bound_v_update",
+              "bound_ratio")
 
 
 def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    if name == BOUND:
+        opt = torch.optim.Adam(common.groups(model), lr=2e-2)
+        weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+        attach_update_bound(opt, weights, threshold=0.05, iters=2)
+        return opt
     return ADAM(common.groups(model), **CONFIGS[name])
 
 
@@ -47,7 +56,7 @@ def train_run(rank: int, world: int, name: str) -> dict:
         opt.zero_grad()
     return {
         "weights": common.weights(model),
-        "state": {k: common.state_by_name(model, opt, k) for k in CPR_KEYS},
+        "state": {k: common.state_by_name(model, opt, k) for k in STATE_KEYS},
         "comm_counts": counts,
     }
 
@@ -74,7 +83,7 @@ def dcp_run(rank: int, world: int, out: Path) -> dict:
 
 
 def collect(rank: int, world: int, out: Path) -> dict:
-    results = {name: train_run(rank, world, name) for name in CONFIGS}
+    results = {name: train_run(rank, world, name) for name in [*CONFIGS, BOUND]}
     results["dcp"] = dcp_run(rank, world, out)
     return results
 
