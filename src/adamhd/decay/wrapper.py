@@ -5,6 +5,11 @@ Lightning, DCP accept it). Its constructor takes the base's arguments plus, keyw
 param group, the decay options of ``adamhd.decay.options``: ``weight_decay``, ``decay``
 (``"huber"`` default | ``"l2"``), ``delta``, ``delta_scale``, ``delta_beta``, ``decay_form``,
 ``cautious_decay``, ``decay_scaling``. The rules and their math live in ``adamhd.decay.rules``.
+Two more, only here: ``decay_scaling="stable"`` (Stable Weight Decay, ``adamhd.decay.stable``:
+``tau`` divided by ``sqrt(mean v_hat) + eps``; Adam-family bases) and ``decay="cpr"`` with
+``cpr_mu``, ``cpr_kappa_init``, ``cpr_kappa_param`` (CPR, ``adamhd.decay.cpr``: a per-tensor
+Lagrange multiplier on ``mean(p**2)``, applied after the base step; state ``cpr_lambda``,
+``cpr_kappa``, ``cpr_step``).
 
 Each step (``tau`` from ``adamhd.decay.strength``; ``u`` the base step's update, ``p_t`` the
 weights before the step)::
