@@ -15,7 +15,7 @@ CASES = {
     "adafactor": (Adafactor, dict(lr=0.05, weight_decay=0.1)),
     "smmf": (SMMF, dict(lr=0.05, weight_decay=0.1)),
     "sm3": (SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.1)),
-    "amos": (Amos, dict(lr=0.05, beta=0.9, weight_decay=0.01, cautious_decay=True)),
+    "amos": (Amos, dict(lr=0.05, beta=0.9, weight_decay=0.01)),
 }
 SHAPES = [(5, 7), (3, 4, 6), (9,), ()]
 

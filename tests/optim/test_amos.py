@@ -1,6 +1,7 @@
-"""Amos (arXiv 2210.11693) against a float64 reference written here from Algorithm 1 (and the
-jestimator reference code's order of operations), with its shared per-tensor second moment, the
-decay schedule ``b``, the default ``eta``, the cautious mask and ``maximize``."""
+"""Amos (arXiv 2210.11693) against the float64 reference of ``tests/optim/reference.py``, written
+from Algorithm 1 (and the jestimator reference code's order of operations), with its shared
+per-tensor second moment, the decay schedule ``b``, the default ``eta``, the cautious mask and
+``maximize``. (The shared harness also runs it: ``tests/optim/common.py``.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from adamhd import Amos
+from tests.optim import reference
 
 F64 = torch.float64
 SHAPES = [(6, 4), (3, 2, 5), (7,)]
@@ -26,25 +28,11 @@ def grad(t, i, shape):
 
 
 def amos64(steps, xi, beta, etas, extra_l2=0.0, cautious=False, maximize=False):
-    ps = [p.detach().clone() for p in params64()]
-    v = [0.0] * len(ps)
-    b = [0.0] * len(ps)
-    for t in range(1, steps + 1):
-        for i, p in enumerate(ps):
-            g = grad(t, i, p.shape)
-            if maximize:
-                g = -g
-            g2 = float((g * g).mean())
-            v[i] = beta * v[i] + (1 - beta) * g2
-            r = (1 - beta**t) / v[i]
-            gamma = xi**2 * r * g2 * (1 + 0.25 * math.sqrt(xi) * b[i]) ** -0.5
-            d = 1 / (1 + 0.25 * math.sqrt(xi * etas[i]) * b[i])
-            decay = (0.5 * gamma + extra_l2) * p
-            if cautious:
-                decay = decay * (g * p >= 0)
-            ps[i] = p - d * (xi * etas[i] * math.sqrt(r) * g + decay)
-            b[i] = b[i] + gamma * (1 + b[i])
-    return ps, v, b
+    """``tests.optim.reference.amos`` on each tensor (Amos's tensors are independent)."""
+    out = [reference.amos(p.detach(), [grad(t, i, p.shape) for t in range(1, steps + 1)], xi,
+                          beta, etas[i], extra_l2, cautious, maximize)
+           for i, p in enumerate(params64())]
+    return ([p for p, _ in out], [s["amos_v"] for _, s in out], [s["amos_b"] for _, s in out])
 
 
 @pytest.mark.parametrize("options", [

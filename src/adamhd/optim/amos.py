@@ -17,7 +17,9 @@ or ``None`` (default) for ``1/sqrt(fan_in)`` on tensors of 2 or more dimensions 
 numel/shape[0]``, the scale of a fan-in initialisation) and 1.0 on vectors and scalars (norm
 gains); this default is ours (the paper asks the model for it). ``cautious_decay=True`` applies
 ``gamma/2 * p`` only where ``g*p >= 0`` (arXiv 2510.12402's mask, the step's direction being
-``g``'s). ``weight_decay``: the reference code's ``extra_l2`` (added to ``gamma/2``), default 0.
+``g``'s; wrapped by ``with_decoupled_decay``, the key also makes the wrapper's rule cautious:
+one name, one meaning for the group). ``weight_decay``: the reference code's ``extra_l2`` (added
+to ``gamma/2``), default 0.
 No momentum (the reference's optional EMA of updates is left out). State: ``step``, ``amos_v``,
 ``amos_b`` (0-dim, float32; float64 for float64 weights): 12 bytes per tensor. Under FSDP2
 ``mean(g**2)`` is the whole tensor's: one all-reduce per step (``adamhd.optim._reduce``).
