@@ -111,6 +111,27 @@ def test_stable_decay_round_trip_is_bit_exact():
         assert torch.equal(a, b)
 
 
+def test_stable_decay_reads_unscaled_gradients_under_grad_scaler():
+    """Fused Adam unscales inside its step: the wrapper's vbar must not see the loss scale."""
+    plain, scaled = make_params(torch.float32), make_params(torch.float32)
+    kw = dict(lr=1e-2, weight_decay=1e-3, decay="l2", decay_scaling="stable")
+    opt_plain = ADAM(groups(plain), foreach=True, **kw)
+    opt_scaled = ADAM(groups(scaled), fused=True, **kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for t in range(3):
+        for p, g in zip(plain, grads(t, torch.float32)):
+            p.grad = g
+        opt_plain.step()
+        opt_scaled.zero_grad()
+        loss = sum((p * g).sum() for p, g in zip(scaled, grads(t, torch.float32)))
+        scaler.scale(loss).backward()
+        scaler.step(opt_scaled)
+        scaler.update()
+    assert opt_scaled.param_groups[0]["fused"]  # GradScaler left the unscaling to the step
+    for a, b in zip(plain, scaled):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adagrad, torch.optim.Adamax])
 def test_stable_decay_refuses_bases_without_adams_v(base):
     with pytest.raises(ValueError, match="v_hat"):

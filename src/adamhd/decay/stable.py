@@ -55,10 +55,12 @@ def check_stable_base(base: type, group: Mapping[str, Any]) -> None:
                          "max, not the paper's EMA; use amsgrad=False")
 
 
-def mean_v_hat(groups: list[dict[str, Any]], state: Mapping[Tensor, dict]) -> float | None:
+def mean_v_hat(groups: list[dict[str, Any]], state: Mapping[Tensor, dict],
+               grad_scale: Tensor | None = None) -> float | None:
     """``vbar_t``: the mean of ``v_hat_t`` over all parameters with a gradient, from the state
     *before* the base's step and the current gradients (module docstring). ``None`` if no
-    parameter has a gradient. One all-reduce for sharded parameters."""
+    parameter has a gradient. One all-reduce for sharded parameters. ``grad_scale``: the
+    ``GradScaler`` scale still in the gradients (a fused base unscales inside its own step)."""
     params, v_sums, betas2, steps = [], [], [], []
     for group in groups:
         for p in group["params"]:
@@ -72,6 +74,8 @@ def mean_v_hat(groups: list[dict[str, Any]], state: Mapping[Tensor, dict]) -> fl
     if not params:
         return None
     g_sums = sum_squares([p.grad for p in params])
+    if grad_scale is not None:
+        g_sums = [s / float(grad_scale) ** 2 for s in g_sums]
     present = [i for i, v in enumerate(v_sums) if v is not None]
     for i, total in zip(present, sums([v_sums[i] for i in present])):
         v_sums[i] = total

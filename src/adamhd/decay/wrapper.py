@@ -202,7 +202,8 @@ class _DecoupledDecay:
         groups = self.param_groups  # type: ignore[attr-defined]
         stable = [g.get("decay_scaling") == "stable" for g in groups]
         needed = any(s and g["weight_decay"] != 0 for s, g in zip(stable, groups))
-        vbar = mean_v_hat(groups, self.state) if needed else None  # type: ignore[attr-defined]
+        scale = getattr(self, "grad_scale", None)  # set by GradScaler for fused bases
+        vbar = mean_v_hat(groups, self.state, scale) if needed else None  # type: ignore
         return [
             (0.0 if vbar is None else stable_coefficient(g["weight_decay"], vbar, g["eps"]))
             if is_stable else group_decay_coefficient(g)
