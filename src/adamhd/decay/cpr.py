@@ -29,11 +29,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.chunks import sweep
 from adamhd.decay.rules import cautious_weights
 from adamhd.decay.threshold import mu_dtype
 from adamhd.decay.whole import local, sum_squares, whole_sums
@@ -123,18 +125,17 @@ class CPRDecay:
         for i, (p, s, r) in enumerate(zip(params, states, rs)):
             lam = s["cpr_lambda"]
             lam.copy_((lam + self.mu * (r.to(lam) - s["cpr_kappa"])).clamp_min(0.0))
-            mask = None
-            if befores is not None:
-                p_t = local(befores[i])
-                mask = cautious_weights(p_t - local(p), p_t)
-            _shrink_(local(p), lam, mask)
+            two_lam = (2.0 * lam).to(p.dtype)
+            if befores is None:
+                local(p).mul_(1.0 - two_lam)
+            else:  # chunk by chunk on large CPU tensors: the mask stays chunk-sized
+                sweep(partial(_shrink_cautiously_, two_lam), local(p), local(befores[i]))
             if self.kappa_init == "warm_start" and int(s["cpr_step"]) == self.kappa_param:
                 s["cpr_kappa"].copy_(torch.minimum(s["cpr_kappa"], r.to(lam)))
             s["cpr_step"].add_(1.0)
 
 
-def _shrink_(p: Tensor, lam: Tensor, mask: Tensor | None) -> None:
-    """``p <- p * (1 - 2*lam*[mask])`` (a coordinate outside the mask is unchanged, exactly)."""
-    two_lam = (2.0 * lam).to(p.dtype)
-    factor = 1.0 - (two_lam if mask is None else mask * two_lam)
-    p.mul_(factor)
+def _shrink_cautiously_(two_lam: Tensor, p: Tensor, p_t: Tensor) -> None:
+    """``p <- p * (1 - 2*lam*mask)``, ``mask`` where the base step ``u = p_t - p`` has the sign
+    of ``p_t`` (outside the mask ``p`` is unchanged, exactly)."""
+    p.mul_(cautious_weights(p_t - p, p_t).mul_(-two_lam).add_(1.0))
