@@ -37,7 +37,7 @@ from torch import Tensor
 
 from adamhd.decay.chunks import sweep
 from adamhd.decay.rules import cautious_weights
-from adamhd.decay.threshold import mu_dtype
+from adamhd.decay.threshold import statistic_dtype
 from adamhd.decay.whole import local, sum_squares, whole_sums
 
 __all__ = [
@@ -110,7 +110,7 @@ class CPRDecay:
         out = {}
         for p, kappa in zip(params, kappas):
             def make(x: float | Tensor, p: Tensor = p) -> Tensor:
-                return torch.as_tensor(x, dtype=mu_dtype(p)).to(local(p).device).clone()
+                return torch.as_tensor(x, dtype=statistic_dtype(p)).to(local(p).device).clone()
 
             out[p] = {"cpr_lambda": make(0.0), "cpr_kappa": make(kappa), "cpr_step": make(0.0)}
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adamhd.decay.threshold import mu_dtype
+from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import _sharded_mesh_dims, is_dtensor
 
 __all__ = ["local", "sum_squares", "sums", "whole_sums"]
@@ -33,14 +33,14 @@ def sum_squares(tensors: list[Tensor]) -> list[Tensor]:
 def sums(tensors: list[Tensor]) -> list[Tensor]:
     """``sum(x)`` of each (local) tensor, accumulated as ``sum_squares`` (a plain sum: several
     times faster on CPU than a 1-norm)."""
-    return [local(t).sum(dtype=mu_dtype(t)).double() for t in tensors]
+    return [local(t).sum(dtype=statistic_dtype(t)).double() for t in tensors]
 
 
 def _norms(xs: list[Tensor], order: int) -> list[Tensor]:
     """``foreach`` norms in float32 (float64 for float64 tensors), one call per such dtype."""
     out: list[Tensor | None] = [None] * len(xs)
-    for dtype in {mu_dtype(x) for x in xs}:
-        idx = [i for i, x in enumerate(xs) if mu_dtype(x) == dtype]
+    for dtype in {statistic_dtype(x) for x in xs}:
+        idx = [i for i, x in enumerate(xs) if statistic_dtype(x) == dtype]
         for i, n in zip(idx, torch._foreach_norm([xs[i] for i in idx], order, dtype=dtype)):
             out[i] = n
     return out  # type: ignore[return-value]

@@ -26,8 +26,7 @@ from collections.abc import Iterable
 from torch import Tensor
 
 from adamhd.transforms.bound import BoundHandle, UpdateBound, attach_update_bound
-from adamhd.transforms.hook import TransformHandle, attach
-from adamhd.transforms.rules import (
+from adamhd.transforms.grad_transforms import (
     AGC,
     TRANSFORMS,
     Centralize,
@@ -37,6 +36,7 @@ from adamhd.transforms.rules import (
     SoftClip,
     transform_grads,
 )
+from adamhd.transforms.hook import TransformHandle, attach
 
 Params = Tensor | Iterable[Tensor]
 
