@@ -5,7 +5,7 @@
 * ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
-* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
+* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Amos``, ``Adafactor``, ``SMMF``, ``SM3``
   (docs/optimizers.md); momentum rules ``AdaMomentum``, ``FCAdam`` (docs/momentum.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * Where each technique lives and what is public: docs/architecture.md.
@@ -37,6 +37,7 @@ from adamhd.optim import (
     AdaLo,
     AdamHD,
     AdaMomentum,
+    Amos,
     FCAdam,
     Lookahead,
     MuonHD,
@@ -51,6 +52,7 @@ __all__ = [
     "SMMF",
     "AdaLo",
     "AdaMomentum",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
     "AdamHD",

@@ -190,3 +190,27 @@ def fcadam(p, grads, lr, betas, eps=1e-8, weight_decay=0.0, alpha=0.9, history=1
         p = p * (1 - lr * weight_decay)
         p = p - lr * (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
     return p, {"exp_avg": m, "exp_avg_sq": v}
+def amos(p, grads, lr=1e-2, beta=0.999, eta=None, weight_decay=0.0, cautious_decay=False,
+         maximize=False, decay=None):
+    """Amos (arXiv 2210.11693, Algorithm 1) on one tensor: shared v = EMA of mean(g^2), decay
+    gamma = xi^2 * mean(g^2)/v_hat / sqrt(1 + sqrt(xi)*b/4), schedule d = 1/(1 + sqrt(xi*eta)*b/4),
+    p -= d*(xi*eta*g/sqrt(v_hat) + (gamma/2 + extra_l2)*p [where g*p >= 0 if cautious]),
+    b += gamma*(1 + b). eta: 1/sqrt(fan_in) for 2+ dims, else 1 (adamhd's default)."""
+    p = p.to(F64).clone()
+    if eta is None:
+        eta = 1.0 if p.dim() < 2 or p.numel() == 0 else 1.0 / math.sqrt(p.numel() // p.shape[0])
+    xi, v, b = lr, 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        p = decay(p) if decay else p
+        g = -g.to(F64) if maximize else g.to(F64)
+        g2 = float((g * g).mean()) if g.numel() else 0.0
+        v = beta * v + (1 - beta) * g2
+        r = (1 - beta**t) / max(v, 2.0**-125)
+        gamma = xi**2 * r * g2 * (1 + 0.25 * math.sqrt(xi) * b) ** -0.5
+        d = 1 / (1 + 0.25 * math.sqrt(xi * eta) * b)
+        pull = (0.5 * gamma + weight_decay) * p
+        if cautious_decay:
+            pull = pull * (g * p >= 0)
+        p = p - d * (xi * eta * math.sqrt(r) * g + pull)
+        b = b + gamma * (1 + b)
+    return p, {"amos_v": v, "amos_b": b}

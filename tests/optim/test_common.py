@@ -125,6 +125,7 @@ BAD = {
     "sm3": [dict(momentum=-0.5), dict(eps=math.inf), dict(lr="0.1")],
     "adamomentum": [dict(betas=(0.9, 1.0)), dict(eps=0.0), dict(weight_decay=-1.0)],
     "fcadam": [dict(alpha=0.0), dict(history=0), dict(drop=1), dict(betas=(0.9,))],
+    "amos": [dict(beta=1.0), dict(eta=0.0), dict(weight_decay=-1.0), dict(cautious_decay=1)],
 }
 
 

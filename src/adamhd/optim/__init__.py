@@ -7,6 +7,7 @@ from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
 from adamhd.optim.adamhd import AdamHD
 from adamhd.optim.adamomentum import AdaMomentum
+from adamhd.optim.amos import Amos
 from adamhd.optim.fcadam import FCAdam
 from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
@@ -22,6 +23,7 @@ __all__ = [
     "SMMF",
     "AdaLo",
     "AdaMomentum",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
     "FCAdam",
