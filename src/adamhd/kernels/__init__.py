@@ -68,6 +68,7 @@ __all__ = [
     "fused_rule_reason",
     "fused_unsupported_reason",
     "fused_update_reason",
+    "prepare",
 ]
 
 
@@ -154,6 +155,19 @@ def fused_update_reason(update: Any) -> str | None:
     options with a per-tensor reduction or extra state (``cautious``, ``trust_ratio``,
     ``adanorm``, ``diffgrad``)."""
     return spec.update_reason(update)
+
+
+def prepare(params: list[Tensor], fused: bool | None) -> None:
+    """Load the kernels that a group of ``params`` may take (``fused`` its option), building the
+    CPU extension on first use: called at construction, so the first step, compiled or not,
+    finds them loaded and ``torch.compile`` traces no loader (hashing, files, locks)."""
+    if fused is False:
+        return
+    types = {p.device.type for p in params if spec.dtype_reason(p.device.type, p.dtype) is None}
+    if "cpu" in types and (fused or _cpu_fused_by_default()):
+        _cpu_module()
+    if types - {"cpu"}:
+        _triton_reason()
 
 
 def _cpu_fused_by_default() -> bool:
