@@ -104,6 +104,10 @@ def _register_fake() -> None:
     def _fake(*args, **kwargs) -> None:
         return None
 
+    @torch.library.register_fake("adamhd::decay_")
+    def _fake_decay(*args, **kwargs) -> None:
+        return None
+
 
 def _build(verbose: bool) -> ModuleType | None:
     global _error
