@@ -45,6 +45,7 @@ Instances and classes pickle: each class is reachable as
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ from adamhd.decay.chunks import sweep
 from adamhd.decay.options import DECAY_DEFAULTS, check_decay_options, rule_from_group
 from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
 from adamhd.decay.strength import decay_strength, group_decay_coefficient, remember_initial_lr
-from adamhd.decay.threshold import mu_dtype
+from adamhd.decay.threshold import mean_abs, mu_dtype
 from adamhd.distributed import whole_mean_abs
+from adamhd.kernels import fused_decay_, fused_decay_reason
 
 __all__ = ["classes", "with_decoupled_decay"]
 
@@ -81,6 +83,8 @@ class _GroupDecay:
     foreach: bool
     new_mus: dict[Tensor, Tensor]  # first thresholds, stored in the state after the base step
     before: list[Tensor] | None = None  # copies of p_t (cautious only)
+    fused: bool = False  # the fused decay pass (adamhd.kernels.fused_decay_) applies the rule
+    pass_mus: list[Tensor] | None = None  # fused, adaptive: the EMAs the pass advances itself
 
 
 class _DecoupledDecay:
@@ -88,6 +92,7 @@ class _DecoupledDecay:
 
     _decay_base: type[Optimizer]
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
+    _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -152,7 +157,7 @@ class _DecoupledDecay:
                 if plan.rule.cautious:
                     plan.before = [p.detach().clone() for p in plan.params]
                 elif plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         with _base_weight_decay_off(self.param_groups):
             self._base_step(**base_kwargs)
         with torch.no_grad():
@@ -162,7 +167,7 @@ class _DecoupledDecay:
                 if plan.rule.cautious:
                     _apply_cautious(plan)
                 elif not plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         return loss
 
     def _base_step(self, **kwargs: Any) -> None:
@@ -181,6 +186,9 @@ class _DecoupledDecay:
             return None
         rule = rule_from_group(group)
         foreach = _use_foreach(group, params)
+        tau = decay_strength(group["lr"], coefficient)
+        if self._fused_decay_pass and fused_decay_reason(rule, params) is None:
+            return self._fused_plan(rule, tau, params)
         mus = []
         abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
         new_mus = {}
@@ -190,8 +198,31 @@ class _DecoupledDecay:
                 mu = new_mus[p] = a.to(mu_dtype(p)).clone()
             mus.append(mu)
         ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
-        tau = decay_strength(group["lr"], coefficient)
         return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
+
+    def _fused_plan(self, rule: DecayRule, tau: float | Tensor, params: list[Tensor]
+                    ) -> _GroupDecay:
+        """The plan of a group that the fused decay pass serves. With an adaptive threshold the
+        pass computes ``mean|p_t|`` itself (explicit: of ``p``, just before decaying it;
+        cautious: of the copies of ``p_t``) and advances ``delta_mu``; a first ``delta_mu`` is
+        NaN, which the guarded EMA replaces by ``mean|p_t|`` (``mu_1 = a_1``). Only the proximal
+        form without the mask needs the thresholds now, before the base step changes ``p``."""
+        plan = _GroupDecay(rule, tau, params, [rule.delta] * len(params), False, {}, fused=True)
+        if not rule.adaptive:
+            return plan
+        mus = []
+        for p in params:
+            mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
+            if mu is None:
+                mu = plan.new_mus[p] = torch.full((), math.nan, dtype=mu_dtype(p), device=p.device)
+            mus.append(mu)
+        if rule.before_update or rule.cautious:
+            plan.pass_mus = mus
+        else:
+            for p, mu in plan.new_mus.items():
+                mu.copy_(mean_abs(p))
+            plan.ds = rule.thresholds(params, mus, False)
+        return plan
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 (torch
@@ -204,12 +235,28 @@ class _DecoupledDecay:
             )
 
 
+def _apply(plan: _GroupDecay) -> None:
+    """The rule without the mask: the fused pass (one op call for the group) or torch's ops."""
+    if not plan.fused:
+        plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+    elif plan.pass_mus is not None:
+        fused_decay_(plan.params, plan.rule, plan.tau, mus=plan.pass_mus)
+    else:
+        given = [d for d in plan.ds if isinstance(d, Tensor)]
+        fused_decay_(plan.params, plan.rule, plan.tau, ds=given or None)
+
+
 def _apply_cautious(plan: _GroupDecay) -> None:
     """Decay where the base step's update ``u ∝ p_t - p_new`` has the sign of ``p_t``.
 
     Explicit: the rule is applied to the copy of ``p_t`` and the base step's displacement is
-    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
+    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``. The fused
+    pass does both in one op call for the group, its threshold from the copies of ``p_t``."""
     assert plan.before is not None
+    if plan.fused:
+        fused_decay_(plan.params, plan.rule, plan.tau, p_ts=plan.before, mus=plan.pass_mus)
+        plan.before = None
+        return
     for p, p_t, d in zip(plan.params, plan.before, plan.ds):
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
         decay = plan.rule.on(plan.tau, d, p.dtype)
