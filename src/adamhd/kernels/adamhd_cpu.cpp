@@ -491,10 +491,10 @@ void sum_chunks(const std::vector<Job>& jobs, const std::vector<int64_t>& which,
 //
 // A per-tensor reduction (phase 1: sum|p| chunk by chunk) and the elementwise pass that needs its
 // result (phase 2), for all tensors in ONE region: work items are dealt in the order
-//   phase 1 of tensor 0, phase 1 of tensor 1, phase 2 of tensor 0, phase 1 of tensor 2, ...
-// (phase 2 of a tensor one tensor behind its phase 1), so a tensor read by phase 1 is read again
-// by phase 2 while it is still in the cache (a tensor smaller than the cache costs its reduction
-// no second trip to memory), and a thread seldom waits. The thread that finishes a tensor's last
+//   phase 1 of tensor 0, phase 2 of tensor 0, phase 1 of tensor 1, phase 2 of tensor 1, ...
+// so a tensor read by phase 1 is read again by phase 2 while it is still in the cache (a tensor
+// smaller than the cache costs its reduction no second trip to memory); a thread waits at most
+// for the phase-1 chunks other threads are finishing. The thread that finishes a tensor's last
 // phase-1 chunk calls finish(j) (sums the chunk sums in chunk order: thread-count independent,
 // and sets the tensor's constants); a phase-2 chunk of tensor j waits (yielding) until then.
 // Tensors with need1[j] == 0 must be finished before the call.
@@ -517,9 +517,9 @@ void two_phase(std::vector<Job>& jobs, const std::vector<int64_t>& which,
     for (int64_t b = 0; b < jobs[j].numel; b += kChunk)
       items.push_back({static_cast<int32_t>(j), phase, b});
   };
-  for (size_t w = 0; w <= which.size(); ++w) {
-    if (w < which.size() && need1[which[w]]) deal(which[w], 1);
-    if (w > 0) deal(which[w - 1], 2);
+  for (int64_t j : which) {
+    if (need1[j]) deal(j, 1);
+    deal(j, 2);
   }
   const int64_t n = static_cast<int64_t>(items.size());
   std::vector<std::atomic<int64_t>> left(jobs.size());
