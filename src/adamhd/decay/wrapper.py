@@ -50,6 +50,7 @@ Instances and classes pickle: each class is reachable as
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ from adamhd.decay.strength import (
     group_decay_coefficient,
     remember_initial_lr,
 )
-from adamhd.decay.threshold import mu_dtype
+from adamhd.decay.threshold import mean_abs, mu_dtype
 from adamhd.distributed import whole_mean_abs
+from adamhd.kernels import fused_decay_, fused_decay_reason
 
 __all__ = ["classes", "with_decoupled_decay"]
 
@@ -96,6 +98,8 @@ class _GroupDecay:
     foreach: bool
     new_state: dict[Tensor, dict[str, Tensor]]  # first entries, stored after the base step
     before: list[Tensor] | None = None  # copies of p_t (cautious only)
+    fused: bool = False  # the fused decay pass (adamhd.kernels.fused_decay_) applies the rule
+    pass_mus: list[Tensor] | None = None  # fused, adaptive: the EMAs the pass advances itself
 
 
 class _DecoupledDecay:
@@ -103,6 +107,7 @@ class _DecoupledDecay:
 
     _decay_base: type[Optimizer]
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
+    _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -171,7 +176,7 @@ class _DecoupledDecay:
                 if plan.rule.cautious:
                     plan.before = [p.detach().clone() for p in plan.params]
                 elif plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         with _base_weight_decay_off(self.param_groups):
             self._base_step(**base_kwargs)
         with torch.no_grad():
@@ -185,7 +190,7 @@ class _DecoupledDecay:
                 elif plan.rule.cautious:
                     _apply_cautious(plan)
                 elif not plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         return loss
 
     def _base_step(self, **kwargs: Any) -> None:
@@ -222,6 +227,9 @@ class _DecoupledDecay:
             return _GroupDecay(cpr, 0.0, params, [], False, cpr.new_state(fresh))
         rule = rule_from_group(group)
         foreach = _use_foreach(group, params)
+        tau = decay_strength(group["lr"], coefficient)
+        if self._fused_decay_pass and fused_decay_reason(rule, params) is None:
+            return self._fused_plan(rule, tau, params)
         mus = []
         abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
         new_mus = {}
@@ -232,8 +240,31 @@ class _DecoupledDecay:
                 new_mus[p] = {MU_KEY: mu}
             mus.append(mu)
         ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
-        tau = decay_strength(group["lr"], coefficient)
         return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
+
+    def _fused_plan(self, rule: DecayRule, tau: float | Tensor, params: list[Tensor]
+                    ) -> _GroupDecay:
+        """The plan of a group that the fused decay pass serves. With an adaptive threshold the
+        pass computes ``mean|p_t|`` itself (explicit: of ``p``, just before decaying it;
+        cautious: of the copies of ``p_t``) and advances ``delta_mu``; a first ``delta_mu`` is
+        NaN, which the guarded EMA replaces by ``mean|p_t|`` (``mu_1 = a_1``). Only the proximal
+        form without the mask needs the thresholds now, before the base step changes ``p``."""
+        plan = _GroupDecay(rule, tau, params, [rule.delta] * len(params), False, {}, fused=True)
+        if not rule.adaptive:
+            return plan
+        mus = []
+        for p in params:
+            mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
+            if mu is None:
+                mu = plan.new_mus[p] = torch.full((), math.nan, dtype=mu_dtype(p), device=p.device)
+            mus.append(mu)
+        if rule.before_update or rule.cautious:
+            plan.pass_mus = mus
+        else:
+            for p, mu in plan.new_mus.items():
+                mu.copy_(mean_abs(p))
+            plan.ds = rule.thresholds(params, mus, False)
+        return plan
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The base's ``load_state_dict``, then ``delta_mu`` and the CPR state restored to
@@ -246,12 +277,28 @@ class _DecoupledDecay:
             )
 
 
+def _apply(plan: _GroupDecay) -> None:
+    """The rule without the mask: the fused pass (one op call for the group) or torch's ops."""
+    if not plan.fused:
+        plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+    elif plan.pass_mus is not None:
+        fused_decay_(plan.params, plan.rule, plan.tau, mus=plan.pass_mus)
+    else:
+        given = [d for d in plan.ds if isinstance(d, Tensor)]
+        fused_decay_(plan.params, plan.rule, plan.tau, ds=given or None)
+
+
 def _apply_cautious(plan: _GroupDecay) -> None:
     """Decay where the base step's update ``u ∝ p_t - p_new`` has the sign of ``p_t``.
 
     Explicit: the rule is applied to the copy of ``p_t`` and the base step's displacement is
-    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
+    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``. The fused
+    pass does both in one op call for the group, its threshold from the copies of ``p_t``."""
     assert plan.before is not None
+    if plan.fused:
+        fused_decay_(plan.params, plan.rule, plan.tau, p_ts=plan.before, mus=plan.pass_mus)
+        plan.before = None
+        return
     for p, p_t, d in zip(plan.params, plan.before, plan.ds):
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
         decay = plan.rule.on(plan.tau, d, p.dtype)
