@@ -4,8 +4,9 @@
 # Each creates .venv and installs what it needs on a fresh machine. `make compare` installs only
 # the lab: torch, matplotlib, tqdm, tokenizers, ninja (builds the fused CPU kernel) and the corpus.
 # `make test` adds the test tools (ray among them, for the test of `adamhd tune --ray`), the
-# integrations (transformers, lightning), triton, the peer optimizers the tests check against and
-# optuna + scipy (`adamhd tune`). Separate stamps: `make test` after `make compare` installs
+# integrations (transformers, lightning), triton, tensorboard (the lab's --tensorboard test),
+# the peer optimizers the tests check against and optuna + scipy (`adamhd tune`). Separate
+# stamps: `make test` after `make compare` installs
 # only what is missing.
 PY ?= python3
 VENV := .venv
@@ -27,7 +28,7 @@ $(LAB_STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	touch $(LAB_STAMP)
 
 $(TEST_STAMP): $(LAB_STAMP)
-	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers,tune]'
+	$(PIP) -e '.[lab,fast,dev,integrations,cuda,bench,others,peers,tensorboard,tune]'
 	# timm without its torchvision (a CUDA build that does not import with the CPU torch):
 	# the AGC comparison loads timm/utils/agc.py alone
 	$(BIN)/pip install -q --no-deps 'timm>=0.9'

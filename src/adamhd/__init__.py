@@ -5,8 +5,8 @@
 * ``adamhd.decay``: the decay rules (L2, Huber; cautious; lr or schedule strength), in one place.
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
-* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
-  (docs/optimizers.md).
+* The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Amos``, ``Adafactor``, ``SMMF``, ``SM3``
+  (docs/optimizers.md); momentum rules ``AdaMomentum``, ``FCAdam`` (docs/momentum.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * Where each technique lives and what is public: docs/architecture.md.
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
@@ -36,6 +36,9 @@ from adamhd.optim import (
     AdafactorHD,
     AdaLo,
     AdamHD,
+    AdaMomentum,
+    Amos,
+    FCAdam,
     Lookahead,
     MuonHD,
     NAdamHD,
@@ -48,9 +51,12 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "AdaMomentum",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
     "AdamHD",
+    "FCAdam",
     "HuberDecay",
     "Lookahead",
     "MuonHD",

@@ -110,6 +110,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> No
     o.add_argument("--resume", action="store_true",
                    help="continue the runs in --out from their checkpoints")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--tensorboard", metavar="DIR", default="",
+                   help="also log per-layer histograms of weights, gradients and updates at "
+                        "each evaluation step to DIR/<entrant>/seed<N> (needs tensorboard)")
 
 
 def _base_config(args, lr: float, weight_decay: float):
@@ -120,7 +123,17 @@ def _base_config(args, lr: float, weight_decay: float):
                      context=args.context, lr=lr, weight_decay=weight_decay,
                      warmup=args.warmup, eval_every=eval_every,
                      ckpt_every=max(eval_every, args.steps // 4), device=args.device,
-                     dtype=args.dtype, compile=args.compile)
+                     dtype=args.dtype, compile=args.compile, tensorboard=_board(args))
+
+
+def _board(args) -> str:
+    """--tensorboard's folder, after checking that tensorboard imports (before --out is
+    touched)."""
+    if args.tensorboard:
+        from adamhd.lab.tails import require_tensorboard
+
+        require_tensorboard()
+    return args.tensorboard
 
 
 def _resolve_device(args):

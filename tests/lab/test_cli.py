@@ -19,7 +19,8 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
     args[args.index("--grid-budgets") + 1] = "0.5"
     assert cli.main(args + ["--decay-budget", "1"]) == 0
     for name in ("report.md", "report.html", "val_loss.png", "pruning.png",
-                 "weight_histograms.png", "small_weights.png", "compare.json"):
+                 "weight_histograms.png", "small_weights.png", "gradient_tails.png",
+                 "compare.json"):
         assert (out / name).is_file(), name
     md = (out / "report.md").read_text()
     assert "The paper's claims: adamhd vs adamw" in md
@@ -32,7 +33,7 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
     assert len(sweep["points"]) == 2 * 2 * 2  # 2 budgets x 2 entrants x 2 seeds
     assert "unigram entropy" in md and "![validation loss](val_loss.png)" in md
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "src='val_loss.png'" not in html
+    assert html.count("data:image/png;base64,") == 5 and "src='val_loss.png'" not in html
     printed = capsys.readouterr().out
     assert "report:" in printed and "claim b:" in printed
     for seed in (0, 1):
@@ -51,6 +52,25 @@ def test_compare_end_to_end_writes_the_report(tmp_path, works_dir, other_domain,
     results = (out / "runs" / "adamhd" / "seed1" / "results.json").read_text()
     assert cli.main(args + ["--decay-budget", "1", "--resume"]) == 0
     assert (out / "runs" / "adamhd" / "seed1" / "results.json").read_text() == results
+
+
+def test_no_warmup_and_tensorboard_flags(tmp_path, works_dir, other_domain):
+    """`--warmup 0` trains at the full lr from step 1 and the report says so; `--tensorboard`
+    writes one event file per run."""
+    out, board = tmp_path / "out", tmp_path / "tb"
+    args = tiny_args(out, works_dir, other_domain, "--warmup", "0", "--tensorboard", str(board))
+    args[args.index("--seeds") + 1] = "1"
+    args[args.index("--steps") + 1] = "2"
+    assert cli.main(args) == 0
+    md = (out / "report.md").read_text()
+    assert "**Without warm-up**" in md and "adamw, adamhd." in md
+    assert "![gradient-tail statistics per layer over training](gradient_tails.png)" in md
+    rows = [json.loads(x) for x in
+            (out / "runs" / "adamhd" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["kind"] == "train"]
+    assert lrs[0] == json.loads((out / "compare.json").read_text())["base_config"]["lr"]
+    for slug in ("adamw", "adamhd"):
+        assert len(list((board / slug / "seed0").glob("events.out.tfevents.*"))) == 1
 
 
 def test_one_seed_says_no_interval(tmp_path, works_dir, other_domain):

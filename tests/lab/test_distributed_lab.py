@@ -82,6 +82,12 @@ def test_two_processes_match_one(mode, data, one_process):
         want_results["weights"]["all"]["mean_abs"], rel=1e-5)
     assert [r["kind"] for r in rows] == [r["kind"] for r in want_rows]
     for got, want in zip(rows, want_rows, strict=True):
+        if got["kind"] == "tails":  # gradient-tail statistics of the gathered gradients
+            assert got["layers"].keys() == want["layers"].keys()
+            for layer, stats in want["layers"].items():
+                for stat, value in stats.items():
+                    assert got["layers"][layer][stat] == pytest.approx(value, rel=1e-3), stat
+            continue
         key = "loss" if got["kind"] == "train" else "val_loss"
         assert got[key] == pytest.approx(want[key], rel=1e-5), got
         if got["kind"] == "train":

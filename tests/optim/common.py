@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo
+from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdaMomentum, Amos, FCAdam
 
 # name -> (class, keyword arguments that make every state and branch move in a few steps)
 CASES = {
@@ -15,6 +15,10 @@ CASES = {
     "adafactor": (Adafactor, dict(lr=0.05, weight_decay=0.1)),
     "smmf": (SMMF, dict(lr=0.05, weight_decay=0.1)),
     "sm3": (SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.1)),
+    "adamomentum": (AdaMomentum, dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)),
+    "fcadam": (FCAdam, dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1, alpha=0.7, history=3,
+                               drop=False)),
+    "amos": (Amos, dict(lr=0.05, beta=0.9, weight_decay=0.01)),
 }
 SHAPES = [(5, 7), (3, 4, 6), (9,), ()]
 

@@ -29,7 +29,7 @@ def train(rank: int, world: int, name: str) -> dict:
             step(opt, t)
         counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
         opt.zero_grad()
-    keys = {k for s in opt.state.values() for k in s}
+    keys = sorted({k for s in opt.state.values() for k in s})  # the same gather order on all ranks
     return {
         "weights": common.weights(model),
         "state": {k: common.state_by_name(model, opt, k) for k in keys},
@@ -38,10 +38,10 @@ def train(rank: int, world: int, name: str) -> dict:
 
 
 def refusals() -> dict[str, str]:
-    from adamhd import SM3, SMMF, Adafactor
+    from adamhd import SM3, SMMF, Adafactor, FCAdam
 
     out = {}
-    for cls in (Adafactor, SMMF, SM3):
+    for cls in (Adafactor, SMMF, SM3, FCAdam):
         try:
             cls(sharded_model().parameters())
             out[cls.__name__] = ""

@@ -147,3 +147,70 @@ def huber_explicit(tau, delta=None, scale=1.5, beta=0.99):
         return p - tau * p.clamp(-d, d)
 
     return hook
+
+
+def adamomentum(p, grads, lr, betas, eps=1e-8, weight_decay=0.0, decay=None):
+    """AdaMomentum (arXiv 2106.11514, Algorithm 1): ``v`` is the EMA of ``m**2``, ``eps`` added to
+    ``v`` every step, no ``eps`` in the denominator."""
+    (b1, b2), p = betas, p.to(F64).clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        p = decay(p) if decay else p
+        m = b1 * m + (1 - b1) * g.to(F64)
+        v = b2 * v + (1 - b2) * m * m + eps
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * (m / (1 - b1**t)) / torch.sqrt(v / (1 - b2**t))
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def gl_weight(alpha, j):
+    """``w_j`` of FCAdam_G-L's recursion ``w_j = (1 - (alpha+1)/(j+1)) w_{j-1}``, ``w_0 = 1``, in
+    closed form: ``prod_{i=1..j} (i - alpha)/(i + 1) = Gamma(j+1-alpha)/(Gamma(1-alpha) (j+1)!)``
+    (0 for ``alpha = 1``)."""
+    if alpha == 1.0:
+        return 0.0
+    return math.gamma(j + 1 - alpha) / (math.gamma(1 - alpha) * math.factorial(j + 1))
+
+
+def fcadam(p, grads, lr, betas, eps=1e-8, weight_decay=0.0, alpha=0.9, history=10, drop=True,
+           seed=0, decay=None, dropped=None):
+    """FCAdam_G-L (Zhou, Zhao & Huang 2023): Adam on ``D_t = g_t + sum_j c_j w_j g_{t-j}``,
+    ``j = 1..history``; ``dropped[t]`` is the ``j`` with ``c_j = 0`` at step ``t`` (none: all 1)."""
+    (b1, b2), p = betas, p.to(F64).clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    gs = [g.to(F64) for g in grads]
+    for t in range(1, len(gs) + 1):
+        p = decay(p) if decay else p
+        d = gs[t - 1].clone()
+        for j in range(1, min(history, t - 1) + 1):
+            if not (drop and dropped and dropped.get(t) == j):
+                d = d + gl_weight(alpha, j) * gs[t - 1 - j]
+        m = b1 * m + (1 - b1) * d
+        v = b2 * v + (1 - b2) * d * d
+        p = p * (1 - lr * weight_decay)
+        p = p - lr * (m / (1 - b1**t)) / (torch.sqrt(v / (1 - b2**t)) + eps)
+    return p, {"exp_avg": m, "exp_avg_sq": v}
+def amos(p, grads, lr=1e-2, beta=0.999, eta=None, weight_decay=0.0, cautious_decay=False,
+         maximize=False, decay=None):
+    """Amos (arXiv 2210.11693, Algorithm 1) on one tensor: shared v = EMA of mean(g^2), decay
+    gamma = xi^2 * mean(g^2)/v_hat / sqrt(1 + sqrt(xi)*b/4), schedule d = 1/(1 + sqrt(xi*eta)*b/4),
+    p -= d*(xi*eta*g/sqrt(v_hat) + (gamma/2 + extra_l2)*p [where g*p >= 0 if cautious]),
+    b += gamma*(1 + b). eta: 1/sqrt(fan_in) for 2+ dims, else 1 (adamhd's default)."""
+    p = p.to(F64).clone()
+    if eta is None:
+        eta = 1.0 if p.dim() < 2 or p.numel() == 0 else 1.0 / math.sqrt(p.numel() // p.shape[0])
+    xi, v, b = lr, 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        p = decay(p) if decay else p
+        g = -g.to(F64) if maximize else g.to(F64)
+        g2 = float((g * g).mean()) if g.numel() else 0.0
+        v = beta * v + (1 - beta) * g2
+        r = (1 - beta**t) / max(v, 2.0**-125)
+        gamma = xi**2 * r * g2 * (1 + 0.25 * math.sqrt(xi) * b) ** -0.5
+        d = 1 / (1 + 0.25 * math.sqrt(xi * eta) * b)
+        pull = (0.5 * gamma + weight_decay) * p
+        if cautious_decay:
+            pull = pull * (g * p >= 0)
+        p = p - d * (xi * eta * math.sqrt(r) * g + pull)
+        b = b + gamma * (1 + b)
+    return p, {"amos_v": v, "amos_b": b}

@@ -123,6 +123,9 @@ BAD = {
     "adafactor": [dict(d=0.0), dict(decay_rate=0.5), dict(eps2=-1.0), dict(lr=math.inf)],
     "smmf": [dict(beta=-0.1), dict(growth_rate=0.0), dict(decay_rate=-2.0), dict(eps=True)],
     "sm3": [dict(momentum=-0.5), dict(eps=math.inf), dict(lr="0.1")],
+    "adamomentum": [dict(betas=(0.9, 1.0)), dict(eps=0.0), dict(weight_decay=-1.0)],
+    "fcadam": [dict(alpha=0.0), dict(history=0), dict(drop=1), dict(betas=(0.9,))],
+    "amos": [dict(beta=1.0), dict(eta=0.0), dict(weight_decay=-1.0), dict(cautious_decay=1)],
 }
 
 

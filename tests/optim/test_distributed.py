@@ -49,7 +49,10 @@ def test_nsgda_one_all_reduce_per_step(results):
     for name in ("nsgda_foreach", "nsgda_loop"):
         # both groups' norms (weights with decay, biases without) share one all-reduce
         assert all(c == {"c10d.allreduce_": 1} for c in results[name]["comm_counts"]), name
-    assert all(c == {} for c in results["adalo"]["comm_counts"])  # elementwise: none
+    for name in ("adalo", "adamomentum"):  # elementwise: no collective
+        assert all(c == {} for c in results[name]["comm_counts"]), name
+    # Amos: every tensor's mean(g^2) in one all-reduce
+    assert all(c == {"c10d.allreduce_": 1} for c in results["amos_cautious"]["comm_counts"])
     # wrapped with adaptive Huber decay: one more for the threshold's mean|p| (decayed group)
     assert all(c == {"c10d.allreduce_": 2} for c in results["nsgda_huber"]["comm_counts"][1:])
 

@@ -2,6 +2,7 @@
 
 * ``adamhd bench step``: one AdamHD step per path and option against torch's AdamW.
 * ``adamhd bench decay``: each optimizer with decoupled decay against itself without it.
+* ``adamhd bench rules``: Stable Weight Decay, CPR and the update bound on top of Adam.
 * ``adamhd bench transforms``: each gradient transform (and Lookahead) on top of AdamHD.
 * ``adamhd bench memory``: optimizer-state bytes per parameter and step time of every optimizer.
 * ``adamhd bench precision``: Adafactor's ``1/sqrt(V)`` error in float32 against float64.
@@ -17,12 +18,13 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from adamhd.bench import memory, precision, step, transforms, wrappers
+    from adamhd.bench import memory, precision, rules, step, transforms, wrappers
 
     bench = subparsers.add_parser("bench", help="benchmarks (adamhd bench step|decay|...)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     step.add_step_parser(sub)
     wrappers.add_decay_parser(sub)
+    rules.add_rules_parser(sub)
     transforms.add_transforms_parser(sub)
     for name, module, help_text in (
         ("memory", memory, "optimizer-state bytes per parameter and step time"),

@@ -40,7 +40,7 @@ def gpt_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 4096) -> list[T
 
 
 def contenders() -> dict[str, Factory]:
-    from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdamHD
+    from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdamHD, AdaMomentum, Amos, FCAdam
 
     return {
         BASELINE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
@@ -53,6 +53,9 @@ def contenders() -> dict[str, Factory]:
         "torch Adafactor": lambda ps: torch.optim.Adafactor(ps),
         "SMMF": lambda ps: SMMF(ps),
         "SM3": lambda ps: SM3(ps),
+        "AdaMomentum": lambda ps: AdaMomentum(ps),
+        "FCAdam (K=10)": lambda ps: FCAdam(ps),
+        "Amos": lambda ps: Amos(ps),
     }
 
 

@@ -7,6 +7,11 @@ matrices, so Muon can take them; fixed gradients):
 * ``huber``: ``with_decoupled_decay(base)`` with its defaults (adaptive Huber, explicit form);
 * ``cautious``: the same with ``cautious_decay=True`` (it keeps a copy of ``p_t`` for the mask).
 
+With ``--ops`` two more, the same two rules on torch's ops instead of the fused decay pass
+(``adamhd::decay_``, CPU): before and after side by side in one run. ``--set gpt-like`` takes
+``adamhd bench step``'s GPT-like parameter set (146 tensors, 42.5M parameters) instead of the
+matrices.
+
 Contenders are interleaved: each round times one step of each, in an order rotated every round,
 after ``warmup`` untimed steps. The ratio is the median over rounds of ``contender / base`` (the
 two steps of a round run back to back, so a machine that slows down for a while, as a shared one
@@ -49,6 +54,7 @@ def _torch(name: str, **kwargs) -> Callable[[], tuple[type, dict]]:
 BASES: dict[str, Callable[[], tuple[type, dict]] | None] = {
     "sgd": _torch("SGD", lr=1e-2, momentum=0.9),
     "adam": _torch("Adam", lr=1e-3),
+    "adam-fused": _torch("Adam", lr=1e-3, fused=True),
     "nadam": _torch("NAdam", lr=1e-3),
     "radam": _torch("RAdam", lr=1e-3),
     "rmsprop": _torch("RMSprop", lr=1e-3),
@@ -65,6 +71,8 @@ class Row:
     base_ms: float
     huber_ratio: float
     cautious_ratio: float
+    huber_ops_ratio: float | None = None
+    cautious_ops_ratio: float | None = None
 
 
 def _make(base: type, kwargs: dict, shapes, variant: str) -> tuple[torch.optim.Optimizer, list]:
@@ -77,28 +85,31 @@ def _make(base: type, kwargs: dict, shapes, variant: str) -> tuple[torch.optim.O
             kwargs = {**kwargs, "weight_decay": 0.0}
         return base(params, **kwargs), params
     wrapped = with_decoupled_decay(base)
-    return wrapped(params, cautious_decay=variant == "cautious", **kwargs), params
+    opt = wrapped(params, cautious_decay=variant.startswith("cautious"), **kwargs)
+    opt._fused_decay_pass = not variant.endswith("-ops")
+    return opt, params
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int,
-              clock: str = "wall") -> Row:
-    """Median step times of ``base``, ``huber`` and ``cautious`` for one base optimizer."""
+def time_base(name: str, shapes: list[tuple[int, ...]], rounds: int, warmup: int,
+              clock: str = "wall", ops: bool = False) -> Row:
+    """Median step times of ``base``, ``huber`` and ``cautious`` (and with ``ops`` the two on
+    torch's ops) for one base optimizer."""
     now = CLOCKS[clock]
     factory = BASES[name]
     if factory is None:
         raise ValueError(f"{name}: its package is not installed")
     base, kwargs = factory()
-    variants = ["base", "huber", "cautious"]
+    variants = ["base", "huber", "cautious"] + (["huber-ops", "cautious-ops"] if ops else [])
     opts = {v: _make(base, kwargs, shapes, v)[0] for v in variants}
     for _ in range(warmup):
         for opt in opts.values():
             opt.step()
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
-        order = variants[r % 3:] + variants[: r % 3]
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
             start = now()
             opts[v].step()
@@ -108,7 +119,10 @@ def time_base(name: str, shapes: list[tuple[int, int]], rounds: int, warmup: int
     def ratio(v: str) -> float:  # paired: each round's step over the base step of that round
         return statistics.median(t / b for t, b in zip(times[v], base_times))
 
-    return Row(name, 1e3 * statistics.median(base_times), ratio("huber"), ratio("cautious"))
+    row = Row(name, 1e3 * statistics.median(base_times), ratio("huber"), ratio("cautious"))
+    if ops:
+        row.huber_ops_ratio, row.cautious_ops_ratio = ratio("huber-ops"), ratio("cautious-ops")
+    return row
 
 
 def run(
@@ -117,23 +131,28 @@ def run(
     rounds: int = 15,
     warmup: int = 3,
     clock: str = "wall",
+    ops: bool = False,
 ) -> list[Row]:
     """Time every base of ``names`` (default: all installed in ``BASES``) on ``shapes``
     (default four 512x512 and one 1024x512 matrix, 1.6M parameters)."""
     shapes = shapes or [(512, 512)] * 4 + [(1024, 512)]
     names = names or [n for n, f in BASES.items() if f is not None]
-    return [time_base(n, shapes, rounds, warmup, clock) for n in names]
+    return [time_base(n, shapes, rounds, warmup, clock, ops) for n in names]
 
 
 def format_table(rows: list[Row]) -> str:
+    ops = any(r.huber_ops_ratio is not None for r in rows)
+    extra = " + Huber, torch ops | + cautious, torch ops |" if ops else ""
     lines = [
-        "| optimizer | base step (ms) | + Huber decay | + cautious Huber decay |",
-        "|---|---:|---:|---:|",
+        "| optimizer | base step (ms) | + Huber decay | + cautious Huber decay |" + extra,
+        "|---|---:|---:|---:|" + ("---:|---:|" if ops else ""),
     ]
-    lines += [
-        f"| {r.optimizer} | {r.base_ms:.2f} | {r.huber_ratio:.2f}x | {r.cautious_ratio:.2f}x |"
-        for r in rows
-    ]
+    for r in rows:
+        line = (f"| {r.optimizer} | {r.base_ms:.2f} | {r.huber_ratio:.2f}x | "
+                f"{r.cautious_ratio:.2f}x |")
+        if ops:
+            line += f" {r.huber_ops_ratio:.2f}x | {r.cautious_ops_ratio:.2f}x |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -164,6 +183,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the calling thread's CPU time (default %(default)s)")
+    p.add_argument("--set", choices=("matrices", "gpt-like"), default="matrices",
+                   help="parameter set: --shapes' matrices, or bench step's GPT-like set")
+    p.add_argument("--ops", action="store_true",
+                   help="also time the rules on torch's ops (the fused decay pass off)")
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -173,7 +196,12 @@ def _cmd(args: argparse.Namespace) -> int:
     unknown = [n for n in names or [] if n not in BASES]
     if unknown:
         raise SystemExit(f"unknown optimizers: {', '.join(unknown)} (known: {', '.join(BASES)})")
-    rows = run(names, args.shapes, args.rounds, args.warmup, args.clock)
+    shapes = args.shapes
+    if args.set == "gpt-like":
+        from adamhd.bench.step import gpt_like_shapes
+
+        shapes = gpt_like_shapes()
+    rows = run(names, shapes, args.rounds, args.warmup, args.clock, args.ops)
     print(format_table(rows))
     print(f"\nmedian of {args.rounds} interleaved rounds, {torch.get_num_threads()} threads, "
           f"{args.clock} clock, torch {torch.__version__}; ratio = step with decay / step without")

@@ -7,6 +7,11 @@
   ``"schedule"``);
 * ``adamhd.decay.options``: a param group's decay keys: defaults, validation, ``rule_from_group``.
 
+``with_decoupled_decay`` (``adamhd.decay.wrapper``) adds Stable Weight Decay
+(``adamhd.decay.stable``) and CPR (``adamhd.decay.cpr``), whose whole-tensor sums of sharded
+weights are in ``adamhd.decay.whole``; they are imported from their modules (not re-exported
+here, so that this package keeps importing nothing else of ``adamhd``).
+
 These four modules import nothing else of ``adamhd``; ``adamhd.distributed`` (whole-tensor
 ``mean|p|`` of sharded parameters) builds on ``threshold``. See ``docs/decay.md``.
 """

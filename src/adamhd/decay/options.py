@@ -44,9 +44,15 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
-def check_decay_options(group: Mapping[str, Any]) -> None:
+def check_decay_options(
+    group: Mapping[str, Any],
+    rules: tuple[str, ...] = tuple(DECAY_RULES),
+    scalings: tuple[str, ...] = DECAY_SCALINGS,
+) -> None:
     """Raise ``ValueError`` naming the first invalid decay key of ``group`` (missing keys take
-    ``DECAY_DEFAULTS``; ``weight_decay`` must be present)."""
+    ``DECAY_DEFAULTS``; ``weight_decay`` must be present). ``rules`` and ``scalings``: the values
+    of ``decay`` and ``decay_scaling`` the caller implements (``with_decoupled_decay`` adds
+    ``"cpr"`` and ``"stable"``)."""
     weight_decay = group["weight_decay"]
     if not _is_number(weight_decay) or not 0.0 <= weight_decay < math.inf:
         # torch's wording ("Invalid weight_decay value: -1"), then ours
@@ -54,8 +60,8 @@ def check_decay_options(group: Mapping[str, Any]) -> None:
             f"Invalid weight_decay value: {weight_decay} (weight_decay must be finite and >= 0)"
         )
     decay = _get(group, "decay")
-    if not isinstance(decay, str) or decay not in DECAY_RULES:
-        raise ValueError(f"Invalid decay: {decay!r} (one of {', '.join(map(repr, DECAY_RULES))})")
+    if not isinstance(decay, str) or decay not in rules:
+        raise ValueError(f"Invalid decay: {decay!r} (one of {', '.join(map(repr, rules))})")
     delta = _get(group, "delta")
     if isinstance(delta, str):
         if delta != "adaptive":
@@ -81,9 +87,9 @@ def check_decay_options(group: Mapping[str, Any]) -> None:
     if not isinstance(cautious, bool):
         raise ValueError(f"Invalid cautious_decay: {cautious!r} (True or False)")
     scaling = _get(group, "decay_scaling")
-    if not isinstance(scaling, str) or scaling not in DECAY_SCALINGS:
+    if not isinstance(scaling, str) or scaling not in scalings:
         raise ValueError(
-            f"Invalid decay_scaling: {scaling!r} (one of {', '.join(map(repr, DECAY_SCALINGS))})"
+            f"Invalid decay_scaling: {scaling!r} (one of {', '.join(map(repr, scalings))})"
         )
     check_schedule_start(group)
 

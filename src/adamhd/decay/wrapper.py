@@ -5,6 +5,11 @@ Lightning, DCP accept it). Its constructor takes the base's arguments plus, keyw
 param group, the decay options of ``adamhd.decay.options``: ``weight_decay``, ``decay``
 (``"huber"`` default | ``"l2"``), ``delta``, ``delta_scale``, ``delta_beta``, ``decay_form``,
 ``cautious_decay``, ``decay_scaling``. The rules and their math live in ``adamhd.decay.rules``.
+Two more, only here: ``decay_scaling="stable"`` (Stable Weight Decay, ``adamhd.decay.stable``:
+``tau`` divided by ``sqrt(mean v_hat) + eps``; Adam-family bases) and ``decay="cpr"`` with
+``cpr_mu``, ``cpr_kappa_init``, ``cpr_kappa_param`` (CPR, ``adamhd.decay.cpr``: a per-tensor
+Lagrange multiplier on ``mean(p**2)``, applied after the base step; state ``cpr_lambda``,
+``cpr_kappa``, ``cpr_step``).
 
 Each step (``tau`` from ``adamhd.decay.strength``; ``u`` the base step's update, ``p_t`` the
 weights before the step)::
@@ -45,6 +50,7 @@ Instances and classes pickle: each class is reachable as
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,30 +63,43 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from adamhd.decay.chunks import sweep
-from adamhd.decay.options import DECAY_DEFAULTS, check_decay_options, rule_from_group
+from adamhd.decay.cpr import CPR_DEFAULTS, CPR_STATE_KEYS, CPRDecay, check_cpr_options
+from adamhd.decay.options import DECAY_DEFAULTS, DECAY_RULES, check_decay_options, rule_from_group
 from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
-from adamhd.decay.strength import decay_strength, group_decay_coefficient, remember_initial_lr
-from adamhd.decay.threshold import mu_dtype
+from adamhd.decay.stable import check_stable_base, mean_v_hat, stable_coefficient
+from adamhd.decay.strength import (
+    DECAY_SCALINGS,
+    decay_strength,
+    group_decay_coefficient,
+    remember_initial_lr,
+)
+from adamhd.decay.threshold import mean_abs, mu_dtype
 from adamhd.distributed import whole_mean_abs
+from adamhd.kernels import fused_decay_, fused_decay_reason
 
 __all__ = ["classes", "with_decoupled_decay"]
 
-DECAY_KEYS = ("weight_decay", *DECAY_DEFAULTS)
+DECAY_KEYS = ("weight_decay", *DECAY_DEFAULTS, *CPR_DEFAULTS)
 FALLBACK_WEIGHT_DECAY = 1e-2  # AdamW's default, for bases whose own default is 0 or absent
 MU_KEY = "delta_mu"
+STAT_KEYS = (MU_KEY, *CPR_STATE_KEYS)  # float32/float64 state, whatever the weights' dtype
+WRAPPER_RULES = (*DECAY_RULES, "cpr")  # decay="cpr": adamhd.decay.cpr
+WRAPPER_SCALINGS = (*DECAY_SCALINGS, "stable")  # decay_scaling="stable": adamhd.decay.stable
 
 
 @dataclass
 class _GroupDecay:
     """One param group's decay this step."""
 
-    rule: DecayRule
+    rule: DecayRule | CPRDecay
     tau: float | Tensor
     params: list[Tensor]
     ds: list[Threshold]
     foreach: bool
-    new_mus: dict[Tensor, Tensor]  # first thresholds, stored in the state after the base step
+    new_state: dict[Tensor, dict[str, Tensor]]  # first entries, stored after the base step
     before: list[Tensor] | None = None  # copies of p_t (cautious only)
+    fused: bool = False  # the fused decay pass (adamhd.kernels.fused_decay_) applies the rule
+    pass_mus: list[Tensor] | None = None  # fused, adaptive: the EMAs the pass advances itself
 
 
 class _DecoupledDecay:
@@ -88,6 +107,7 @@ class _DecoupledDecay:
 
     _decay_base: type[Optimizer]
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
+    _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -100,10 +120,13 @@ class _DecoupledDecay:
             if "weight_decay" in options:
                 raise TypeError(f"{type(self).__name__}: multiple values for 'weight_decay'")
             options["weight_decay"] = bound.arguments.pop("weight_decay")
-        defaults = {**DECAY_DEFAULTS, "weight_decay": _default_weight_decay(base_sig)}
+        defaults = {**DECAY_DEFAULTS, **CPR_DEFAULTS,
+                    "weight_decay": _default_weight_decay(base_sig)}
         defaults.update(self._decay_overrides)
         defaults.update(options)
-        check_decay_options({**defaults, "lr": bound.arguments.get("lr", _base_lr(base_sig))})
+        _check_options(self._decay_base, {
+            **defaults, "lr": bound.arguments.get("lr", _base_lr(base_sig)),
+            "amsgrad": bound.arguments.get("amsgrad", False)})
         if "weight_decay" in base_sig.parameters:
             bound.arguments["weight_decay"] = 0.0
         self._pending_decay_defaults = defaults
@@ -117,7 +140,8 @@ class _DecoupledDecay:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         defaults = getattr(self, "_pending_decay_defaults", None) or self.defaults
         options = {key: param_group.get(key, defaults[key]) for key in DECAY_KEYS}
-        check_decay_options({"lr": self.defaults.get("lr"), **param_group, **options})
+        _check_options(self._decay_base, {**getattr(self, "defaults", {}),
+                                          "lr": self.defaults.get("lr"), **param_group, **options})
         _check_real(param_group)
         param_group.update(options)
         super().add_param_group(param_group)  # type: ignore[misc]
@@ -144,7 +168,7 @@ class _DecoupledDecay:
             with _base_weight_decay_off(self.param_groups):
                 self._base_step(**base_kwargs)
             return loss
-        coefficients = [group_decay_coefficient(g) for g in self.param_groups]  # may raise
+        coefficients = self._coefficients()  # may raise
         with torch.no_grad():
             plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
             plans = [plan for plan in plans if plan is not None]
@@ -152,17 +176,21 @@ class _DecoupledDecay:
                 if plan.rule.cautious:
                     plan.before = [p.detach().clone() for p in plan.params]
                 elif plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         with _base_weight_decay_off(self.param_groups):
             self._base_step(**base_kwargs)
         with torch.no_grad():
             for plan in plans:
-                for p, mu in plan.new_mus.items():
-                    self.state[p][MU_KEY] = mu  # type: ignore[attr-defined]
-                if plan.rule.cautious:
+                for p, entries in plan.new_state.items():
+                    self.state[p].update(entries)  # type: ignore[attr-defined]
+                if isinstance(plan.rule, CPRDecay):
+                    states = [self.state[p] for p in plan.params]  # type: ignore[attr-defined]
+                    plan.rule.apply_(plan.params, states, plan.before)
+                    plan.before = None
+                elif plan.rule.cautious:
                     _apply_cautious(plan)
                 elif not plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                    _apply(plan)
         return loss
 
     def _base_step(self, **kwargs: Any) -> None:
@@ -173,43 +201,104 @@ class _DecoupledDecay:
             step = step.__wrapped__
         step(self, **kwargs)
 
+    def _coefficients(self) -> list[float]:
+        """Each group's ``c`` (``tau = lr_t*c``); ``decay_scaling="stable"`` divides by
+        ``sqrt(vbar) + eps``, ``vbar`` the mean ``v_hat`` of all parameters (one statistic)."""
+        groups = self.param_groups  # type: ignore[attr-defined]
+        stable = [g.get("decay_scaling") == "stable" for g in groups]
+        needed = any(s and g["weight_decay"] != 0 for s, g in zip(stable, groups))
+        scale = getattr(self, "grad_scale", None)  # set by GradScaler for fused bases
+        vbar = mean_v_hat(groups, self.state, scale) if needed else None  # type: ignore
+        return [
+            (0.0 if vbar is None else stable_coefficient(g["weight_decay"], vbar, g["eps"]))
+            if is_stable else group_decay_coefficient(g)
+            for g, is_stable in zip(groups, stable)
+        ]
+
     def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
         """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no
         parameter of the group has a gradient."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return None
+        if group["decay"] == "cpr":
+            cpr = CPRDecay.from_group(group)
+            fresh = [p for p in params if "cpr_lambda" not in self.state.get(p, {})]  # type: ignore
+            return _GroupDecay(cpr, 0.0, params, [], False, cpr.new_state(fresh))
         rule = rule_from_group(group)
         foreach = _use_foreach(group, params)
+        tau = decay_strength(group["lr"], coefficient)
+        if self._fused_decay_pass and fused_decay_reason(rule, params) is None:
+            return self._fused_plan(rule, tau, params)
         mus = []
         abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
         new_mus = {}
         for p, a in zip(params, abs_means or ()):
             mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
             if mu is None:  # mu_1 = a_1; stored after the base step, which may expect no state
-                mu = new_mus[p] = a.to(mu_dtype(p)).clone()
+                mu = a.to(mu_dtype(p)).clone()
+                new_mus[p] = {MU_KEY: mu}
             mus.append(mu)
         ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
-        tau = decay_strength(group["lr"], coefficient)
         return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
 
+    def _fused_plan(self, rule: DecayRule, tau: float | Tensor, params: list[Tensor]
+                    ) -> _GroupDecay:
+        """The plan of a group that the fused decay pass serves. With an adaptive threshold the
+        pass computes ``mean|p_t|`` itself (explicit: of ``p``, just before decaying it;
+        cautious: of the copies of ``p_t``) and advances ``delta_mu``; a first ``delta_mu`` is
+        NaN, which the guarded EMA replaces by ``mean|p_t|`` (``mu_1 = a_1``). Only the proximal
+        form without the mask needs the thresholds now, before the base step changes ``p``."""
+        plan = _GroupDecay(rule, tau, params, [rule.delta] * len(params), False, {}, fused=True)
+        if not rule.adaptive:
+            return plan
+        mus = []
+        for p in params:
+            mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
+            if mu is None:
+                mu = plan.new_mus[p] = torch.full((), math.nan, dtype=mu_dtype(p), device=p.device)
+            mus.append(mu)
+        if rule.before_update or rule.cautious:
+            plan.pass_mus = mus
+        else:
+            for p, mu in plan.new_mus.items():
+                mu.copy_(mean_abs(p))
+            plan.ds = rule.thresholds(params, mus, False)
+        return plan
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 (torch
-        casts floating state to each parameter's dtype)."""
-        saved = _saved_mus(self.param_groups, state_dict)  # type: ignore[attr-defined]
+        """The base's ``load_state_dict``, then ``delta_mu`` and the CPR state restored to
+        float32/float64 (torch casts floating state to each parameter's dtype)."""
+        saved = _saved_stats(self.param_groups, state_dict)  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
-        for p, mu in saved.items():
-            self.state[p][MU_KEY] = mu.detach().to(  # type: ignore[attr-defined]
-                dtype=mu_dtype(p), device=self.state[p][MU_KEY].device, copy=True  # type: ignore
+        for (p, key), value in saved.items():
+            self.state[p][key] = value.detach().to(  # type: ignore[attr-defined]
+                dtype=mu_dtype(p), device=self.state[p][key].device, copy=True  # type: ignore
             )
+
+
+def _apply(plan: _GroupDecay) -> None:
+    """The rule without the mask: the fused pass (one op call for the group) or torch's ops."""
+    if not plan.fused:
+        plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+    elif plan.pass_mus is not None:
+        fused_decay_(plan.params, plan.rule, plan.tau, mus=plan.pass_mus)
+    else:
+        given = [d for d in plan.ds if isinstance(d, Tensor)]
+        fused_decay_(plan.params, plan.rule, plan.tau, ds=given or None)
 
 
 def _apply_cautious(plan: _GroupDecay) -> None:
     """Decay where the base step's update ``u ∝ p_t - p_new`` has the sign of ``p_t``.
 
     Explicit: the rule is applied to the copy of ``p_t`` and the base step's displacement is
-    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``."""
+    added back (``p_new = rule(p_t) + (p_new - p_t)``); proximal: to ``q = p_new``. The fused
+    pass does both in one op call for the group, its threshold from the copies of ``p_t``."""
     assert plan.before is not None
+    if plan.fused:
+        fused_decay_(plan.params, plan.rule, plan.tau, p_ts=plan.before, mus=plan.pass_mus)
+        plan.before = None
+        return
     for p, p_t, d in zip(plan.params, plan.before, plan.ds):
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
         decay = plan.rule.on(plan.tau, d, p.dtype)
@@ -285,16 +374,32 @@ def _base_weight_decay_off(groups: list[dict[str, Any]]) -> Iterator[None]:
             group["weight_decay"] = value
 
 
-def _saved_mus(groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[Tensor, Tensor]:
-    """``delta_mu`` of each parameter in ``state_dict`` (ids matched as torch matches them)."""
+def _saved_stats(
+    groups: list[dict[str, Any]], state_dict: dict[str, Any]
+) -> dict[tuple[Tensor, str], Tensor]:
+    """``STAT_KEYS`` entries of each parameter in ``state_dict`` (ids matched as torch does)."""
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [p for g in groups for p in g["params"]]
     by_id = dict(zip(saved_ids, params))
     return {
-        by_id[i]: s[MU_KEY]
+        (by_id[i], key): s[key]
         for i, s in state_dict["state"].items()
-        if i in by_id and isinstance(s, dict) and MU_KEY in s
+        if i in by_id and isinstance(s, dict)
+        for key in STAT_KEYS
+        if key in s
     }
+
+
+def _check_options(base: type, group: dict[str, Any]) -> None:
+    """The decay keys of ``group`` (``ValueError`` naming the first bad one), the wrapper's
+    ``"cpr"`` rule and ``"stable"`` scaling included."""
+    check_decay_options(group, WRAPPER_RULES, WRAPPER_SCALINGS)
+    if group.get("decay") == "cpr":
+        check_cpr_options(group)
+        if group.get("decay_scaling", "lr") != "lr":
+            raise ValueError("decay='cpr' has no decay strength to scale; leave decay_scaling "
+                             f"at 'lr' (got {group['decay_scaling']!r})")
+    check_stable_base(base, group)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,11 +63,14 @@ if TYPE_CHECKING:
 __all__ = [
     "forget_abs_means",
     "fused_adamhd",
+    "fused_decay_",
+    "fused_decay_reason",
     "fused_step",
     "fused_is_default",
     "fused_rule_reason",
     "fused_unsupported_reason",
     "fused_update_reason",
+    "prepare",
 ]
 
 
@@ -154,6 +157,19 @@ def fused_update_reason(update: Any) -> str | None:
     options with a per-tensor reduction or extra state (``cautious``, ``trust_ratio``,
     ``adanorm``, ``diffgrad``)."""
     return spec.update_reason(update)
+
+
+def prepare(params: list[Tensor], fused: bool | None) -> None:
+    """Load the kernels that a group of ``params`` may take (``fused`` its option), building the
+    CPU extension on first use: called at construction, so the first step, compiled or not,
+    finds them loaded and ``torch.compile`` traces no loader (hashing, files, locks)."""
+    if fused is False:
+        return
+    types = {p.device.type for p in params if spec.dtype_reason(p.device.type, p.dtype) is None}
+    if "cpu" in types and (fused or _cpu_fused_by_default()):
+        _cpu_module()
+    if types - {"cpu"}:
+        _triton_reason()
 
 
 def _cpu_fused_by_default() -> bool:
@@ -297,3 +313,41 @@ def _fused_cpu(tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> 
     """One call of the C++ op for the whole list: no per-tensor Python work, no host sync. Its
     arguments are ``adamhd.kernels.spec.ARGS``."""
     _cpu_op()(*spec.op_args(tensors, hyper, grad_scale, found_inf))
+
+
+# ------------------------------------------------------------------------------------------------
+# The decay pass of ``with_decoupled_decay`` (``adamhd::decay_``, CPU; issue 20)
+# ------------------------------------------------------------------------------------------------
+
+
+def fused_decay_reason(rule: Any, params: list[Tensor]) -> str | None:
+    """Why the fused decay pass cannot apply the decay rule record ``rule`` to ``params`` now
+    (``spec.decay_pass_reason``; not while ``torch.compile`` traces; the CPU extension must
+    build), or ``None``."""
+    if torch.compiler.is_compiling():
+        return "the fused decay pass is not traced by torch.compile"
+    reason = spec.decay_pass_reason(rule, params)
+    if reason is None and _cpu_module() is None:
+        from adamhd.kernels import cpu
+
+        return cpu.build_error()
+    return reason
+
+
+def fused_decay_(
+    params: list[Tensor],
+    rule: Any,
+    tau: float | Tensor,
+    *,
+    p_ts: list[Tensor] | None = None,
+    mus: list[Tensor] | None = None,
+    ds: list[Tensor] | None = None,
+) -> None:
+    """``rule`` applied to ``params`` in place, one op call for the list (``adamhd_cpu.cpp``,
+    ``decay_``). ``p_ts``: copies of ``p_t`` (cautious; ``params`` then hold the base step's
+    result). Adaptive threshold: ``ds`` (0-dim thresholds) if given, else computed in the pass
+    from ``mean|p_t|`` (of ``p_ts`` if given, else of ``params``), advancing ``mus`` (a NaN
+    ``mu`` starts at ``mean|p_t|``)."""
+    if params:
+        _cpu_op()  # loads the extension
+        torch.ops.adamhd.decay_(*spec.decay_op_args(params, rule, tau, p_ts, mus, ds))

@@ -33,6 +33,7 @@
 #include <cmath>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <vector>
@@ -486,6 +487,85 @@ void sum_chunks(const std::vector<Job>& jobs, const std::vector<int64_t>& which,
   }
 }
 
+// ---- two phases in one parallel region (issue 20) ---------------------------------------------
+//
+// A per-tensor reduction (phase 1: sum|p| chunk by chunk) and the elementwise pass that needs its
+// result (phase 2), for all tensors in ONE region: work items are dealt in the order
+//   phase 1 of tensor 0, phase 2 of tensor 0, phase 1 of tensor 1, phase 2 of tensor 1, ...
+// so a tensor read by phase 1 is read again by phase 2 while it is still in the cache (a tensor
+// smaller than the cache costs its reduction no second trip to memory); a thread waits at most
+// for the phase-1 chunks other threads are finishing. The thread that finishes a tensor's last
+// phase-1 chunk calls finish(j) (sums the chunk sums in chunk order: thread-count independent,
+// and sets the tensor's constants); a phase-2 chunk of tensor j waits (yielding) until then.
+// Tensors with need1[j] == 0 must be finished before the call.
+
+struct TwoPhaseItem {
+  int32_t job;
+  int32_t phase;  // 1 or 2
+  int64_t begin;
+};
+
+template <typename P1, typename Fin, typename P2>
+void two_phase(std::vector<Job>& jobs, const std::vector<int64_t>& which,
+               const std::vector<char>& need1, std::vector<double>& part, const P1& phase1,
+               const Fin& finish, const P2& phase2) {
+  ChunkList chunks = list_chunks(jobs, which);  // sets first_chunk: part[] indices of phase 1
+  part.assign(chunks.job.size(), 0.0);
+  std::vector<TwoPhaseItem> items;
+  items.reserve(2 * chunks.job.size());
+  auto deal = [&](int64_t j, int32_t phase) {
+    for (int64_t b = 0; b < jobs[j].numel; b += kChunk)
+      items.push_back({static_cast<int32_t>(j), phase, b});
+  };
+  for (int64_t j : which) {
+    if (need1[j]) deal(j, 1);
+    deal(j, 2);
+  }
+  const int64_t n = static_cast<int64_t>(items.size());
+  std::vector<std::atomic<int64_t>> left(jobs.size());
+  std::vector<std::atomic<int>> ready(jobs.size());
+  for (int64_t j : which) {
+    left[j].store(need1[j] ? chunks_of(jobs[j].numel) : 0);
+    ready[j].store(need1[j] ? 0 : 1);
+  }
+  auto run = [&](const TwoPhaseItem& it) {
+    const Job& job = jobs[it.job];
+    const int64_t end = std::min(it.begin + kChunk, job.numel);
+    if (it.phase == 1) {
+      part[job.first_chunk + it.begin / kChunk] = phase1(job, it.begin, end);
+      if (left[it.job].fetch_sub(1) == 1) {
+        finish(static_cast<int64_t>(it.job));
+        ready[it.job].store(1, std::memory_order_release);
+      }
+      return;
+    }
+    while (!ready[it.job].load(std::memory_order_acquire)) std::this_thread::yield();
+    phase2(job, it.begin, end);
+  };
+  for (int64_t j : which) {  // empty tensors have no chunk: finish them here
+    if (need1[j] && jobs[j].numel == 0) {
+      finish(j);
+      ready[j].store(1);
+    }
+  }
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  if (threads <= 1 || chunks.elements < 2 * kChunk || at::in_parallel_region()) {
+    for (const TwoPhaseItem& it : items) run(it);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) run(items[k]);
+  });
+}
+
+// Sum of tensor j's phase-1 chunk sums, in chunk order.
+double chunk_total(const Job& job, const std::vector<double>& part) {
+  double s = 0.0;
+  for (int64_t k = 0; k < chunks_of(job.numel); ++k) s += part[job.first_chunk + k];
+  return s;
+}
+
 // ---- the adaptive threshold's statistic, cached between steps ---------------------------------
 //
 // Per parameter: sum|p| as the step left it, with p's version counter (after the step), data
@@ -694,28 +774,18 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     all.push_back(static_cast<int64_t>(i));
   }
 
-  // this step's sum|p_t| for the adaptive threshold: cached, or recomputed in one parallel pass
+  // this step's sum|p_t| for the adaptive threshold: cached, or recomputed in the same parallel
+  // region, each tensor just before its update (two_phase: read again while in the cache)
   std::vector<double> abs_sum(n, 0.0);
+  std::vector<char> stale(n, 0);
   if (advance) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
-    std::vector<int64_t> stale;
-    for (size_t i = 0; i < n; ++i) {
-      if (!cached_sum(params[i], &abs_sum[i])) stale.push_back(static_cast<int64_t>(i));
-    }
-    if (!stale.empty()) {
-      ChunkList chunks = list_chunks(jobs, stale);
-      std::vector<double> part(chunks.job.size(), 0.0);
-      for_each_chunk(static_cast<int64_t>(part.size()), chunks.elements, [&](int64_t k) {
-        const Job& job = jobs[chunks.job[k]];
-        const int64_t b = chunks.begin[k];
-        part[k] = job.abs_fn(job, b, std::min(b + kChunk, job.numel));
-      });
-      sum_chunks(jobs, stale, part, abs_sum);
-    }
+    for (size_t i = 0; i < n; ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
   }
-
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<double> part, part2(list_chunks(jobs, all).job.size(), 0.0);
+  auto set_constants = [&](int64_t i) {
     Job& job = jobs[i];
+    if (stale[i]) abs_sum[i] = chunk_total(job, part);
     const double step = read_step_and_increment(steps[i]);
     double d = delta;
     if (advance) {
@@ -732,18 +802,19 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                            1.0 / bc1,   1.0 / std::pow(1.0 - std::pow(beta2, step), 0.5),
                            1.0 / update_a};
     job.f = Flags{weight1 < 0.5, maximize, scale > 0, update_kind, cautious};
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (!stale[i]) set_constants(static_cast<int64_t>(i));
   }
-
-  ChunkList chunks = list_chunks(jobs, all);
-  std::vector<double> part(chunks.job.size(), 0.0);
-  for_each_chunk(static_cast<int64_t>(part.size()), chunks.elements, [&](int64_t k) {
-    const Job& job = jobs[chunks.job[k]];
-    const int64_t b = chunks.begin[k];
-    part[k] = job.fn(job, b, std::min(b + kChunk, job.numel), advance);
-  });
+  two_phase(
+      jobs, all, stale, part,
+      [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); }, set_constants,
+      [&](const Job& job, int64_t b, int64_t e) {
+        part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
+      });
 
   std::vector<double> new_sum(n, 0.0);
-  if (advance) sum_chunks(jobs, all, part, new_sum);
+  if (advance) sum_chunks(jobs, all, part2, new_sum);
   for (size_t i = 0; i < n; ++i) {
     const Operands& o = ops[i];
     if (!o.direct) {
@@ -806,6 +877,195 @@ void forget(const std::vector<at::Tensor>& params, bool everything) {
   for (const at::Tensor& p : params) g_cache.erase(p.unsafeGetTensorImpl());
 }
 
+// ---- adamhd::decay_: the decoupled decay pass of with_decoupled_decay (issue 20) -------------
+//
+// The rules of adamhd.decay.rules over a list of tensors in one call, in place:
+//   x <- x + alpha * clip(x, -b, b)         (torch's add(x, pull, alpha=alpha): an FMA)
+//   explicit (on p_t, before the base step):  alpha = -tau,          b = d
+//            with d = inf and no mask:        x <- x * (1 - tau)     (AdamW's decay, bit for bit)
+//   proximal (on q, after the base step):     alpha = -tau/(1 + tau), b = (1 + tau)*d
+//   cautious (p_ts: copies of p_t; params hold p_new, after the base step):
+//            mask = sign(p_t - p_new) * p_t >= 0   (the base step's update u ~ p_t - p_new)
+//            explicit: p <- (p_new - p_t) + (mask ? decayed(p_t) : p_t)   (the rule's order)
+//            proximal: p <- mask ? decayed(p_new) : p_new
+// The threshold d: `ds` (one 0-dim tensor per tensor) if given; else with `adaptive` the guarded
+// EMA of mean|src| (src: p_ts if given, else params), computed in the same parallel region just
+// before each tensor's decay (two_phase), advancing `mus` (a non-finite mu takes the mean, so a
+// NaN mu starts the EMA at a_1; d = inf while mu is not finite, as adamhd.decay.threshold); else
+// `delta`. The Job fields carry: p (params), g (p_ts), v (the source of mean|.|),
+// c.neg_lr = alpha, c.d = d, c.one_plus_tau = the proximal bound's factor, c.one_minus_tau.
+
+namespace {
+
+template <int FORM, bool CAUTIOUS, bool L2MUL, typename T>
+inline T decay_one(const T& p, const T& p_t, const T& alpha, const T& lo, const T& hi,
+                   const T& one_minus_tau) {
+  const T& x = (FORM == 1 && CAUTIOUS) ? p_t : p;
+  T decayed;
+  if constexpr (L2MUL) {
+    decayed = x * one_minus_tau;
+  } else if constexpr (std::is_floating_point_v<T>) {
+    decayed = std::fma(vminimum(vmaximum(x, lo), hi), alpha, x);
+  } else {
+    decayed = at::vec::fmadd(vminimum(vmaximum(x, lo), hi), alpha, x);
+  }
+  if constexpr (!CAUTIOUS) {
+    return decayed;
+  } else {
+    const auto mask = same_sign_or_zero(p_t - p, p_t);
+    if constexpr (FORM == 1) return (p - p_t) + select(mask, decayed, p_t);
+    return select(mask, decayed, p);
+  }
+}
+
+template <typename scalar_t, int FORM, bool CAUTIOUS, bool L2MUL>
+double decay_range(const Job& job, int64_t begin, int64_t end, bool) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using OVec = Vectorized<opmath_t>;
+  auto* p = static_cast<scalar_t*>(job.p);
+  const auto* pt = static_cast<const scalar_t*>(job.g);
+  const opmath_t bound =
+      FORM == 1 ? opmath_t(job.c.d) : opmath_t(job.c.d) * opmath_t(job.c.one_plus_tau);
+  const opmath_t alpha(job.c.neg_lr), omt(job.c.one_minus_tau);
+  const OVec va(alpha), vlo(-bound), vhi(bound), vomt(omt);
+  int64_t i = begin;
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    constexpr int64_t W = OVec::size();
+    for (; i + W <= end; i += W) {
+      const OVec pv = OVec::loadu(p + i);
+      const OVec tv = CAUTIOUS ? OVec::loadu(pt + i) : pv;
+      decay_one<FORM, CAUTIOUS, L2MUL>(pv, tv, va, vlo, vhi, vomt).store(p + i);
+    }
+  } else {
+    using SVec = Vectorized<scalar_t>;
+    constexpr int64_t W = SVec::size();
+    for (; i + W <= end; i += W) {
+      auto [p0, p1] = at::vec::convert_to_float<scalar_t>(SVec::loadu(p + i));
+      OVec t0 = p0, t1 = p1;
+      if constexpr (CAUTIOUS) std::tie(t0, t1) = at::vec::convert_to_float<scalar_t>(SVec::loadu(pt + i));
+      p0 = decay_one<FORM, CAUTIOUS, L2MUL>(p0, t0, va, vlo, vhi, vomt);
+      p1 = decay_one<FORM, CAUTIOUS, L2MUL>(p1, t1, va, vlo, vhi, vomt);
+      at::vec::convert_from_float<scalar_t>(p0, p1).store(p + i);
+    }
+  }
+  for (; i < end; ++i) {
+    const opmath_t pv = static_cast<opmath_t>(p[i]);
+    const opmath_t tv = CAUTIOUS ? static_cast<opmath_t>(pt[i]) : pv;
+    p[i] = static_cast<scalar_t>(decay_one<FORM, CAUTIOUS, L2MUL>(pv, tv, alpha, -bound, bound, omt));
+  }
+  return 0.0;
+}
+
+template <typename scalar_t>
+void pick_decay(Job& job, int64_t form, bool cautious, bool l2mul) {
+  job.abs_fn = &sum_abs_range<scalar_t>;
+#define ADAMHD_DECAY_CASE(F, C)                                                               \
+  if (form == F && cautious == C)                                                             \
+    job.fn = l2mul ? &decay_range<scalar_t, F, C, true> : &decay_range<scalar_t, F, C, false>;
+  ADAMHD_DECAY_CASE(1, false)
+  ADAMHD_DECAY_CASE(1, true)
+  ADAMHD_DECAY_CASE(2, false)
+  ADAMHD_DECAY_CASE(2, true)
+#undef ADAMHD_DECAY_CASE
+}
+
+void check_decay_inputs(at::TensorList params, at::TensorList p_ts, at::TensorList mus,
+                        at::TensorList ds, int64_t form, bool cautious, bool stat) {
+  const size_t n = params.size();
+  TORCH_CHECK(form == 1 || form == 2, "adamhd decay pass: bad form ", form);
+  TORCH_CHECK(!cautious || p_ts.size() == n,
+              "adamhd decay pass: cautious decay needs one copy of p_t per parameter");
+  TORCH_CHECK(ds.empty() || ds.size() == n, "adamhd decay pass: one threshold per parameter");
+  TORCH_CHECK(!stat || mus.size() == n,
+              "adamhd decay pass: the adaptive threshold needs one delta_mu per parameter");
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.device().is_cpu() && !p.is_sparse() && is_float_kind(p.scalar_type()) &&
+                    p.is_contiguous(),
+                "adamhd decay pass: parameter ", i, " must be a contiguous dense float CPU "
+                "tensor, got ", p.scalar_type(), " on ", p.device());
+    if (cautious) {
+      const at::Tensor& t = p_ts[i];
+      TORCH_CHECK(t.device().is_cpu() && !t.is_sparse() && t.scalar_type() == p.scalar_type() &&
+                      t.sizes() == p.sizes() && t.is_contiguous(),
+                  "adamhd decay pass: the copy of p_t of parameter ", i,
+                  " must be a contiguous CPU tensor of its dtype and shape");
+    }
+    if (!ds.empty()) {
+      TORCH_CHECK(ds[i].device().is_cpu() && ds[i].numel() == 1,
+                  "adamhd decay pass: threshold ", i, " must be a 1-element CPU tensor");
+    }
+    if (stat) {
+      TORCH_CHECK(mus[i].device().is_cpu() && mus[i].numel() == 1 &&
+                      (mus[i].scalar_type() == at::kFloat || mus[i].scalar_type() == at::kDouble),
+                  "adamhd decay pass: delta_mu of parameter ", i,
+                  " must be a 1-element float32 or float64 CPU tensor");
+    }
+  }
+}
+
+}  // namespace
+
+void decay_(at::TensorList params, at::TensorList p_ts, at::TensorList mus, at::TensorList ds,
+            const std::optional<at::Tensor>& tau_tensor, double tau, int64_t form, double delta,
+            double delta_scale, double delta_beta, bool adaptive, bool cautious) {
+  const bool stat = adaptive && ds.empty();
+  check_decay_inputs(params, p_ts, mus, ds, form, cautious, stat);
+  tau = scalar_of(tau_tensor, tau);
+  const size_t n = params.size();
+  std::vector<Job> jobs(n);
+  std::vector<int64_t> all;
+  for (size_t i = 0; i < n; ++i) {
+    Job& job = jobs[i];
+    job.p = params[i].data_ptr();
+    job.g = cautious ? p_ts[i].data_ptr() : nullptr;
+    job.v = cautious ? job.g : job.p;
+    job.numel = params[i].numel();
+    all.push_back(static_cast<int64_t>(i));
+  }
+  std::vector<char> need1(n, stat ? 1 : 0);
+  std::vector<double> part;
+  auto finish = [&](int64_t i) {
+    Job& job = jobs[i];
+    double d = delta;
+    if (!ds.empty()) {
+      d = scalar_of(ds[i], delta);
+    } else if (stat) {
+      const double mean = chunk_total(job, part) / static_cast<double>(std::max<int64_t>(job.numel, 1));
+      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
+      const double mu = mus[i].scalar_type() == at::kFloat ? *mus[i].data_ptr<float>()
+                                                           : *mus[i].data_ptr<double>();
+      if (!std::isfinite(mu)) d = INFINITY;
+    }
+    job.c = Consts<double>{};
+    job.c.d = d;
+    job.c.one_plus_tau = 1.0 + tau;
+    job.c.one_minus_tau = 1.0 - tau;
+    job.c.neg_lr = form == 1 ? -tau : -tau / (1.0 + tau);
+    const bool l2mul = form == 1 && !cautious && std::isinf(d) && d > 0;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "decay", [&] {
+      pick_decay<scalar_t>(job, form, cautious, l2mul);
+    });
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (!need1[i]) finish(static_cast<int64_t>(i));
+    else AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "abs", [&] {
+      jobs[i].abs_fn = &sum_abs_range<scalar_t>;
+    });
+  }
+  two_phase(
+      jobs, all, need1, part,
+      [](const Job& job, int64_t b, int64_t e) {
+        Job src = job;
+        src.p = job.v;
+        return job.abs_fn(src, b, e);
+      },
+      finish, [](const Job& job, int64_t b, int64_t e) { job.fn(job, b, e, false); });
+  for (size_t i = 0; i < n; ++i) {
+    if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
+  }
+}
+
 TORCH_LIBRARY(adamhd, m) {
   m.def(
       "fused_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
@@ -814,9 +1074,16 @@ TORCH_LIBRARY(adamhd, m) {
       "float beta1, float beta2, float eps, float weight_decay, int decay_kind, float delta, "
       "float delta_scale, float delta_beta, bool adaptive, bool amsgrad, bool maximize, "
       "int update_kind, float update_a, float update_b, bool cautious) -> ()");
+  m.def(
+      "decay_(Tensor(a!)[] params, Tensor[] p_ts, Tensor(b!)[] mus, Tensor[] ds, "
+      "Tensor? tau_tensor, float tau, int form, float delta, float delta_scale, "
+      "float delta_beta, bool adaptive, bool cautious) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(adamhd, CPU, m) { m.impl("fused_step_", &fused_step_); }
+TORCH_LIBRARY_IMPL(adamhd, CPU, m) {
+  m.impl("fused_step_", &fused_step_);
+  m.impl("decay_", &decay_);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("abs_sums", &abs_sums, "sum|p| per tensor, with the fused step's blocking");

@@ -67,10 +67,20 @@ def _compiler() -> str | None:
 
 
 def load(verbose: bool = False) -> ModuleType | None:
-    """The compiled extension, building it on first call; ``None`` if it cannot be had."""
-    global _module, _error, _tried
+    """The compiled extension, building it on first call; ``None`` if it cannot be had.
+
+    Once tried, this is one global read, which ``torch.compile`` traces without a graph break;
+    the first try (hashing the source, a lock, the build or the cached ``.so``,
+    ``register_fake``) runs outside any traced region (``torch.compiler.disable``).
+    ``AdamHD`` calls it at construction, so a compiled step in a fresh process finds it loaded."""
     if _tried:
         return _module
+    return _first_load(verbose)
+
+
+@torch.compiler.disable
+def _first_load(verbose: bool) -> ModuleType | None:
+    global _module, _error, _tried
     with _lock:
         if _tried:
             return _module
@@ -92,6 +102,10 @@ def _register_fake() -> None:
 
     @torch.library.register_fake("adamhd::fused_step_")
     def _fake(*args, **kwargs) -> None:
+        return None
+
+    @torch.library.register_fake("adamhd::decay_")
+    def _fake_decay(*args, **kwargs) -> None:
         return None
 
 

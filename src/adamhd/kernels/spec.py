@@ -190,3 +190,86 @@ def op_args(
     """The positional arguments of ``torch.ops.adamhd.fused_step_`` for one call."""
     call = Call(tensors, hyper, grad_scale, found_inf)
     return [arg.value(call) for arg in ARGS]
+
+
+# ------------------------------------------------------------------------------------------------
+# The decay pass: ``adamhd::decay_``, the rules of ``adamhd.decay`` in one fused pass per group
+# (``with_decoupled_decay`` over any base optimizer, CPU)
+# ------------------------------------------------------------------------------------------------
+
+#: parameter dtypes of the decay pass (CPU only: on CUDA the wrapper keeps torch's ops)
+DECAY_PASS_DTYPES: tuple[torch.dtype, ...] = DTYPES["cpu"]
+#: the decay pass covers cautious decay (with copies of ``p_t``) and both forms of both rules
+DECAY_PASS_CAUTIOUS = True
+
+
+@dataclass(frozen=True)
+class DecayCall:
+    """What one call of the decay pass is built from: the group's tensors, its rule record
+    (``adamhd.decay.DecayRule``) and strength ``tau``; ``p_ts`` (cautious: copies of ``p_t``),
+    ``mus`` (adaptive, computed in the pass: the EMAs it advances), ``ds`` (thresholds given)."""
+
+    params: list[Tensor]
+    p_ts: list[Tensor]
+    mus: list[Tensor]
+    ds: list[Any]
+    rule: Any
+    tau: float | Tensor
+
+
+def _fixed_delta(c: DecayCall) -> float:
+    delta = c.rule.delta
+    return math.inf if delta == "adaptive" else float(delta)
+
+
+DECAY_ARGS: tuple[Arg, ...] = (
+    Arg("Tensor(a!)[]", "params", lambda c: c.params),
+    Arg("Tensor[]", "p_ts", lambda c: c.p_ts),
+    Arg("Tensor(b!)[]", "mus", lambda c: c.mus),
+    Arg("Tensor[]", "ds", lambda c: c.ds),
+    Arg("Tensor?", "tau_tensor", lambda c: c.tau if isinstance(c.tau, Tensor) else None),
+    Arg("float", "tau", lambda c: 0.0 if isinstance(c.tau, Tensor) else float(c.tau)),
+    Arg("int", "form", lambda c: DECAY_FORMS[c.rule.form]),
+    Arg("float", "delta", _fixed_delta),
+    Arg("float", "delta_scale", lambda c: float(c.rule.delta_scale)),
+    Arg("float", "delta_beta", lambda c: float(c.rule.delta_beta)),
+    Arg("bool", "adaptive", lambda c: bool(c.rule.adaptive)),
+    Arg("bool", "cautious", lambda c: bool(c.rule.cautious)),
+)
+
+#: the decay pass's schema, as ``adamhd_cpu.cpp`` defines it
+DECAY_SCHEMA = "decay_(" + ", ".join(f"{a.type} {a.name}" for a in DECAY_ARGS) + ") -> ()"
+
+
+def decay_pass_reason(rule: Any, params: list[Tensor]) -> str | None:
+    """Why the decay pass cannot apply ``rule`` to ``params``, or ``None``. It takes plain
+    contiguous CPU tensors (not DTensor or other subclasses) of ``DECAY_PASS_DTYPES``; the
+    in-place L2 form on bfloat16/float16 stays torch's (its foreach ops round ``1 - tau`` to the
+    weights' dtype, which the pass does not copy)."""
+    reason = decay_reason(rule)
+    if reason is not None:
+        return reason
+    if rule.cautious and not DECAY_PASS_CAUTIOUS:
+        return "the decay pass does not implement cautious_decay=True"
+    in_place_l2 = rule.name == "l2" and rule.form == "explicit" and not rule.cautious
+    for p in params:
+        if type(p) not in (Tensor, torch.nn.Parameter) or p.device.type != "cpu":
+            return "the decay pass takes plain CPU tensors"
+        if p.dtype not in DECAY_PASS_DTYPES or not p.is_contiguous():
+            return f"the decay pass does not take {p.dtype} or non-contiguous tensors"
+        if in_place_l2 and p.dtype in (torch.bfloat16, torch.float16):
+            return "the in-place L2 form on 16-bit weights stays torch's (foreach rounding)"
+    return None
+
+
+def decay_op_args(
+    params: list[Tensor],
+    rule: Any,
+    tau: float | Tensor,
+    p_ts: list[Tensor] | None = None,
+    mus: list[Tensor] | None = None,
+    ds: list[Any] | None = None,
+) -> list[Any]:
+    """The positional arguments of ``torch.ops.adamhd.decay_`` for one call."""
+    call = DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
+    return [arg.value(call) for arg in DECAY_ARGS]

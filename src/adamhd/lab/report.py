@@ -225,6 +225,55 @@ def fig_small_weights(meta, runs, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def extra_blocks(cfg: dict, labels: list[str], runs) -> list:
+    """The survey's questions: training without warm-up, and long-tailed gradients."""
+    blocks = []
+    if cfg.get("warmup") == 0:
+        blocks.append(("p", "**Without warm-up** (`--warmup 0`, the full lr from step 1): a run "
+                       "whose loss becomes non-finite stops the comparison with an error naming "
+                       "the entrant and step, so every entrant with results above trained "
+                       "without warm-up at this lr: " + ", ".join(labels) + ". An unfinished "
+                       "entrant either diverged or was not reached."))
+    if has_tails(runs):
+        blocks.append(("p", "**Gradient tails** (figure `gradient_tails.png`): per block weight "
+                       "matrix, at each evaluation step, the excess kurtosis of its gradient "
+                       "(0 for a Gaussian) and the ratio of the 99.9th to the 50th percentile "
+                       "of |g|; larger means heavier tails (`adamhd.lab.tails`)."))
+    return blocks
+
+
+TAIL_STATS = (("kurtosis", "excess kurtosis of g"), ("p999_p50", "|g| 99.9th / 50th percentile"))
+
+
+def has_tails(runs) -> bool:
+    return any(r["kind"] == "tails" for rs in runs.values() for run in rs for r in run.metrics)
+
+
+def fig_tails(meta, runs, path: Path) -> None:
+    """Gradient-tail statistics over training (`adamhd.lab.tails`): one line per block weight
+    matrix (mean over seeds), one column per entrant, one row per statistic."""
+    labels = [lab for lab in meta["optimizers"] if lab in runs]
+    fig = Figure(figsize=(4.6 * len(labels), 7), layout="constrained")
+    axes = np.array(fig.subplots(2, len(labels), sharey="row", squeeze=False))
+    for col, label in enumerate(labels):
+        seeds = [[r for r in run.metrics if r["kind"] == "tails"] for run in runs[label]]
+        seeds = [rows for rows in seeds if rows]
+        for row, (stat, title) in enumerate(TAIL_STATS):
+            ax = axes[row, col]
+            for layer in sorted(seeds[0][0]["layers"]) if seeds else []:
+                steps = [r["step"] for r in seeds[0]]
+                ys = np.nanmean([[np.nan if r["layers"][layer][stat] is None
+                                  else r["layers"][layer][stat] for r in rows]
+                                 for rows in seeds], axis=0)
+                ax.plot(steps, ys, lw=0.9, alpha=0.7, label=layer.removesuffix(".weight"))
+            ax.set_yscale("log" if stat == "p999_p50" else "symlog")
+            ax.set_title(f"{label}: {title}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.savefig(path, dpi=110)
+
+
 # ----------------------------------------------------------------------------------------------
 # The report
 
@@ -300,6 +349,9 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
         "weight_histograms.png": ("weight-magnitude histograms", fig_histograms),
         "small_weights.png": ("weight statistics over training", fig_small_weights),
     }
+    if has_tails(runs):
+        figs["gradient_tails.png"] = ("gradient-tail statistics per layer over training",
+                                      fig_tails)
     for name, (_, fn) in figs.items():
         fn(meta, runs, out / name)
 
@@ -404,6 +456,7 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
                    "cannot tell, not that the claim is false; 'not supported' means this run "
                    "measured the opposite, or an effect too small to match the claim."))
 
+    blocks += extra_blocks(cfg, labels, runs)
     blocks.append(("h", 2, "Figures"))
     for name, (alt, _) in figs.items():
         blocks.append(("img", out / name, alt))

@@ -30,6 +30,14 @@ from adamhd.lab.train import config_from_dict
 _IGNORED = ("argv",)  # may differ between the shards of one sweep
 
 
+def _settings(meta: dict) -> dict:
+    """What shards of one sweep must share: all but the command line and where each machine
+    writes its TensorBoard events."""
+    out = {k: v for k, v in meta.items() if k not in _IGNORED}
+    out["base_config"] = {k: v for k, v in meta["base_config"].items() if k != "tensorboard"}
+    return out
+
+
 def load_sweep(folders: list[Path]) -> tuple[dict, list[dict], list[str]]:
     """(meta, rows, missing): one row per finished point (its fields + the results), merged over
     `folders`; `missing` names the unfinished points."""
@@ -41,9 +49,9 @@ def load_sweep(folders: list[Path]) -> tuple[dict, list[dict], list[str]]:
             raise LabFileError(f"{folder}: holds no sweep.json: not the --out folder of a sweep")
         metas.append(read_json(Path(folder) / "sweep.json",
                                ("entrants", "seeds", "base_config", "corpus", "points")))
-    ref = {k: v for k, v in metas[0].items() if k not in _IGNORED}
+    ref = _settings(metas[0])
     for folder, meta in zip(folders[1:], metas[1:], strict=True):
-        if {k: v for k, v in meta.items() if k not in _IGNORED} != ref:
+        if _settings(meta) != ref:
             raise LabFileError(f"{folder}/sweep.json describes another sweep than "
                                f"{folders[0]}/sweep.json: shards must share every setting")
     rows, missing = [], []

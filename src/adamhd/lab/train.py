@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adamhd.lab import choice, dist
+from adamhd.lab import choice, dist, tails
 from adamhd.lab import evaluate as ev
 from adamhd.lab.data import EVAL_SUBSET_SEED, Corpus, check_context, train_batch
 from adamhd.lab.model import GPT, make_config, prunable_weights
@@ -60,6 +60,7 @@ class RunConfig:
     device: str = "cpu"
     dtype: str = "float32"
     compile: bool = False
+    tensorboard: str = ""  # a folder: histograms of weights, gradients, updates (tails.Watch)
     corpus_key: str = ""  # identifies data + tokenizer; set by the caller
 
     def __post_init__(self):
@@ -89,7 +90,7 @@ class RunConfig:
     def fingerprint(self) -> dict:
         """What decides the numbers: a checkpoint is resumed only into a run that matches it."""
         d = asdict(self)
-        for k in ("ckpt_every", "compile"):  # how often we save, or compile, changes no value
+        for k in ("ckpt_every", "compile", "tensorboard"):  # these change no value
             d.pop(k)
         return d
 
@@ -264,6 +265,8 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     step_model = torch.compile(par.forward) if cfg.compile else par.forward
     metrics = _Metrics(run_dir / "metrics.jsonl", rows) if main else _NoMetrics(rows)
     tokens_per_step = cfg.batch_size * cfg.context
+    board = Path(cfg.tensorboard) / run_dir.parent.name / run_dir.name if cfg.tensorboard else ""
+    watch = tails.Watch(model, cfg.eval_every, cfg.steps, board, start, main)
 
     def plain_copy() -> GPT:
         with torch.random.fork_rng(devices=[]):  # the copy's init must not move the RNG
@@ -324,6 +327,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            before = watch.before(step + 1)
             scaler.step(optimizer, **spec.step_kwargs(loss.detach()))
             scaler.update()
             loss_value = dist.mean_over_ranks(loss)  # synchronises the device: honest timing
@@ -338,6 +342,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
                 raise FloatingPointError(f"{spec.label} seed {cfg.seed}: loss is {loss_value} "
                                          f"at step {done}; try a lower --lr")
             t1 = time.perf_counter()
+            watch.after(done, before, metrics)
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 last_val = evaluate_now(done)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_after:
@@ -352,6 +357,7 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
         if bar is not None:
             bar.close()
         metrics.close()
+        watch.close()
 
     full = par.full_model(plain_copy)
     results = None

@@ -116,6 +116,10 @@ def register_all(register: Callable) -> None:
          None),
         ("SMMF", "smmf", "SMMF, square-matricised factored moments", 1.0, None),
         ("SM3", "sm3", "SM3 (arXiv 1901.11150)", 30.0, None),
+        ("AdaMomentum", "adamomentum", "AdaMomentum: v is the EMA of m^2 (arXiv 2106.11514)",
+         1.0, None),
+        ("FCAdam", "fcadam", "FCAdam_G-L: Adam on a Grünwald-Letnikov fractional gradient, "
+         "K=10 past gradients (Mathematics 11(2):316)", 1.0, None),
     ]:
         if name in have:
             register(key, plain(have[name]), have[name], note, extra, lr_scale=scale)
@@ -128,6 +132,7 @@ def register_all(register: Callable) -> None:
                  "AdamHD (arXiv 1907.08610)",
                  keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"},
                  tune={"alpha": (0.3, 0.9, False)})
+    _register_decay_rules(register)
     if hasattr(adamhd, "transforms"):
         for key, spec, note in [
             ("adamhd+agc", ("agc", {"clip": 0.01}), "AdamHD with unit-wise AGC (clip 0.01, arXiv "
@@ -153,3 +158,51 @@ def _transform_builder(name: str, options: dict) -> Callable:
         return opt
 
     return build
+
+
+#: AdamS's lambda per unit of the lab's weight_decay: sqrt(mean v_hat) of Adam on the lab's
+#: mini/tiny GPT (lr 1e-3, first 60 steps) is 2.5e-3..3.2e-3, so 3e-3 makes AdamS's strength
+#: lr*lambda_S/sqrt(vbar) about AdamW's lr*weight_decay at the start (docs/decay.md).
+SWD_LAMBDA_PER_WD = 3e-3
+
+
+def _register_decay_rules(register: Callable) -> None:
+    """Stable Weight Decay (AdamS), CPR (AdamCPR), Amos and the update bound (adamhd+bound)."""
+    from adamhd.decay.wrapper import with_decoupled_decay
+
+    adam = with_decoupled_decay(torch.optim.Adam)
+
+    def adams(groups, lr, weight_decay, **kw):
+        kw = {"decay": "l2", "decay_scaling": "stable", **kw}
+        return adam(groups, lr=lr, weight_decay=weight_decay * SWD_LAMBDA_PER_WD, **kw)
+
+    def adamcpr(groups, lr, weight_decay, **kw):
+        kw = {"decay": "cpr", "cpr_kappa_init": "warm_start", "cpr_kappa_param": 100, **kw}
+        return adam(groups, lr=lr, weight_decay=weight_decay, **kw)
+
+    register("adams", adams, adam, "AdamS: Adam + Stable Weight Decay (arXiv 2011.11152), "
+             "lambda = 3e-3 x weight_decay", keys=_wrapper_keys(adam))
+    register("adamcpr", adamcpr, adam, "AdamCPR: Adam + CPR (arXiv 2311.09058), kappa by warm "
+             "start after 100 steps (cpr_kappa_param); weight_decay only marks the constrained "
+             "groups", keys=_wrapper_keys(adam))
+    if "Amos" in dir(adamhd):
+        def amos(groups, lr, weight_decay, **kw):
+            # Amos's adaptive decay replaces weight decay: its extra L2 stays 0 in every group
+            groups = [{**g, "weight_decay": 0.0} for g in groups]
+            return adamhd.Amos(groups, lr=lr, **kw)
+
+        register("amos", amos, adamhd.Amos, "Amos (arXiv 2210.11693): shared per-tensor second "
+                 "moment, adaptive decay toward 1/sqrt(fan_in); lr is its xi (the per-element "
+                 "step is about xi/sqrt(fan_in)); --weight-decay unused", lr_scale=10.0)
+    if hasattr(adamhd.transforms, "attach_update_bound"):
+        register("adamhd+bound", None, AdamHD, "AdamHD with the update bound of arXiv 2505.21910 "
+                 "(sigma1 ratio clipped at 0.1) on the block matrices; run it with --warmup 0",
+                 builder=_bound_builder, keys=set(inspect.signature(AdamHD).parameters)
+                 | {"threshold", "iters"})
+
+
+def _bound_builder(model, lr, weight_decay, threshold=0.1, iters=2, **kw):
+    opt = AdamHD(param_groups(model, weight_decay), lr=lr, weight_decay=weight_decay, **kw)
+    adamhd.transforms.attach_update_bound(opt, list(prunable_weights(model).values()),
+                                          threshold=threshold, iters=iters)
+    return opt

@@ -6,6 +6,9 @@ thin class."""
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
 from adamhd.optim.adamhd import AdamHD
+from adamhd.optim.adamomentum import AdaMomentum
+from adamhd.optim.amos import Amos
+from adamhd.optim.fcadam import FCAdam
 from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
 from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
@@ -19,8 +22,11 @@ __all__ = [
     "SM3",
     "SMMF",
     "AdaLo",
+    "AdaMomentum",
+    "Amos",
     "Adafactor",
     "AdafactorHD",
+    "FCAdam",
     "AdamHD",
     "Lookahead",
     "MomentumSGD",

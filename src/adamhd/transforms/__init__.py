@@ -12,6 +12,9 @@ or once, for every step of an optimizer (in the order given)::
     ...
     handle.remove()
 
+``attach_update_bound(opt)`` bounds each 2-D weight's step after ``step()`` instead (arXiv
+2505.21910; ``adamhd.transforms.bound``).
+
 Each function rewrites ``p.grad`` in place for the parameters that have a gradient. Formulas,
 defaults, sources, FSDP2 behaviour and costs: ``docs/transforms.md``.
 """
@@ -22,6 +25,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
+from adamhd.transforms.bound import BoundHandle, UpdateBound, attach_update_bound
 from adamhd.transforms.grad_transforms import (
     AGC,
     TRANSFORMS,
@@ -39,14 +43,17 @@ Params = Tensor | Iterable[Tensor]
 __all__ = [
     "AGC",
     "TRANSFORMS",
+    "BoundHandle",
     "Centralize",
     "GradTransform",
     "LayerNormAdaptation",
     "Normalize",
     "SoftClip",
     "TransformHandle",
+    "UpdateBound",
     "agc",
     "attach",
+    "attach_update_bound",
     "centralize",
     "layer_norm_adaptation",
     "normalize",

@@ -262,7 +262,10 @@ class AdamHD(CheckedState, Optimizer):
         _check_hyperparameters(merged)
         _check_fused_rule(merged)
         super().add_param_group(param_group)
-        remember_initial_lr(self.param_groups[-1])
+        group = self.param_groups[-1]
+        remember_initial_lr(group)
+        if not group["foreach"] and not group["differentiable"]:
+            kernels.prepare(group["params"], group["fused"])  # not while a step is traced
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -1,0 +1,147 @@
+r"""``AdaMomentum``: Adam with the second moment of the momentum (arXiv 2106.11514, "twofold EMA").
+
+Per parameter tensor, step ``t`` (counted per tensor)::
+
+    m     = beta1*m + (1 - beta1)*g
+    v     = beta2*v + (1 - beta2)*m**2 + eps          the momentum m, not g, is squared
+    p     = p - lr * (m / (1 - beta1**t)) / sqrt(v / (1 - beta2**t))
+
+Wang et al., Algorithm 1 (AdaMomentum): ``eps`` is added to ``v`` at every step, inside the EMA, as
+in AdaBelief, and the denominator has no second ``eps``: ``v`` already holds at least
+``eps*(1 - beta2**t)/(1 - beta2)``, so ``sqrt(v_hat) >= sqrt(eps/(1 - beta2))`` and never divides
+by 0. Defaults: the paper's ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8``.
+
+``weight_decay`` (default 0) is decoupled L2, ``p *= 1 - lr*wd`` before the step (AdamW's
+convention); ``adamhd.with_decoupled_decay(AdaMomentum)`` gives Huber, cautious or
+schedule-scaled decay instead. Elementwise: no per-tensor statistic, so FSDP2 (DTensor)
+parameters step shard by shard with no collective. State: ``m`` and ``v`` (8 bytes per float32
+parameter, as Adam).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamhd.optim._base import (
+    CheckedOptimizer,
+    Params,
+    check_lr,
+    finite_nonneg,
+    in_unit,
+    lr_value,
+    new_step,
+    run_closure,
+)
+
+__all__ = ["AdaMomentum", "AdaMomentumGroup", "adamomentum", "check_betas"]
+
+
+@dataclass
+class AdaMomentumGroup:
+    """One parameter group's tensors (those with a gradient) and hyperparameters."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+
+
+def adamomentum(g: AdaMomentumGroup) -> None:
+    """One AdaMomentum step of one group (the math; ``AdaMomentum.step`` gathers the lists)."""
+    torch._foreach_add_(g.steps, 1.0)
+    torch._foreach_lerp_(g.exp_avgs, g.grads, 1.0 - g.beta1)
+    torch._foreach_mul_(g.exp_avg_sqs, g.beta2)
+    torch._foreach_addcmul_(g.exp_avg_sqs, g.exp_avgs, g.exp_avgs, value=1.0 - g.beta2)
+    torch._foreach_add_(g.exp_avg_sqs, g.eps)
+    if g.weight_decay != 0.0:
+        torch._foreach_mul_(g.params, 1.0 - g.lr * g.weight_decay)
+    ts = [float(s) for s in g.steps]
+    denoms = torch._foreach_sqrt(g.exp_avg_sqs)
+    torch._foreach_div_(denoms, [(1.0 - g.beta2 ** t) ** 0.5 for t in ts])
+    torch._foreach_addcdiv_(g.params, g.exp_avgs, denoms,
+                            [-g.lr / (1.0 - g.beta1 ** t) for t in ts])
+
+
+def check_betas(group: dict[str, Any]) -> None:
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: betas={betas!r} (need a pair (beta1, beta2))")
+    in_unit("beta1", betas[0])
+    in_unit("beta2", betas[1])
+
+
+class AdaMomentum(CheckedOptimizer):
+    """Adam whose second moment is the EMA of ``m**2`` (see the module docstring).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size (float or 1-element tensor). Default 1e-3.
+        betas: ``(beta1, beta2)``, each in [0, 1). Default (0.9, 0.999).
+        eps: added to ``v`` at every step (inside the EMA). Default 1e-8; must be > 0.
+        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        maximize: ascend instead of descend.
+    """
+
+    name = "AdaMomentum"
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        maximize=maximize)
+        super().__init__(params, defaults)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_lr(group)
+        check_betas(group)
+        finite_nonneg("eps", group["eps"])
+        if group["eps"] == 0:
+            raise ValueError("Invalid eps: eps=0 (need eps > 0: it is the floor of v)")
+        finite_nonneg("weight_decay", group["weight_decay"])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        self.check_grads()
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["step"] = new_step(p)
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        self.state[p][key] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            adamomentum(AdaMomentumGroup(
+                params=params,
+                grads=[-p.grad if group["maximize"] else p.grad for p in params],
+                exp_avgs=[s["exp_avg"] for s in states],
+                exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+                steps=[s["step"] for s in states],
+                lr=lr_value(group["lr"]),
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+            ))
+        return loss

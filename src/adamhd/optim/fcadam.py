@@ -1,0 +1,200 @@
+r"""``FCAdam``: Adam on a Grünwald-Letnikov fractional-order gradient (FCAdam_G-L).
+
+Zhou, Zhao & Huang, "A Deep Learning Optimizer Based on Grünwald-Letnikov Fractional Order
+Definition", Mathematics 11(2):316, 2023. Per parameter tensor, step ``t``::
+
+    w_0 = 1,   w_j = (1 - (alpha + 1)/(j + 1)) * w_{j-1}             j = 1..K
+    D_t = g_t + sum_{j=1..K} c_j * w_j * g_{t-j}                      (g_{t-j} = 0 for j >= t)
+    Adam on D_t:  m = lerp(m, D_t, 1-beta1),  v = lerp(v, D_t**2, 1-beta2),
+                  p -= lr * m_hat / (sqrt(v_hat) + eps)
+
+The memory is truncated to the last ``K`` raw gradients (the paper's short-memory principle,
+``K = 10``). ``c`` is the paper's disturbance: a 0/1 mask with one zero at a random position,
+reshuffled every step (``drop=True``); here the position is drawn from a generator seeded by
+``(seed, t)``, so a resumed run draws the same positions (no generator state to save).
+``drop=False`` keeps every term. ``alpha = 1`` makes every ``w_j`` (j >= 1) zero: plain Adam.
+Defaults: ``alpha=0.9`` (FCAdam_G-L's best order in the paper's experiments), ``K=10``, Adam's
+``lr=1e-3, betas=(0.9, 0.999), eps=1e-8``.
+
+Memory: ``K`` extra gradient copies per parameter in a ring buffer of shape ``(K, *p.shape)``,
+plus ``m`` and ``v``: ``(K + 2) * 4`` bytes per float32 parameter (48 with K=10, Adam 8). The
+buffer holds the raw gradients ``g``, not ``D``. ``weight_decay``: decoupled L2 as AdamW
+(``with_decoupled_decay(FCAdam)`` for Huber or cautious decay). DTensor (FSDP2) parameters are
+refused: the stacked ring buffer is not sharded like the parameter (not built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamhd.optim._base import (
+    CheckedOptimizer,
+    Params,
+    check,
+    check_lr,
+    finite_nonneg,
+    lr_value,
+    new_step,
+    run_closure,
+)
+from adamhd.optim.adamomentum import check_betas
+
+__all__ = ["FCAdam", "FCAdamGroup", "fcadam", "gl_weights"]
+
+
+def gl_weights(alpha: float, k: int) -> list[float]:
+    """``[w_1, ..., w_K]`` of the paper's recursion (``w_0 = 1`` is the current gradient's)."""
+    out, w = [], 1.0
+    for j in range(1, k + 1):
+        w *= 1.0 - (alpha + 1.0) / (j + 1.0)
+        out.append(w)
+    return out
+
+
+def dropped_term(seed: int, t: int, k: int) -> int:
+    """The ``j`` (1..K) whose ``c_j`` is 0 at step ``t``."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + t)
+    return int(torch.randint(k, (), generator=gen)) + 1
+
+
+@dataclass
+class FCAdamGroup:
+    params: list[Tensor]
+    grads: list[Tensor]
+    histories: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    alpha: float
+    drop: bool
+    seed: int
+
+
+def _fractional(g: FCAdamGroup, grad: Tensor, history: Tensor, t: int) -> Tensor:
+    """``D_t`` from the ring buffer (``g_{t-j}`` sits in slot ``(t-1-j) mod K``); then ``g_t``
+    takes slot ``(t-1) mod K``."""
+    k = history.shape[0]
+    weights = gl_weights(g.alpha, k)
+    drop = dropped_term(g.seed, t, k) if g.drop else 0
+    coef = [0.0] * k
+    for j in range(1, min(k, t - 1) + 1):
+        coef[(t - 1 - j) % k] = 0.0 if j == drop else weights[j - 1]
+    c = torch.tensor(coef, dtype=history.dtype, device=history.device)
+    d = grad + torch.tensordot(c, history, dims=1)
+    history[(t - 1) % k].copy_(grad)
+    return d
+
+
+def fcadam(g: FCAdamGroup) -> None:
+    """One FCAdam_G-L step of one group (the math; ``FCAdam.step`` gathers the lists)."""
+    torch._foreach_add_(g.steps, 1.0)
+    ts = [int(s) for s in g.steps]
+    ds = [_fractional(g, grad, h, t) for grad, h, t in zip(g.grads, g.histories, ts)]
+    beta1, beta2 = g.betas
+    torch._foreach_lerp_(g.exp_avgs, ds, 1.0 - beta1)
+    torch._foreach_mul_(g.exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(g.exp_avg_sqs, ds, ds, value=1.0 - beta2)
+    if g.weight_decay != 0.0:
+        torch._foreach_mul_(g.params, 1.0 - g.lr * g.weight_decay)
+    denoms = torch._foreach_sqrt(g.exp_avg_sqs)
+    torch._foreach_div_(denoms, [(1.0 - beta2 ** t) ** 0.5 for t in ts])
+    torch._foreach_add_(denoms, g.eps)
+    torch._foreach_addcdiv_(g.params, g.exp_avgs, denoms, [-g.lr / (1.0 - beta1 ** t) for t in ts])
+
+
+class FCAdam(CheckedOptimizer):
+    """Adam on the truncated Grünwald-Letnikov fractional gradient (see the module docstring).
+
+    Args:
+        params: parameters or parameter groups.
+        lr, betas, eps: Adam's (defaults 1e-3, (0.9, 0.999), 1e-8).
+        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        alpha: the fractional order, ``0 < alpha <= 1`` (1: Adam). Default 0.9.
+        history: ``K``, the number of past gradients kept (an integer >= 1). Default 10.
+        drop: drop one random memory term per step (the paper's mask ``c``). Default True.
+        seed: seeds the dropped term's draw (``(seed, step)``). Default 0.
+        maximize: ascend instead of descend.
+    """
+
+    name = "FCAdam"
+    dtensor_reason = "its (K, *shape) gradient history is not sharded like the parameter"
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        alpha: float = 0.9,
+        history: int = 10,
+        drop: bool = True,
+        seed: int = 0,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha,
+                        history=history, drop=drop, seed=seed, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_lr(group)
+        check_betas(group)
+        finite_nonneg("eps", group["eps"])
+        finite_nonneg("weight_decay", group["weight_decay"])
+        check("alpha", group["alpha"], lambda a: 0.0 < a <= 1.0, "0 < alpha <= 1")
+        for key in ("history", "seed"):
+            value = group[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (key == "history"):
+                raise ValueError(f"Invalid {key}: {key}={value!r} (need an integer >= "
+                                 f"{int(key == 'history')})")
+        if not isinstance(group["drop"], bool):
+            raise ValueError(f"Invalid drop: drop={group['drop']!r} (True or False)")
+
+    def _check_history(self) -> None:
+        """A changed ``history`` cannot reuse the saved ring buffer: refuse before any change."""
+        for group in self.param_groups:
+            for p in self.params_with_grad(group):
+                held = self.state[p].get("grad_history")
+                if held is not None and held.shape[0] != group["history"]:
+                    raise ValueError(f"FCAdam: the state holds {held.shape[0]} past gradients, "
+                                     f"the group asks history={group['history']}")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = run_closure(closure)
+        self.check_grads()
+        self._check_history()
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = new_step(p)
+                    state["grad_history"] = p.new_zeros((group["history"], *p.shape))
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            fcadam(FCAdamGroup(
+                params=params,
+                grads=[-p.grad if group["maximize"] else p.grad for p in params],
+                histories=[s["grad_history"] for s in states],
+                exp_avgs=[s["exp_avg"] for s in states],
+                exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+                steps=[s["step"] for s in states],
+                lr=lr_value(group["lr"]), betas=tuple(group["betas"]), eps=group["eps"],
+                weight_decay=group["weight_decay"], alpha=group["alpha"], drop=group["drop"],
+                seed=group["seed"],
+            ))
+        return loss
