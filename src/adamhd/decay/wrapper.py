@@ -153,6 +153,8 @@ class _DecoupledDecay:
                     plan.before = [p.detach().clone() for p in plan.params]
                 elif plan.rule.before_update:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+        if any(plan.new_mus for plan in plans):
+            _break_graph_before_base_init()
         with _base_weight_decay_off(self.param_groups):
             self._base_step(**base_kwargs)
         with torch.no_grad():
@@ -266,6 +268,20 @@ def _default_weight_decay(sig: inspect.Signature) -> float:
 def _base_lr(sig: inspect.Signature) -> Any:
     param = sig.parameters.get("lr")
     return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _break_graph_before_base_init() -> None:
+    """Under ``torch.compile``: end the graph before a base step that creates state, when the
+    wrapper is to add ``delta_mu`` to that state after it.
+
+    Dynamo runs the base's ``_init_group`` eagerly on the real ``optimizer.state`` (dynamo's
+    ``OptimizerVariable``), while the wrapper had already read ``state`` into dynamo's copy; the
+    wrapper's ``state[p]["delta_mu"] = mu`` on that stale copy was then written back over the
+    dict the base had created (``MuonHD`` lost ``momentum_buffer``). torch's optimizers whose
+    ``step`` is ``_use_grad_for_differentiable`` break the graph there themselves; Muon's does not.
+    A break here makes dynamo read the state afresh after it. Eager: nothing."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break()
 
 
 def _skipped_by_grad_scaler(optimizer: Any) -> bool:
