@@ -29,6 +29,10 @@ weights before the step)::
   ``step`` for most optimizers; bases that take ``grad_scale``/``found_inf`` themselves
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
+* A step the base refuses (it raises: e.g. Adam on a sparse gradient) changes nothing: the
+  threshold EMA is advanced on copies and stored only after the base step, and when a gradient is
+  sparse and the base is not one of torch's that take them (SGD, Adagrad, SparseAdam) the
+  explicit decay keeps copies of ``p_t`` (like the cautious form) and restores them.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
   so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
   takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
@@ -68,6 +72,9 @@ __all__ = ["classes", "with_decoupled_decay"]
 DECAY_KEYS = ("weight_decay", *DECAY_DEFAULTS)
 FALLBACK_WEIGHT_DECAY = 1e-2  # AdamW's default, for bases whose own default is 0 or absent
 MU_KEY = "delta_mu"
+# torch's optimizers that take sparse gradients: with other bases a step with a sparse gradient
+# keeps copies of the explicitly decayed weights, restored if the base refuses it
+SPARSE_BASES = (torch.optim.SGD, torch.optim.Adagrad, torch.optim.SparseAdam)
 
 
 @dataclass
@@ -79,8 +86,9 @@ class _GroupDecay:
     params: list[Tensor]
     ds: list[Threshold]
     foreach: bool
-    new_mus: dict[Tensor, Tensor]  # first thresholds, stored in the state after the base step
-    before: list[Tensor] | None = None  # copies of p_t (cautious only)
+    mus: dict[Tensor, Tensor]  # this step's delta_mu (copies), stored after the base step
+    new_mus: dict[Tensor, Tensor]  # those of them that are first thresholds (no state yet)
+    before: list[Tensor] | None = None  # copies of p_t (cautious, or a base that may refuse)
 
 
 class _DecoupledDecay:
@@ -148,24 +156,41 @@ class _DecoupledDecay:
         with torch.no_grad():
             plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
             plans = [plan for plan in plans if plan is not None]
-            for plan in plans:
-                if plan.rule.cautious:
-                    plan.before = [p.detach().clone() for p in plan.params]
-                elif plan.rule.before_update:
-                    plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+            _decay_before_base(plans, keep_copies=self._may_refuse_sparse())
         if any(plan.new_mus for plan in plans):
             _break_graph_before_base_init()
-        with _base_weight_decay_off(self.param_groups):
-            self._base_step(**base_kwargs)
+        try:
+            with _base_weight_decay_off(self.param_groups):
+                self._base_step(**base_kwargs)
+        except BaseException:
+            _undo_decay(plans)  # the base refused: weights back to p_t, no delta_mu advanced
+            raise
         with torch.no_grad():
             for plan in plans:
-                for p, mu in plan.new_mus.items():
-                    self.state[p][MU_KEY] = mu  # type: ignore[attr-defined]
+                self._commit_mus(plan)
                 if plan.rule.cautious:
                     _apply_cautious(plan)
                 elif not plan.rule.before_update:
                     plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+                plan.before = None
         return loss
+
+    def _may_refuse_sparse(self) -> bool:
+        """A gradient is sparse and the base is not one of torch's that take sparse gradients:
+        the explicit decay keeps copies of ``p_t`` to restore if the base step raises."""
+        if issubclass(self._decay_base, SPARSE_BASES):
+            return False
+        return any(p.grad is not None and p.grad.is_sparse
+                   for g in self.param_groups for p in g["params"])
+
+    def _commit_mus(self, plan: _GroupDecay) -> None:
+        """Store this step's ``delta_mu`` (advanced on copies in ``_plan``) once the base step
+        has succeeded."""
+        for p, mu in plan.mus.items():
+            if p in plan.new_mus:
+                self.state[p][MU_KEY] = mu  # type: ignore[attr-defined]
+            else:
+                self.state[p][MU_KEY].copy_(mu)  # type: ignore[attr-defined]
 
     def _base_step(self, **kwargs: Any) -> None:
         """The base class's own ``step`` without torch's step hooks (they run once, around this
@@ -176,24 +201,23 @@ class _DecoupledDecay:
         step(self, **kwargs)
 
     def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
-        """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no
-        parameter of the group has a gradient."""
+        """The group's rule, strength and thresholds (``delta_mu`` advanced on copies, stored by
+        ``_commit_mus``); ``None`` if no parameter of the group has a gradient."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return None
         rule = rule_from_group(group)
         foreach = _use_foreach(group, params)
-        mus = []
         abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
-        new_mus = {}
+        mus, new_mus = {}, {}
         for p, a in zip(params, abs_means or ()):
             mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
             if mu is None:  # mu_1 = a_1; stored after the base step, which may expect no state
                 mu = new_mus[p] = a.to(mu_dtype(p)).clone()
-            mus.append(mu)
-        ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
+            mus[p] = mu if p in new_mus else mu.clone()  # advanced here, committed after the base
+        ds = rule.thresholds(params, list(mus.values()), foreach, abs_means=abs_means)
         tau = decay_strength(group["lr"], coefficient)
-        return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
+        return _GroupDecay(rule, tau, params, ds, foreach, mus, new_mus)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 (torch
@@ -206,6 +230,26 @@ class _DecoupledDecay:
             )
 
 
+def _decay_before_base(plans: list[_GroupDecay], keep_copies: bool) -> None:
+    """Copy ``p_t`` where needed (cautious plans; explicit ones when ``keep_copies``), then apply
+    the explicit decay."""
+    for plan in plans:
+        explicit = plan.rule.before_update and not plan.rule.cautious
+        if plan.rule.cautious or (explicit and keep_copies):
+            plan.before = [p.detach().clone() for p in plan.params]
+        if explicit:
+            plan.rule.apply_(plan.params, plan.tau, plan.ds, plan.foreach)
+
+
+def _undo_decay(plans: list[_GroupDecay]) -> None:
+    """After the base step raised: restore the weights from the copies of ``p_t``."""
+    with torch.no_grad():
+        for plan in plans:
+            if plan.before is not None:
+                torch._foreach_copy_(plan.params, plan.before)
+                plan.before = None
+
+
 def _apply_cautious(plan: _GroupDecay) -> None:
     """Decay where the base step's update ``u ∝ p_t - p_new`` has the sign of ``p_t``.
 
@@ -216,7 +260,6 @@ def _apply_cautious(plan: _GroupDecay) -> None:
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
         decay = plan.rule.on(plan.tau, d, p.dtype)
         sweep(partial(_decay_cautiously, plan.rule, decay), p, p_t)
-    plan.before = None
 
 
 def _decay_cautiously(rule: DecayRule, decay: TensorDecay, p: Tensor, p_t: Tensor) -> None:
