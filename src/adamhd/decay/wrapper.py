@@ -220,13 +220,15 @@ class _DecoupledDecay:
         return _GroupDecay(rule, tau, params, ds, foreach, mus, new_mus)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 (torch
-        casts floating state to each parameter's dtype)."""
-        saved = _saved_mus(self.param_groups, state_dict)  # type: ignore[attr-defined]
+        """The base's ``load_state_dict``, then ``delta_mu`` restored to float32/float64 and the
+        base's float32/float64 scalar statistics of bf16/fp16 weights (NAdam's ``mu_product``)
+        to their saved dtype: torch casts floating state to each parameter's dtype."""
+        saved = _saved_scalars(self.param_groups, state_dict)  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
-        for p, mu in saved.items():
-            self.state[p][MU_KEY] = mu.detach().to(  # type: ignore[attr-defined]
-                dtype=mu_dtype(p), device=self.state[p][MU_KEY].device, copy=True  # type: ignore
+        for (p, key), value in saved.items():
+            dtype = mu_dtype(p) if key == MU_KEY else value.dtype
+            self.state[p][key] = value.detach().to(  # type: ignore[attr-defined]
+                dtype=dtype, device=self.state[p][key].device, copy=True  # type: ignore
             )
 
 
@@ -344,16 +346,29 @@ def _base_weight_decay_off(groups: list[dict[str, Any]]) -> Iterator[None]:
             group["weight_decay"] = value
 
 
-def _saved_mus(groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[Tensor, Tensor]:
-    """``delta_mu`` of each parameter in ``state_dict`` (ids matched as torch matches them)."""
+def _saved_scalars(
+    groups: list[dict[str, Any]], state_dict: dict[str, Any]
+) -> dict[tuple[Tensor, str], Tensor]:
+    """``delta_mu`` of each parameter in ``state_dict`` (ids matched as torch matches them), and
+    the base's 0-dim float32/float64 statistics (not ``step``) of bf16/fp16 tensors."""
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [p for g in groups for p in g["params"]]
     by_id = dict(zip(saved_ids, params))
-    return {
-        by_id[i]: s[MU_KEY]
-        for i, s in state_dict["state"].items()
-        if i in by_id and isinstance(s, dict) and MU_KEY in s
-    }
+    out = {}
+    for i, entry in state_dict["state"].items():
+        p = by_id.get(i)
+        if p is None or not isinstance(entry, dict):
+            continue
+        for key, value in entry.items():
+            if key == MU_KEY or (key != "step" and _wider_scalar(value, p)):
+                out[(p, key)] = value
+    return out
+
+
+def _wider_scalar(value: Any, p: Tensor) -> bool:
+    return (isinstance(value, Tensor) and value.dim() == 0 and p.dim() > 0
+            and value.dtype in (torch.float32, torch.float64)
+            and p.dtype in (torch.bfloat16, torch.float16))
 
 
 # ---------------------------------------------------------------------------------------------
