@@ -30,6 +30,7 @@ from adamhd import (
     RAdamHD,
     with_decoupled_decay,
 )
+from adamhd.optim import MomentumSGD
 
 flag = st.booleans()
 LRS = st.sampled_from([1e-3, 1e-2, 0.1])
@@ -57,13 +58,16 @@ DECAY = dict(
 class Entry:
     """``make(params_or_groups, **options)`` builds the optimizer. ``options``: strategies of
     constructor keywords; ``group``: the keys a param group may set on its own; ``ndim``: the
-    tensor ranks it takes (``None``: any); ``loss``: its step needs ``loss=``."""
+    tensor ranks it takes (``None``: any); ``empty``: it takes 0-size tensors; ``loss``: its step
+    needs ``loss=``."""
 
     make: Callable[..., torch.optim.Optimizer]
     options: dict[str, st.SearchStrategy] = field(default_factory=dict)
     group: tuple[str, ...] = ("lr", "weight_decay")
     ndim: tuple[int, ...] | None = None
+    empty: bool = True
     loss: bool = False
+    examples: int = 30  # hypothesis examples (torch's Muon step costs ~0.1 s even on 4x5)
 
 
 ADAMHD_OPTIONS = dict(
@@ -89,6 +93,8 @@ ENTRIES: dict[str, Entry] = {
     "SGDW": Entry(SGDW, dict(lr=LRS, momentum=one_of(0.0, 0.9), maximize=flag,
                              foreach=one_of(None, False), **DECAY),
                   ("lr", "weight_decay", "decay", "cautious_decay")),
+    "MomentumSGD": Entry(MomentumSGD, dict(lr=LRS, momentum=one_of(0.0, 0.9), maximize=flag,
+                                           foreach=one_of(None, False)), ("lr", "momentum")),
     "SM3": Entry(SM3, dict(lr=LRS, momentum=one_of(0.0, 0.9), weight_decay=WDS, maximize=flag)),
     "SMMF": Entry(SMMF, dict(lr=LRS, beta=one_of(0.0, 0.9), weight_decay=WDS,
                              decay_rate=one_of(-0.5, -0.8), maximize=flag)),
@@ -101,10 +107,11 @@ ENTRIES: dict[str, Entry] = {
                      ("lr", "weight_decay", "decay", "decay_form")),
     "RAdamHD": Entry(RAdamHD, dict(lr=LRS, foreach=one_of(None, False), maximize=flag, **DECAY),
                      ("lr", "weight_decay", "decay", "decay_form")),
+    # torch's Adafactor and Muon divide by zero on 0-size tensors (torch 2.13): not fuzzed there
     "AdafactorHD": Entry(AdafactorHD, dict(lr=LRS, maximize=flag, **DECAY),
-                         ("lr", "weight_decay", "decay")),
+                         ("lr", "weight_decay", "decay"), empty=False),
     "MuonHD": Entry(MuonHD, dict(lr=LRS, nesterov=flag, **DECAY), ("lr", "weight_decay"),
-                    ndim=(2,)),
+                    ndim=(2,), empty=False, examples=8),
     "SGD+decay": Entry(with_decoupled_decay(torch.optim.SGD),
                        dict(lr=LRS, momentum=one_of(0.0, 0.9), maximize=flag,
                             foreach=one_of(None, False), **DECAY),
@@ -127,6 +134,7 @@ COVERS = {
     AdamHD: "AdamHD", NSGDA: "NSGDA", SGDW: "SGDW", SM3: "SM3", SMMF: "SMMF",
     Adafactor: "Adafactor", AdaLo: "AdaLo", NAdamHD: "NAdamHD", RAdamHD: "RAdamHD",
     AdafactorHD: "AdafactorHD", MuonHD: "MuonHD", Lookahead: "Lookahead(AdamHD)",
+    MomentumSGD: "MomentumSGD",
 }
 
 

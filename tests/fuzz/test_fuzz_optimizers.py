@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import traceback
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz.optimizers import COVERS, ENTRIES, Entry, exported_optimizer_classes
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck), print_blob=True)
+SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                suppress_health_check=list(HealthCheck), print_blob=True)
 SHAPES = [(), (0,), (3,), (4, 5), (2, 3, 4), (3, 0), (6, 2)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 CLEAR = (ValueError, TypeError, RuntimeError, NotImplementedError)
@@ -52,7 +53,8 @@ class Problem:
 @st.composite
 def problems(draw, entry: Entry) -> Problem:
     options = draw(st.fixed_dictionaries({}, optional=entry.options))
-    shapes_ok = [s for s in SHAPES if entry.ndim is None or len(s) in entry.ndim]
+    shapes_ok = [s for s in SHAPES if (entry.ndim is None or len(s) in entry.ndim)
+                 and (entry.empty or math.prod(s) > 0)]
     shapes = draw(st.lists(st.sampled_from(shapes_ok), min_size=1, max_size=3))
     transposed = [draw(st.booleans()) and len(s) >= 2 for s in shapes]
     n = len(shapes)
@@ -169,11 +171,12 @@ def state_by_tensor(opt, params) -> list[list[torch.Tensor]]:
             for i in range(len(params))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ENTRIES))
 def test_fuzz(name):
     entry = ENTRIES[name]
 
-    @SETTINGS
+    @settings(max_examples=entry.examples, **SETTINGS)
     @given(problems(entry))
     def check(pb: Problem) -> None:
         params, opt, error = run(entry, pb)

@@ -366,7 +366,7 @@ def _saved_scalars(
 
 
 def _wider_scalar(value: Any, p: Tensor) -> bool:
-    return (isinstance(value, Tensor) and value.dim() == 0 and p.dim() > 0
+    return (isinstance(value, Tensor) and value.dim() == 0
             and value.dtype in (torch.float32, torch.float64)
             and p.dtype in (torch.bfloat16, torch.float16))
 
