@@ -77,3 +77,17 @@ def test_sgd_takes_sparse_gradients_and_decays_float64():
     want = w0 - 0.5 * 0.2 * w0.clamp(-d, d)
     want[2] -= 0.5
     torch.testing.assert_close(emb.weight.detach(), want, rtol=0, atol=1e-15)
+
+
+def test_sparse_gradient_in_a_later_group_changes_no_earlier_group():
+    """torch's NAdam steps group 0 before it meets group 1's sparse gradient (found by
+    tests/fuzz): the wrapper refuses torch's non-sparse bases up front, so nothing moves."""
+    emb = torch.nn.Embedding(6, 3, sparse=True)
+    dense = torch.nn.Parameter(torch.randn(3, 3))
+    opt = with_decoupled_decay(torch.optim.NAdam)(
+        [{"params": [dense]}, {"params": [emb.weight]}], lr=0.1, weight_decay=0.1)
+    (emb(torch.tensor([2])).sum() + dense.sum()).backward()
+    before = snapshot(opt, [dense, emb.weight])
+    with pytest.raises(RuntimeError, match="NAdam does not support sparse gradients"):
+        opt.step()
+    assert_same(before, snapshot(opt, [dense, emb.weight]))

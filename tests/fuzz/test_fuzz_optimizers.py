@@ -2,8 +2,9 @@
 same examples; bounded by ``max_examples``).
 
 Each example draws an optimizer's options, 1-3 tensors (0-dim, 0-size, non-contiguous; fp32,
-bf16, fp16), one or two param groups (the second with options of its own), a few steps with
-gradients (some absent), maybe one NaN/inf gradient element, and a step to save/load at.
+bf16, fp16; one dtype or mixed), one or two param groups (the second with options of its own), a
+few steps with gradients (some absent, maybe one sparse), maybe one NaN/inf gradient element, and
+a step to save/load at.
 Invariants:
 
 * construction and steps raise nothing but a clear error (``ValueError``/``TypeError``/
@@ -41,12 +42,13 @@ class Problem:
     options: dict
     shapes: list[tuple[int, ...]]
     transposed: list[bool]
-    dtype: torch.dtype
+    dtypes: list[torch.dtype]  # per tensor (usually all one)
     split: int  # tensors [split:] form a second group (split == len: one group)
     group2: dict
     steps: int
     absent: list[tuple[int, int]]  # (step, tensor) without a gradient
     poison: tuple[int, int, float] | None  # (step, tensor, value) in the tensor's first element
+    sparse: tuple[int, int] | None  # (step, tensor) whose gradient is a sparse tensor
     save_at: int
 
 
@@ -67,16 +69,20 @@ def problems(draw, entry: Entry) -> Problem:
     poison = draw(st.none() | st.tuples(st.integers(0, steps - 1), st.integers(0, n - 1),
                                         st.sampled_from([float("nan"), float("inf"),
                                                          float("-inf")])))
-    return Problem(options, shapes, transposed, draw(st.sampled_from(DTYPES)), split, group2,
-                   steps, absent, poison, draw(st.integers(1, steps - 1)))
+    sparse = draw(st.none() | st.tuples(st.integers(0, steps - 1), st.integers(0, n - 1)))
+    dtype = st.sampled_from(DTYPES)
+    dtypes = draw(st.lists(dtype, min_size=n, max_size=n) if draw(st.booleans())
+                  else dtype.map(lambda d: [d] * n))
+    return Problem(options, shapes, transposed, dtypes, split, group2, steps, absent, poison,
+                   sparse, draw(st.integers(1, steps - 1)))
 
 
 def make_params(pb: Problem) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(0)
     out = []
-    for shape, t in zip(pb.shapes, pb.transposed):
+    for shape, t, dtype in zip(pb.shapes, pb.transposed, pb.dtypes):
         full = shape[::-1] if t else shape
-        x = torch.randn(full, generator=g).to(pb.dtype)
+        x = torch.randn(full, generator=g).to(dtype)
         out.append(torch.nn.Parameter(x.transpose(0, -1) if t else x))
     return out
 
@@ -88,6 +94,8 @@ def grads_at(pb: Problem, params, step: int) -> list[torch.Tensor | None]:
         grad = torch.randn(p.shape, generator=g).to(p.dtype)
         if pb.poison is not None and pb.poison[:2] == (step, i) and grad.numel():
             grad.view(-1)[0] = pb.poison[2]
+        if pb.sparse == (step, i):
+            grad = grad.to_sparse()
         grads.append(None if (step, i) in pb.absent else grad)
     return grads
 

@@ -30,9 +30,9 @@ weights before the step)::
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
 * A step the base refuses (it raises: e.g. Adam on a sparse gradient) changes nothing: the
-  threshold EMA is advanced on copies and stored only after the base step, and when a gradient is
-  sparse and the base is not one of torch's that take them (SGD, Adagrad, SparseAdam) the
-  explicit decay keeps copies of ``p_t`` (like the cautious form) and restores them.
+  threshold EMA is advanced on copies and stored only after the base step. A sparse gradient is
+  refused up front for torch's optimizers other than SGD, Adagrad and SparseAdam; for other
+  bases the explicit decay keeps copies of ``p_t`` (like the cautious form) and restores them.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
   so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
   takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
@@ -177,11 +177,18 @@ class _DecoupledDecay:
 
     def _may_refuse_sparse(self) -> bool:
         """A gradient is sparse and the base is not one of torch's that take sparse gradients:
-        the explicit decay keeps copies of ``p_t`` to restore if the base step raises."""
-        if issubclass(self._decay_base, SPARSE_BASES):
+        torch's other optimizers refuse them (raised here, before anything changes: they would
+        raise only after stepping the earlier param groups); with another base the explicit
+        decay keeps copies of ``p_t`` to restore if the base step raises."""
+        base = self._decay_base
+        if issubclass(base, SPARSE_BASES):
             return False
-        return any(p.grad is not None and p.grad.is_sparse
-                   for g in self.param_groups for p in g["params"])
+        if not any(p.grad is not None and p.grad.is_sparse
+                   for g in self.param_groups for p in g["params"]):
+            return False
+        if base.__module__.startswith("torch.optim"):
+            raise RuntimeError(f"{base.__name__} does not support sparse gradients")
+        return True
 
     def _commit_mus(self, plan: _GroupDecay) -> None:
         """Store this step's ``delta_mu`` (advanced on copies in ``_plan``) once the base step
