@@ -13,6 +13,9 @@ Invariants:
 * a run saved and loaded (``torch.save``/``load_state_dict`` into a fresh optimizer) at a step
   equals the uninterrupted run bit for bit, weights and state;
 * a non-finite gradient element never makes another tensor's weights or state non-finite.
+
+CI runs each optimizer's ``Entry.examples`` (tests/fuzz/optimizers.py); a deeper local run:
+``ADAMHD_FUZZ_EXAMPLES=300 pytest tests/fuzz``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
 import traceback
 from dataclasses import dataclass
 
@@ -184,7 +188,8 @@ def state_by_tensor(opt, params) -> list[list[torch.Tensor]]:
 def test_fuzz(name):
     entry = ENTRIES[name]
 
-    @settings(max_examples=entry.examples, **SETTINGS)
+    @settings(max_examples=int(os.environ.get("ADAMHD_FUZZ_EXAMPLES", entry.examples)),
+              **SETTINGS)
     @given(problems(entry))
     def check(pb: Problem) -> None:
         params, opt, error = run(entry, pb)
