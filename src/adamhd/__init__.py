@@ -8,12 +8,21 @@
 * The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Adafactor``, ``SMMF``, ``SM3``
   (docs/optimizers.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
+* Where each technique lives and what is public: docs/architecture.md.
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
 * ``Lookahead``: k steps forward, 1 step back, around any optimizer.
 * ``soft_median``: a soft median of per-sample losses.
 """
 
-from adamhd import transforms
+# the former module paths of AdamHD's parts (docs/architecture.md), importable as attributes
+from adamhd import (  # noqa: F401
+    functional,
+    functional_rules,
+    hyper,
+    optimizer,
+    transforms,
+    update_rules,
+)
 from adamhd.decay import HuberDecay
 from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.groups import param_groups
@@ -26,12 +35,12 @@ from adamhd.optim import (
     Adafactor,
     AdafactorHD,
     AdaLo,
+    AdamHD,
     Lookahead,
     MuonHD,
     NAdamHD,
     RAdamHD,
 )
-from adamhd.optimizer import AdamHD
 
 __all__ = [
     "NSGDA",

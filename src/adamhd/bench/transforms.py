@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from adamhd.bench.step import gpt2_124m_shapes, layer_stack_1b_shapes
+from adamhd.optim import AdamHD
 from adamhd.optim.lookahead import Lookahead
-from adamhd.optimizer import AdamHD
 from adamhd.transforms import TRANSFORMS, attach
 
 PATHS = {

@@ -10,7 +10,11 @@ Contract, used by ``AdamHD`` and ``adamhd.functional``:
   ``decay`` (``adamhd.decay.DecayRule``), else why not.
 * ``fused_adamhd(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus,
   hyper, *, grad_scale, found_inf)``: one step, in place; ``hyper`` is an
-  ``adamhd.hyper.AdamStep`` (its ``weight_decay`` is the coefficient: ``tau = lr*weight_decay``).
+  ``adamhd.optim.adamhd.step.AdamStep`` (its ``weight_decay`` is the coefficient:
+  ``tau = lr*weight_decay``). ``fused_step(tensors, hyper, ...)`` is the same on the group's
+  record of lists (``AdamTensors``).
+* What the kernels support (dtypes, decay and update rules) and the op's arguments: one table,
+  ``adamhd.kernels.spec``; the functions above read it.
   With ``grad_scale`` (``torch.amp.GradScaler``) the gradients are unscaled in place in the same
   pass, as torch's fused AdamW does; a step with a non-zero ``found_inf`` changes nothing
   (weights, state, gradients).
@@ -42,7 +46,6 @@ if ``mu`` is not finite, it takes ``mean|p_t|``. One NaN weight costs one elemen
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,12 +54,16 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakIdKeyDictionary
 
+from adamhd.kernels import spec
+from adamhd.kernels.spec import SOFTPLUS_THRESHOLD, UPDATE_KINDS, update_args  # noqa: F401
+
 if TYPE_CHECKING:
-    from adamhd.hyper import AdamStep
+    from adamhd.optim.adamhd.step import AdamStep, AdamTensors
 
 __all__ = [
     "forget_abs_means",
     "fused_adamhd",
+    "fused_step",
     "fused_is_default",
     "fused_rule_reason",
     "fused_unsupported_reason",
@@ -64,8 +71,8 @@ __all__ = [
 ]
 
 
-CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CPU_DTYPES = spec.DTYPES["cpu"]
+CUDA_DTYPES = spec.DTYPES["cuda"]
 
 # CUDA (Triton) only: param -> (p._version after the step, p.data_ptr(), mean|p| as a 0-dim tensor)
 _abs_means: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -115,62 +122,38 @@ def _triton_reason() -> str | None:
 
 
 def fused_unsupported_reason(p: Tensor) -> str | None:
+    """``None`` if a fused kernel can update ``p`` (``spec.DTYPES``), else why not."""
     if p.is_sparse or torch.is_complex(p):
         return "fused AdamHD kernels support dense real parameters only"
+    reason = spec.dtype_reason(p.device.type, p.dtype)
+    if reason is not None:
+        return reason
     if p.device.type == "cpu":
-        if p.dtype not in CPU_DTYPES:
-            return f"the fused CPU kernel does not support {p.dtype} parameters"
         if _cpu_module() is None:
             from adamhd.kernels import cpu
 
             return cpu.build_error()
         return None
-    if p.device.type == "cuda":
-        if p.dtype not in CUDA_DTYPES:
-            return f"the fused CUDA (Triton) kernel does not support {p.dtype} parameters"
-        return _triton_reason()
-    return f"no fused AdamHD kernel is available for parameters on {p.device.type}"
+    return _triton_reason()
 
 
 def fused_rule_reason(decay: Any) -> str | None:
     """Why the fused kernels cannot apply the decay rule record ``decay``, or ``None``.
 
-    They implement L2 and Huber decay (fixed or adaptive threshold), explicit or proximal, with
-    or without ``cautious`` (decay only where ``sign(u)*sign(p_t) >= 0``).
+    They implement what ``adamhd.kernels.spec`` lists: L2 and Huber decay (fixed or adaptive
+    threshold), explicit or proximal, with or without ``cautious`` (decay only where
+    ``sign(u)*sign(p_t) >= 0``).
     """
-    if getattr(decay, "name", None) not in ("huber", "l2"):
-        return f"the fused AdamHD kernels do not implement the decay rule {decay!r}"
-    return None
-
-
-UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
-SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus's default: softplus(x) = x above it
+    return spec.decay_reason(decay)
 
 
 def fused_update_reason(update: Any) -> str | None:
     """Why the fused kernels cannot run the update rule record ``update``
-    (``adamhd.update_rules.UpdateRule``), or ``None``: they run ``update="adam"``, ``"atan2"`` and
-    ``"softplus"``, not the options with a per-tensor reduction or extra state (``cautious``,
-    ``trust_ratio``, ``adanorm``, ``diffgrad``)."""
-    if update.update not in UPDATE_KINDS:
-        return f"the fused AdamHD kernels do not implement update={update.update!r}"
-    if not update.elementwise:
-        return f"the fused AdamHD kernels do not implement {update.describe()}"
-    return None
-
-
-def update_args(hyper: AdamStep) -> tuple[int, float, float]:
-    """``(kind, a, b)`` of the step's update rule for the kernels: atan2 ``(1, a, b)``, softplus
-    ``(2, beta, 20)``, Adam ``(0, 1, 1)``. Raises ``ValueError`` for a rule they lack."""
-    rule = hyper.update
-    reason = fused_update_reason(rule)
-    if reason is not None:
-        raise ValueError(reason)
-    if rule.update == "atan2":
-        return 1, float(rule.atan2_a), float(rule.atan2_b)
-    if rule.update == "softplus":
-        return 2, float(rule.softplus_beta), SOFTPLUS_THRESHOLD
-    return 0, 1.0, 1.0
+    (``adamhd.optim.adamhd.update_rules.UpdateRule``), or ``None``: they run what
+    ``adamhd.kernels.spec`` lists (``update="adam"``, ``"atan2"``, ``"softplus"``), not the
+    options with a per-tensor reduction or extra state (``cautious``, ``trust_ratio``,
+    ``adanorm``, ``diffgrad``)."""
+    return spec.update_reason(update)
 
 
 def _cpu_fused_by_default() -> bool:
@@ -255,42 +238,52 @@ def fused_adamhd(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
+    """One fused step of a group's lists (the fields of ``AdamTensors``, in order)."""
+    from adamhd.optim.adamhd.step import AdamTensors
+
+    tensors = AdamTensors(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
+    )
+    fused_step(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf)
+
+
+def fused_step(
+    tensors: AdamTensors,
+    hyper: AdamStep,
+    *,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """``fused_adamhd`` on the record: one call per device (CPU op or Triton launch)."""
+    params = tensors.params
     if not params:
         return
-    if hyper.differentiable:
+    if hyper.differentiable and not spec.DIFFERENTIABLE:
         raise RuntimeError("fused AdamHD kernels do not support differentiable=True")
     reason = fused_rule_reason(hyper.decay)
     if reason is not None:
         raise RuntimeError(f"fused AdamHD step impossible: {reason}")
-    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus)
     if torch.compiler.is_compiling():  # traced once; the op checks every tensor at run time
         if params[0].device.type == "cpu":
-            _fused_cpu(lists, hyper, grad_scale, found_inf)
+            _fused_cpu(tensors, hyper, grad_scale, found_inf)
         else:
-            _fused_triton(lists, hyper, grad_scale, found_inf)
+            _fused_triton(tensors, hyper, grad_scale, found_inf)
         return
     plan = _plan(params)
     if plan.reason is not None:
         raise RuntimeError(f"fused AdamHD step impossible: {plan.reason}")
     for index in plan.by_device:
-        part = lists
-        if len(plan.by_device) > 1:
-            part = tuple([xs[i] for i in index] if xs else [] for xs in lists)
-        if plan.device_type == "cpu" or part[0][0].device.type == "cpu":
+        part = tensors if len(plan.by_device) == 1 else tensors.select(index)
+        if plan.device_type == "cpu" or part.params[0].device.type == "cpu":
             _fused_cpu(part, hyper, grad_scale, found_inf)
         else:
             _fused_triton(part, hyper, grad_scale, found_inf)
 
 
-def _fused_triton(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
+def _fused_triton(tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
     from adamhd.kernels import triton_adamhd
 
-    triton_adamhd.fused_adamhd_triton(
-        *lists, decay=hyper.decay, amsgrad=hyper.amsgrad, beta1=hyper.beta1, beta2=hyper.beta2,
-        lr=hyper.lr, weight_decay=hyper.weight_decay, eps=hyper.eps, maximize=hyper.maximize,
-        capturable=hyper.capturable, grad_scale=grad_scale, found_inf=found_inf,
-        update=update_args(hyper),
-    )
+    triton_adamhd.launch(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf)
 
 
 def _cpu_op():
@@ -300,44 +293,7 @@ def _cpu_op():
     return torch.ops.adamhd.fused_step_
 
 
-def _decay_kind(decay, weight_decay: float) -> int:
-    """0: no decay (``weight_decay == 0``), 1: explicit, 2: proximal. L2 decay is Huber decay with
-    ``d = inf`` in either form (``excess = 0``), so it takes the same code."""
-    if weight_decay == 0:
-        return 0
-    return 1 if decay.form == "explicit" else 2
-
-
-def _fused_cpu(lists, hyper: AdamStep, grad_scale, found_inf) -> None:
-    """One call of the C++ op for the whole list: no per-tensor Python work, no host sync."""
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus = lists
-    decay = hyper.decay
-    adaptive = decay.adaptive
-    lr = hyper.lr
-    lr_tensor = lr if isinstance(lr, Tensor) else None
-    _cpu_op()(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs if hyper.amsgrad else [],
-        state_steps,
-        delta_mus if adaptive and hyper.decays else [],
-        lr_tensor,
-        grad_scale,
-        found_inf,
-        0.0 if lr_tensor is not None else float(lr),
-        float(hyper.beta1),
-        float(hyper.beta2),
-        float(hyper.eps),
-        float(hyper.weight_decay),
-        _decay_kind(decay, hyper.weight_decay),
-        math.inf if adaptive else float(decay.delta),
-        float(decay.delta_scale),
-        float(decay.delta_beta),
-        adaptive,
-        hyper.amsgrad,
-        hyper.maximize,
-        *update_args(hyper),
-        bool(decay.cautious),
-    )
+def _fused_cpu(tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
+    """One call of the C++ op for the whole list: no per-tensor Python work, no host sync. Its
+    arguments are ``adamhd.kernels.spec.ARGS``."""
+    _cpu_op()(*spec.op_args(tensors, hyper, grad_scale, found_inf))

@@ -20,9 +20,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from adamhd.kernels import spec
+
+if TYPE_CHECKING:
+    from adamhd.optim.adamhd.step import AdamStep, AdamTensors
 
 try:
     import triton
@@ -209,12 +215,6 @@ def _launch_tables(lists: list[list[Tensor]], device: torch.device) -> _Tables:
     return made
 
 
-def _guarded_lerp(mu: Tensor, a: Tensor, weight: float) -> Tensor:
-    """``lerp(mu, a, weight)`` with the non-finite guard: a non-finite ``a`` leaves ``mu``; a
-    non-finite ``mu`` takes ``a``."""
-    return torch.where(a.isfinite(), torch.where(mu.isfinite(), mu.lerp(a, weight), a), mu)
-
-
 def fused_adamhd_triton(
     params: list[Tensor],
     grads: list[Tensor],
@@ -237,72 +237,98 @@ def fused_adamhd_triton(
     found_inf: Tensor | None = None,
     update: tuple[int, float, float] = (0, 1.0, 1.0),
 ) -> None:
-    """One step over tensors of one device, one launch per dtype, without host synchronisation.
+    """``launch`` with the lists and hyperparameters spelled out (``update``: ``(kind, a, b)`` as
+    ``adamhd.kernels.spec.update_args`` gives it)."""
+    from adamhd.optim.adamhd.step import AdamStep, AdamTensors
+    from adamhd.optim.adamhd.update_rules import UpdateRule
 
-    ``update``: the update rule as ``adamhd.kernels.update_args`` gives it, ``(kind, a, b)``.
-    """
+    kinds = {code: name for name, code in spec.UPDATE_KINDS.items()}
+    kind, a, b = update
+    rule = UpdateRule(update=kinds[kind])
+    if kinds[kind] == "atan2":
+        rule = UpdateRule(update="atan2", atan2_a=a, atan2_b=b)
+    elif kinds[kind] == "softplus":
+        rule = UpdateRule(update="softplus", softplus_beta=a)
+    hyper = AdamStep(decay=decay, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                     weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                     capturable=capturable, update=rule)
+    tensors = AdamTensors(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
+    )
+    launch(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf)
+
+
+def launch(
+    tensors: AdamTensors,
+    hyper: AdamStep,
+    *,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One step over tensors of one device, one launch per dtype, without host synchronisation.
+    The kernel's flags come from ``adamhd.kernels.spec``."""
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
-    if not params:
+    if not tensors.params:
         return
     by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, p in enumerate(params):
+    for i, p in enumerate(tensors.params):
         by_dtype.setdefault(p.dtype, []).append(i)
-    lists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus]
     for index in by_dtype.values():
-        part = lists
-        if len(by_dtype) > 1:
-            part = [[xs[i] for i in index] if xs else [] for xs in lists]
-        _step_one_dtype(*part, decay=decay, amsgrad=amsgrad, beta1=beta1, beta2=beta2, lr=lr,
-                        weight_decay=weight_decay, eps=eps, maximize=maximize,
-                        grad_scale=grad_scale, found_inf=found_inf, update=update)
+        part = tensors if len(by_dtype) == 1 else tensors.select(index)
+        _step_one_dtype(part, hyper, grad_scale, found_inf)
 
 
-def _step_one_dtype(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus, *, decay,
-    amsgrad, beta1, beta2, lr, weight_decay, eps, maximize, grad_scale, found_inf, update,
-) -> None:
+def _next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
+    """The step's thresholds per tensor (float32, on device) and, for the adaptive threshold,
+    ``mean|p_t|`` per tensor (from the previous step's sums where ``p`` is unchanged); the EMA
+    ``delta_mus`` is advanced here (``adamhd.decay.threshold``'s rule, on stacked tensors)."""
     from adamhd.decay import foreach_mean_abs
-    from adamhd.kernels import _lookup_abs_means, _store_abs_means
+    from adamhd.decay.threshold import guarded_ema
+    from adamhd.kernels import _lookup_abs_means
 
+    decay, params, device = hyper.decay, t.params, t.params[0].device
+    if not spec.adaptive(hyper):
+        value = math.inf if decay.adaptive or not hyper.decays else float(decay.delta)
+        return torch.full((len(params),), value, device=device, dtype=torch.float32), None
+    cached = _lookup_abs_means(params)
+    stale = [i for i, a in enumerate(cached) if a is None]
+    if stale:
+        for i, a in zip(stale, foreach_mean_abs([params[i].detach() for i in stale])):
+            cached[i] = a
+    abs_means = torch.stack([a.reshape(()).to(torch.float32) for a in cached])
+    mus = torch.stack([mu.reshape(()) for mu in t.delta_mus])
+    new_mus = guarded_ema(mus, abs_means.to(mus.dtype), decay.delta_beta)
+    if found is not None:
+        new_mus = torch.where(found > 0, mus, new_mus)
+    torch._foreach_copy_(t.delta_mus, list(new_mus.unbind()))
+    return (new_mus * decay.delta_scale).to(torch.float32), abs_means
+
+
+def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
+    from adamhd.kernels import _store_abs_means
+
+    params, lr = t.params, hyper.lr
     device = params[0].device
-    update_kind, update_a, update_b = update
-    decays = weight_decay != 0
-    adaptive = decay.adaptive and decays
-    decay_kind = 0 if not decays else (1 if decay.form == "explicit" else 2)
+    update_kind, update_a, update_b = spec.update_args(hyper)
     found = None if found_inf is None else found_inf.reshape(()).to(torch.float32)
     tables = _launch_tables(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []], device)
+        [params, t.grads, t.exp_avgs, t.exp_avg_sqs, t.max_exp_avg_sqs if hyper.amsgrad else []],
+        device)
 
     # step += 1, except where GradScaler found inf/nan (all on device)
     if found is None:
-        torch._foreach_add_(state_steps, 1)
+        torch._foreach_add_(t.state_steps, 1)
     else:
-        torch._foreach_add_(state_steps, [(1 - found).to(s.dtype) for s in state_steps])
-    steps = torch.stack([s.reshape(()) for s in state_steps]).to(torch.float32)
+        torch._foreach_add_(t.state_steps, [(1 - found).to(s.dtype) for s in t.state_steps])
+    steps = torch.stack([s.reshape(()) for s in t.state_steps]).to(torch.float32)
 
     lr_t = lr.reshape(()).to(device=device, dtype=torch.float32) if isinstance(lr, Tensor) else None
     dummy = torch.zeros((), device=device, dtype=torch.float32)
-    abs_means = None
-    sums = dummy
-    if adaptive:
-        cached = _lookup_abs_means(params)
-        stale = [i for i, a in enumerate(cached) if a is None]
-        if stale:
-            for i, a in zip(stale, foreach_mean_abs([params[i].detach() for i in stale])):
-                cached[i] = a
-        abs_means = torch.stack([a.reshape(()).to(torch.float32) for a in cached])
-        mus = torch.stack([mu.reshape(()) for mu in delta_mus])
-        new_mus = _guarded_lerp(mus, abs_means.to(mus.dtype), 1.0 - decay.delta_beta)
-        if found is not None:
-            new_mus = torch.where(found > 0, mus, new_mus)
-        torch._foreach_copy_(delta_mus, list(new_mus.unbind()))
-        ds = (new_mus * decay.delta_scale).to(torch.float32)
-        sums = torch.zeros(len(params), device=device, dtype=torch.float32)
-    else:
-        value = math.inf if decay.adaptive or not decays else float(decay.delta)
-        ds = torch.full((len(params),), value, device=device, dtype=torch.float32)
+    ds, abs_means = _next_thresholds(t, hyper, found)
+    sums = dummy if abs_means is None else torch.zeros(
+        len(params), device=device, dtype=torch.float32)
 
     if tables.blocks > 0:
         p_tab, g_tab, m_tab, v_tab, x_tab = tables.pointers
@@ -312,11 +338,11 @@ def _step_one_dtype(
             lr_t if lr_t is not None else dummy, 0.0 if lr_t is not None else float(lr),
             grad_scale if grad_scale is not None else dummy,
             found if found is not None else dummy,
-            beta1, beta2, eps, weight_decay, update_a, update_b,
-            DTYPE=_TL_DTYPES[params[0].dtype], DECAY=decay_kind, UPDATE=update_kind,
-            CAUTIOUS=bool(decay.cautious) and decays, AMSGRAD=amsgrad,
-            MAXIMIZE=maximize, LR_PTR=lr_t is not None, HAS_SCALE=grad_scale is not None,
-            HAS_FOUND=found is not None, WANT_SUM=adaptive, BLOCK_SIZE=BLOCK,
+            hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, update_a, update_b,
+            DTYPE=_TL_DTYPES[params[0].dtype], DECAY=spec.decay_kind(hyper), UPDATE=update_kind,
+            CAUTIOUS=spec.cautious(hyper), AMSGRAD=hyper.amsgrad,
+            MAXIMIZE=hyper.maximize, LR_PTR=lr_t is not None, HAS_SCALE=grad_scale is not None,
+            HAS_FOUND=found is not None, WANT_SUM=abs_means is not None, BLOCK_SIZE=BLOCK,
         )
     torch.autograd.graph.increment_version(params)
     if abs_means is not None:

@@ -1,10 +1,11 @@
-"""Optimizers other than ``AdamHD`` and optimizer wrappers: SGDW and the Huber-decay presets of
-torch's optimizers, Lookahead, and the survey's optimizers (NSGDA, AdaLo, Adafactor, SMMF, SM3;
-see docs/optimizers.md), each of the latter one plain math function and a thin class.
-"""
+"""The optimizer family: ``AdamHD`` (the package ``adamhd.optim.adamhd``), SGDW and the
+Huber-decay presets of torch's optimizers, Lookahead, and the survey's optimizers (NSGDA, AdaLo,
+Adafactor, SMMF, SM3; see docs/optimizers.md), each of the latter one plain math function and a
+thin class."""
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
+from adamhd.optim.adamhd import AdamHD
 from adamhd.optim.lookahead import Lookahead
 from adamhd.optim.nsgda import NSGDA
 from adamhd.optim.presets import AdafactorHD, MuonHD, NAdamHD, RAdamHD
@@ -20,6 +21,7 @@ __all__ = [
     "AdaLo",
     "Adafactor",
     "AdafactorHD",
+    "AdamHD",
     "Lookahead",
     "MomentumSGD",
     "MuonHD",

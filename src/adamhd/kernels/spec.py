@@ -1,0 +1,192 @@
+"""What the fused AdamHD kernels support, in one table, and the fused op's arguments.
+
+Everything about the kernels' scope is read from here:
+
+* the fused-eligibility decision (``adamhd.kernels.fused_unsupported_reason``,
+  ``fused_rule_reason``, ``fused_update_reason``, hence ``fused=None``'s choice and the error
+  ``fused=True`` raises);
+* the CPU op's arguments, in order (``ARGS``): the Python call (``op_args``) and the schema string
+  (``SCHEMA``, which must equal the ``TORCH_LIBRARY`` definition in ``adamhd_cpu.cpp``;
+  ``tests/kernels/test_spec.py`` compares it with the registered op);
+* the Triton launch's compile-time flags (``decay_kind``, ``update_args``, ``cautious``).
+
+Adding a fused option: one edit here (its support entry; its argument in ``ARGS`` if it takes
+one) plus its math in ``adamhd_cpu.cpp`` and ``triton_adamhd.py``, tested against the Python
+definition (``tests/kernels``).
+
+This module imports nothing of ``adamhd`` at run time; the records it reads are
+``adamhd.optim.adamhd.step.AdamStep`` and ``AdamTensors``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from adamhd.optim.adamhd.step import AdamStep, AdamTensors
+
+# ------------------------------------------------------------------------------------------------
+# What the kernels support
+# ------------------------------------------------------------------------------------------------
+
+#: parameter (and moment) dtypes per device type
+DTYPES: dict[str, tuple[torch.dtype, ...]] = {
+    "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.bfloat16, torch.float16),
+}
+#: decay rules (``adamhd.decay`` names); L2 is Huber with ``d = inf`` in the kernels
+DECAY_RULES = ("huber", "l2")
+#: decay forms and their code in the kernels (0: no decay, ``weight_decay == 0``)
+DECAY_FORMS = {"explicit": 1, "proximal": 2}
+#: cautious decay (decay only where ``sign(u)*sign(p_t) >= 0``)
+CAUTIOUS_DECAY = True
+#: Adam directions (``update=``) and their code in the kernels
+UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
+#: ``UpdateRule`` options with a per-tensor reduction or extra state that the kernels run: none
+UPDATE_OPTIONS: tuple[str, ...] = ()
+#: ``torch.nn.functional.softplus``'s default threshold: ``softplus(x) = x`` above it
+SOFTPLUS_THRESHOLD = 20.0
+#: torch's ``differentiable=True`` (autograd through the step): not in the kernels
+DIFFERENTIABLE = False
+
+
+def dtype_reason(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why no kernel serves ``dtype`` parameters on ``device_type``, or ``None``."""
+    if device_type not in DTYPES:
+        return f"no fused AdamHD kernel is available for parameters on {device_type}"
+    if dtype not in DTYPES[device_type]:
+        kernel = "CPU" if device_type == "cpu" else "CUDA (Triton)"
+        return f"the fused {kernel} kernel does not support {dtype} parameters"
+    return None
+
+
+def decay_reason(decay: Any) -> str | None:
+    """Why the kernels cannot apply the decay rule record ``decay``, or ``None``."""
+    if getattr(decay, "name", None) not in DECAY_RULES:
+        return f"the fused AdamHD kernels do not implement the decay rule {decay!r}"
+    if decay.form not in DECAY_FORMS:
+        return f"the fused AdamHD kernels do not implement decay_form={decay.form!r}"
+    if decay.cautious and not CAUTIOUS_DECAY:
+        return "the fused AdamHD kernels do not implement cautious_decay=True"
+    return None
+
+
+def update_reason(update: Any) -> str | None:
+    """Why the kernels cannot run the update rule record ``update``, or ``None``."""
+    if update.update not in UPDATE_KINDS:
+        return f"the fused AdamHD kernels do not implement update={update.update!r}"
+    missing = [f for f in ("cautious", "trust_ratio", "adanorm", "diffgrad")
+               if getattr(update, f) and f not in UPDATE_OPTIONS]
+    if missing:
+        return f"the fused AdamHD kernels do not implement {update.describe()}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# The values the kernels take, derived from a step's records
+# ------------------------------------------------------------------------------------------------
+
+
+def decay_kind(hyper: AdamStep) -> int:
+    """0: no decay (``weight_decay == 0``), else the form's code (``DECAY_FORMS``)."""
+    return 0 if not hyper.decays else DECAY_FORMS[hyper.decay.form]
+
+
+def adaptive(hyper: AdamStep) -> bool:
+    """Whether the kernel advances the adaptive threshold's EMA (``delta_mus``) this step."""
+    return bool(hyper.decay.adaptive and hyper.decays)
+
+
+def cautious(hyper: AdamStep) -> bool:
+    return bool(hyper.decay.cautious and hyper.decays)
+
+
+def update_args(hyper: AdamStep) -> tuple[int, float, float]:
+    """``(kind, a, b)`` of the step's update rule: atan2 ``(1, a, b)``, softplus
+    ``(2, beta, 20)``, Adam ``(0, 1, 1)``. Raises ``ValueError`` for a rule the kernels lack."""
+    rule = hyper.update
+    reason = update_reason(rule)
+    if reason is not None:
+        raise ValueError(reason)
+    if rule.update == "atan2":
+        return UPDATE_KINDS["atan2"], float(rule.atan2_a), float(rule.atan2_b)
+    if rule.update == "softplus":
+        return UPDATE_KINDS["softplus"], float(rule.softplus_beta), SOFTPLUS_THRESHOLD
+    return UPDATE_KINDS["adam"], 1.0, 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The CPU op: its arguments in order, from which the call and the schema follow
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one call of the op is built from."""
+
+    tensors: AdamTensors
+    hyper: AdamStep
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of ``adamhd::fused_step_``: its schema type, name and value for a call."""
+
+    type: str
+    name: str
+    value: Callable[[Call], Any]
+
+
+def _lr_tensor(c: Call) -> Tensor | None:
+    return c.hyper.lr if isinstance(c.hyper.lr, Tensor) else None
+
+
+ARGS: tuple[Arg, ...] = (
+    Arg("Tensor(a!)[]", "params", lambda c: c.tensors.params),
+    Arg("Tensor(b!)[]", "grads", lambda c: c.tensors.grads),
+    Arg("Tensor(c!)[]", "exp_avgs", lambda c: c.tensors.exp_avgs),
+    Arg("Tensor(d!)[]", "exp_avg_sqs", lambda c: c.tensors.exp_avg_sqs),
+    Arg("Tensor(e!)[]", "max_exp_avg_sqs",
+        lambda c: c.tensors.max_exp_avg_sqs if c.hyper.amsgrad else []),
+    Arg("Tensor(f!)[]", "steps", lambda c: c.tensors.state_steps),
+    Arg("Tensor(g!)[]", "mus", lambda c: c.tensors.delta_mus if adaptive(c.hyper) else []),
+    Arg("Tensor?", "lr_tensor", _lr_tensor),
+    Arg("Tensor?", "grad_scale", lambda c: c.grad_scale),
+    Arg("Tensor?", "found_inf", lambda c: c.found_inf),
+    Arg("float", "lr", lambda c: 0.0 if _lr_tensor(c) is not None else float(c.hyper.lr)),
+    Arg("float", "beta1", lambda c: float(c.hyper.beta1)),
+    Arg("float", "beta2", lambda c: float(c.hyper.beta2)),
+    Arg("float", "eps", lambda c: float(c.hyper.eps)),
+    Arg("float", "weight_decay", lambda c: float(c.hyper.weight_decay)),
+    Arg("int", "decay_kind", lambda c: decay_kind(c.hyper)),
+    Arg("float", "delta",
+        lambda c: math.inf if c.hyper.decay.adaptive else float(c.hyper.decay.delta)),
+    Arg("float", "delta_scale", lambda c: float(c.hyper.decay.delta_scale)),
+    Arg("float", "delta_beta", lambda c: float(c.hyper.decay.delta_beta)),
+    Arg("bool", "adaptive", lambda c: bool(c.hyper.decay.adaptive)),
+    Arg("bool", "amsgrad", lambda c: c.hyper.amsgrad),
+    Arg("bool", "maximize", lambda c: c.hyper.maximize),
+    Arg("int", "update_kind", lambda c: update_args(c.hyper)[0]),
+    Arg("float", "update_a", lambda c: update_args(c.hyper)[1]),
+    Arg("float", "update_b", lambda c: update_args(c.hyper)[2]),
+    Arg("bool", "cautious", lambda c: bool(c.hyper.decay.cautious)),
+)
+
+#: the op's schema, as ``adamhd_cpu.cpp`` defines it
+SCHEMA = "fused_step_(" + ", ".join(f"{a.type} {a.name}" for a in ARGS) + ") -> ()"
+
+
+def op_args(
+    tensors: AdamTensors, hyper: AdamStep, grad_scale: Tensor | None, found_inf: Tensor | None
+) -> list[Any]:
+    """The positional arguments of ``torch.ops.adamhd.fused_step_`` for one call."""
+    call = Call(tensors, hyper, grad_scale, found_inf)
+    return [arg.value(call) for arg in ARGS]

@@ -1,0 +1,421 @@
+"""``AdamHD``: a drop-in ``torch.optim.AdamW`` with decoupled Huber decay.
+
+This class validates hyperparameters and holds state; the math is in
+``adamhd.optim.adamhd.functional`` (Adam moments) and ``adamhd.decay`` (the decay rules, their
+threshold, strength and option checks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
+
+from adamhd import kernels
+from adamhd._torch_compat import graph_capture_health_check
+from adamhd.decay import (
+    DECAY_DEFAULTS,
+    check_decay_options,
+    mu_dtype,
+    remember_initial_lr,
+    rule_from_group,
+)
+from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
+from adamhd.optim.adamhd.functional import adamhd_step
+from adamhd.optim.adamhd.step import AdamStep, AdamTensors
+from adamhd.optim.adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
+from adamhd.state import ADAM_STATE, CheckedState, Entry, statistic_dtype
+
+__all__ = ["AdamHD"]
+
+DEFAULT_DELTA_SCALE = 1.5
+DEFAULT_DELTA_BETA = 0.99
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_hyperparameters(group: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
+    lr = group["lr"]
+    tensor_ok = group["capturable"] or not group["foreach"]
+    if isinstance(lr, Tensor):
+        if not tensor_ok:
+            raise ValueError(
+                "lr as a Tensor is not supported for capturable=False and foreach=True"
+            )
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+        lr_value = float(lr.detach().reshape(()))
+    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        lr_value = float(lr)
+    else:
+        raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
+    if not lr_value >= 0.0 or math.isinf(lr_value):
+        raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
+    _check_betas(group["betas"], tensor_ok)
+
+    eps = group["eps"]
+    if not isinstance(eps, (int, float)) or not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps} (eps must be >= 0)")
+    check_decay_options(group)
+    check_update_options(group)
+
+
+def _check_fused_rule(group: dict[str, Any]) -> None:
+    """``fused=True`` with a decay or update rule the kernels lack: a clear error naming it."""
+    if group.get("fused"):
+        reason = kernels.fused_rule_reason(rule_from_group(group)) or kernels.fused_update_reason(
+            UpdateRule.from_group(group)
+        )
+        if reason is not None:
+            raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
+
+
+def _check_betas(betas: Any, tensor_ok: bool) -> None:
+    """torch.optim.AdamW's rules: two floats or two 1-element Tensors, each in [0, 1); Tensors
+    only where the path can take them (not foreach without capturable)."""
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError(f"betas must be either both floats or both Tensors, got {betas!r}")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if not tensor_ok:
+                raise ValueError(
+                    f"betas[{i}] as a Tensor is not supported for capturable=False and "
+                    "foreach=True"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element, got {tuple(beta.shape)}")
+            value = float(beta.detach().reshape(()))
+        elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
+            value = float(beta)
+        else:
+            raise ValueError(f"betas[{i}] must be a float or a Tensor, got {beta!r}")
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"Invalid beta parameter at index {i}: {value} (need 0 <= betas[{i}] < 1)"
+            )
+
+
+def _squeeze_betas(betas: Any) -> Any:
+    """1-element Tensor betas as 0-dim Tensors (torch's ``_to_scalar``); anything else as is."""
+    if isinstance(betas, (tuple, list)):
+        return tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() else b for b in betas)
+    return betas
+
+
+def _tensor_hyperparameters(group: dict[str, Any]) -> bool:
+    return isinstance(group["lr"], Tensor) or any(isinstance(b, Tensor) for b in group["betas"])
+
+
+class AdamHD(CheckedState, Optimizer):
+    r"""AdamW with decoupled Huber decay (arXiv 2511.14721).
+
+    Each step, per parameter tensor ``p`` with gradient ``g`` (``tau = lr * weight_decay``;
+    the rules are ``adamhd.decay``'s, see ``docs/decay.md``)::
+
+        m = beta1*m + (1-beta1)*g;   v = beta2*v + (1-beta2)*g**2
+        u = (m / (1-beta1**t)) / (sqrt(v / (1-beta2**t)) + eps)
+        explicit:  p = p - tau*clip(p, -d_t, d_t);   p = p - lr*u
+        proximal:  q = p - lr*u;   p = argmin_z 0.5*(z-q)**2 + tau*Huber_{d_t}(z)
+
+    The threshold ``d_t`` is ``delta`` when it is a number, or with ``delta="adaptive"``
+    ``delta_scale * mu_t``, where ``mu_t`` is an EMA (``delta_beta``) of the whole tensor's
+    ``mean|p|`` taken before the step (``mu_1 = mean|p_1|``). ``delta=math.inf`` with the explicit
+    form is exactly ``torch.optim.AdamW``; ``weight_decay=0`` is exactly ``torch.optim.Adam``.
+
+    Args:
+        params: parameters or parameter groups, as for any torch optimizer.
+        lr: learning rate (float or 1-element Tensor). Decay is scaled by it, as in AdamW.
+        betas, eps, amsgrad, maximize, foreach, capturable, differentiable: as in
+            ``torch.optim.AdamW``, positions included (``AdamHD(params, 1e-3, (0.9, 0.999), 1e-8,
+            0.01, True)`` sets ``amsgrad``). ``lr`` and ``betas`` may be 1-element Tensors (both
+            betas or neither) except with ``foreach=True`` and ``capturable=False``, which
+            raises at construction, as in torch.
+        weight_decay: the decay coefficient ``lambda`` (default 1e-2, AdamW's default).
+
+    Keyword-only (after ``amsgrad``):
+        delta: threshold of the Huber penalty: a positive float (``math.inf`` allowed) or
+            ``"adaptive"`` (default).
+        delta_scale: ``c`` in ``d_t = c * mu_t`` (adaptive only). Default 1.5.
+        delta_beta: EMA coefficient of ``mu_t`` (adaptive only). Default 0.99.
+        decay_form: ``"explicit"`` (default) or ``"proximal"``.
+        fused: use a fused kernel (``adamhd.kernels``). ``True`` raises if none can serve every
+            parameter; ``None`` picks it only where it is the fastest verified path.
+        decay: ``"huber"`` (default) or ``"l2"`` (AdamW's decay: ``delta=math.inf``, the delta
+            options are ignored).
+        cautious_decay: decay only coordinates where the Adam update ``u`` and the weight
+            ``p_t`` satisfy ``u*p_t >= 0`` (arXiv 2510.12402; with ``decay="l2"`` this is the
+            paper's cautious AdamW). Default ``False``. The fused kernels implement it.
+        decay_scaling: ``"lr"`` (default, ``tau = lr_t*weight_decay``) or ``"schedule"``
+            (``tau = (lr_t/initial_lr)*weight_decay``, SGDW's ``eta_t*lambda``; ``initial_lr`` is
+            the group's, set by an lr scheduler or else the lr at construction, which must be
+            > 0).
+
+    A non-finite ``mean|p|`` (a NaN or inf weight) does not enter the adaptive EMA, so one bad
+    gradient element costs that element only, as in AdamW (``docs/decay.md``).
+
+    The adaptive EMA advances on steps where the group's ``weight_decay`` is non-zero; groups
+    without decay (biases, norms) cost no extra pass. Sparse gradients and complex parameters are
+    rejected with an error before anything changes.
+
+    ``load_state_dict`` (``adamhd.state``): group keys missing from the loaded groups (an AdamW
+    checkpoint has no ``delta``...) keep the values this optimizer was constructed with; every
+    state tensor is checked against its parameter first (a clear ``StateError``, nothing
+    changed); ``delta_mu`` stays float32 (float64 for float64 weights) for bf16/fp16 weights.
+    """
+
+    state_spec = {
+        **ADAM_STATE,
+        "delta_mu": Entry(shape="scalar", dtype="statistic"),
+        "adanorm_e": Entry(shape="scalar", dtype="statistic"),
+        "prev_grad": Entry(),
+    }
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        delta: float | str = "adaptive",
+        delta_scale: float = DEFAULT_DELTA_SCALE,
+        delta_beta: float = DEFAULT_DELTA_BETA,
+        decay_form: str = "explicit",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        decay: str = "huber",
+        cautious_decay: bool = False,
+        decay_scaling: str = "lr",
+        update: str = "adam",
+        atan2_a: float = 1.27,
+        atan2_b: float = 1.0,
+        softplus_beta: float = 50.0,
+        cautious: bool = False,
+        trust_ratio: bool = False,
+        adanorm: bool = False,
+        diffgrad: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=_squeeze_betas(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            delta=delta,
+            delta_scale=delta_scale,
+            delta_beta=delta_beta,
+            decay_form=decay_form,
+            decay=decay,
+            cautious_decay=cautious_decay,
+            decay_scaling=decay_scaling,
+            update=update,
+            atan2_a=atan2_a,
+            atan2_b=atan2_b,
+            softplus_beta=softplus_beta,
+            cautious=cautious,
+            trust_ratio=trust_ratio,
+            adanorm=adanorm,
+            diffgrad=diffgrad,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+        )
+        _check_hyperparameters(defaults)
+        _check_fused_rule(defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("fused=True does not support differentiable=True")
+            if foreach:
+                raise RuntimeError("fused=True and foreach=True cannot both be set")
+        if foreach and differentiable:
+            raise RuntimeError("foreach=True does not support differentiable=True")
+        super().__init__(params, defaults)
+        if fused:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
+                    if reason is not None:
+                        raise RuntimeError(f"fused=True cannot be honoured: {reason}")
+            # The fused kernels read GradScaler's grad_scale/found_inf themselves.
+            self._step_supports_amp_scaling = True
+        self._paths: dict[int, str] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        _check_hyperparameters(merged)
+        _check_fused_rule(merged)
+        super().add_param_group(param_group)
+        remember_initial_lr(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            for key, value in {**DECAY_DEFAULTS, **UPDATE_DEFAULTS}.items():
+                group.setdefault(key, value)
+            on_device = group["capturable"] or group["fused"]
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                step = p_state.get("step")
+                if step is not None and not torch.is_tensor(step):
+                    device = p.device if on_device else None
+                    p_state["step"] = torch.tensor(
+                        float(step), dtype=_scalar_dtype(), device=device
+                    )
+        self._paths = {}
+
+    @property
+    def paths(self) -> dict[int, str]:
+        """The implementation ("single", "foreach", "fused") each group used at its last step."""
+        return dict(self._paths)
+
+    def _select_path(self, group: dict[str, Any], params: list[Tensor], hyper: AdamStep) -> str:
+        if group["fused"]:
+            return "fused"
+        if group["foreach"] is not None:
+            return "foreach" if group["foreach"] else "single"
+        if group["differentiable"]:
+            return "single"
+        if (
+            group["fused"] is None
+            and kernels.fused_rule_reason(hyper.decay) is None
+            and kernels.fused_update_reason(hyper.update) is None
+            and not any_dtensor(params)
+            and kernels.fused_is_default(params)
+        ):
+            return "fused"
+        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        # foreach takes Tensor lr/betas only when capturable (torch's default avoids it for lr)
+        if foreach and _tensor_hyperparameters(group) and not group["capturable"]:
+            return "single"
+        return "foreach" if foreach else "single"
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor],
+        state_steps: list[Tensor],
+        delta_mus: list[Tensor],
+    ) -> None:
+        """Fill the lists (the fields of an ``AdamTensors``) with the group's parameters that have
+        a gradient and their state, created on first use. The lists are arguments, not a record,
+        because ``torch.compile`` runs an optimizer's ``_init_group`` eagerly on list arguments."""
+        t = AdamTensors(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
+        )
+        adaptive = group["delta"] == "adaptive" and group["decay"] == "huber"
+        on_device = group["capturable"] or group["fused"]
+        fresh_mu: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            t.params.append(p)
+            t.grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.zeros(
+                    (), dtype=_scalar_dtype(), device=p.device if on_device else None
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._init_rule_state(group, p, state)
+            if adaptive and "delta_mu" not in state:
+                fresh_mu.append(p)
+            t.exp_avgs.append(state["exp_avg"])
+            t.exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                t.max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            t.state_steps.append(state["step"])
+        if adaptive:
+            # mu starts at mean|p| of the tensor as it is now, so mu_1 = a_1 exactly (the whole
+            # tensor's: sharded DTensor params share one all-reduce).
+            for p, a in zip(fresh_mu, whole_mean_abs(fresh_mu)):
+                self.state[p]["delta_mu"] = a.to(mu_dtype(p)).clone()
+            t.delta_mus.extend(self.state[p]["delta_mu"] for p in t.params)
+
+    @staticmethod
+    def _init_rule_state(group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        """AdaNorm's gradient-norm EMA (``e_0 = 0``) and diffGrad's previous gradient (zeros)."""
+        if group["adanorm"] and "adanorm_e" not in state:
+            state["adanorm_e"] = torch.zeros((), dtype=statistic_dtype(p), device=p.device)
+        if group["diffgrad"] and "prev_grad" not in state:
+            state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _check_before_step(self) -> None:
+        """Reject what this optimizer cannot do before any state or weight changes."""
+        self.check_state_once()
+        for group in self.param_groups:
+            if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
+                raise RuntimeError(
+                    "lr and betas as Tensors are not supported for capturable=False and "
+                    "foreach=True (a param group was changed after construction)"
+                )
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "AdamHD does not support sparse gradients; use dense gradients "
+                        "(for nn.Embedding, sparse=False)"
+                    )
+                if torch.is_complex(p):
+                    raise RuntimeError("AdamHD does not support complex parameters")
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        graph_capture_health_check(self)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        self._check_before_step()
+        # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
+        hypers = [AdamStep.from_group(group) for group in self.param_groups]
+        for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            tensors = AdamTensors()
+            self._init_group(group, *tensors.lists())
+            if not tensors.params:
+                continue
+            path = self._select_path(group, tensors.params, hyper)
+            self._paths[index] = path
+            fused = path == "fused"
+            adamhd_step(
+                tensors,
+                hyper,
+                foreach=path == "foreach",
+                fused=fused,
+                grad_scale=getattr(self, "grad_scale", None) if fused else None,
+                found_inf=getattr(self, "found_inf", None) if fused else None,
+                rule_states=None if hyper.update.plain else [self.state[p] for p in tensors.params],
+            )
+        return loss
