@@ -212,6 +212,12 @@ def parse_specs(text: str) -> list[OptimizerSpec]:
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--optimizers lists the same entrant twice: {text!r}")
+    by_slug: dict[str, str] = {}
+    for spec in out:  # the folder name keeps only [A-Za-z0-9-_.=]: two labels may meet there
+        other = by_slug.setdefault(spec.slug, spec.label)
+        if other != spec.label:
+            raise ValueError(f"--optimizers: {other!r} and {spec.label!r} would train into the "
+                             f"same folder ({spec.slug!r}); write one of them differently")
     return out
 
 
