@@ -145,7 +145,8 @@ def test_bad_inputs_raise_before_anything_changes():
 
 
 def test_zero_size_and_small_tensors():
-    ps = [nn.Parameter(torch.zeros(0)), nn.Parameter(torch.zeros(0, 3)), nn.Parameter(torch.ones(5))]
+    ps = [nn.Parameter(torch.zeros(0)), nn.Parameter(torch.zeros(0, 3)),
+          nn.Parameter(torch.ones(5))]
     opt = AdamHD(ps, state_dtype="int8", min_8bit_size=0, lr=0.1)
     for p in ps:
         p.grad = torch.ones_like(p)

@@ -359,9 +359,12 @@ def _step_slice(t: Any, hyper: Any, group: Mapping[str, Any], states: list[dict[
     for i, (p, state) in enumerate(zip(t.params, states)):
         step = step_count(t.state_steps[i])
 
-        def rounding(x: Tensor, stream: str, i: int = i, step: int = step) -> Tensor:
+        offset = global_offset(p)
+
+        def rounding(x: Tensor, stream: str, i: int = i, step: int = step,
+                     offset: int = offset) -> Tensor:
             key = rounding_key(seed, positions[i], STREAMS[stream], step)
-            return bf16_round_stochastic(x, noise16(key, x.numel(), device=x.device))
+            return bf16_round_stochastic(x, noise16(key, x.numel(), offset, device=x.device))
 
         fmt = wanted_format(group, p)
         for key, value in (("exp_avg", work.exp_avgs[i]), ("exp_avg_sq", work.exp_avg_sqs[i])):
@@ -370,6 +373,22 @@ def _step_slice(t: Any, hyper: Any, group: Mapping[str, Any], states: list[dict[
             state["max_exp_avg_sq"].copy_(work.max_exp_avg_sqs[i])
         if work.params[i] is not p:
             _write_param(p, work.params[i], group, lambda x: rounding(x, "param"))
+
+
+def global_offset(p: Tensor) -> int:
+    """Index in the whole flattened tensor of a DTensor's first local element, where its local
+    shard is one contiguous range of it (sharded on dim 0 only), else 0: the rounding noise of
+    an FSDP2 shard is then the one a single process draws for the same elements."""
+    if not hasattr(p, "to_local"):
+        return 0
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if any(isinstance(pl, Shard) and pl.dim != 0 for pl in p.placements):
+        return 0
+    _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    row = math.prod(p.shape[1:]) if p.dim() > 1 else 1
+    return int(offset[0]) * row if p.dim() else 0
 
 
 def _write_param(p: Tensor, value: Tensor, group: Mapping[str, Any],
