@@ -32,6 +32,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from adamhd.decay.threshold import statistic_dtype
+
 __all__ = [
     "ADAM_STATE",
     "CheckedState",
@@ -81,9 +83,6 @@ class StateError(ValueError):
     """A state tensor that does not fit its parameter."""
 
 
-def statistic_dtype(p: Tensor) -> torch.dtype:
-    """The dtype float statistics are kept in: float64 for float64 parameters, else float32."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def _expected_shape(entry: Entry, p: Tensor) -> tuple[int, ...]:

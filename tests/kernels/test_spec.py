@@ -51,3 +51,13 @@ def test_op_args_follow_the_records():
     assert args["decay_kind"] == 1 and args["delta"] == math.inf and args["adaptive"] is True
     assert (args["update_kind"], args["update_a"], args["update_b"]) == (2, 7.0, 20.0)
     assert args["lr"] == 0.1 and args["lr_tensor"] is None and len(args) == len(spec.ARGS)
+
+
+def test_tensor_record_selects_positions_and_keeps_empty_lists_empty():
+    from adamhd.hyper import AdamTensors
+
+    xs = [torch.full((2,), float(i)) for i in range(3)]
+    t = AdamTensors(xs, xs, xs, xs, [], xs, [])
+    part = t.select([2, 0])
+    assert [p[0].item() for p in part.params] == [2.0, 0.0] and len(part) == 2
+    assert part.max_exp_avg_sqs == [] and part.delta_mus == [] and len(part.lists()) == 7

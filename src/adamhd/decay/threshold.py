@@ -28,6 +28,7 @@ from torch import Tensor
 import adamhd.decay.chunks as _chunks
 
 __all__ = [
+    "statistic_dtype",
     "foreach_mean_abs",
     "foreach_update_adaptive_threshold",
     "guarded_ema",
@@ -38,9 +39,15 @@ __all__ = [
 ]
 
 
-def mu_dtype(p: Tensor) -> torch.dtype:
-    """The dtype the threshold statistics are kept in: float64 for float64 weights, else float32."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
+def statistic_dtype(t: Tensor) -> torch.dtype:
+    """The library's one dtype policy for float statistics (this threshold's ``mu``, EMAs of
+    scalars, factors, norms): float64 for a float64 tensor, else float32, also for bf16/fp16.
+    ``adamhd.state`` keeps them in it across ``load_state_dict``."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+#: the dtype the threshold statistics are kept in
+mu_dtype = statistic_dtype
 
 
 def for_autograd(x: Tensor) -> Tensor:

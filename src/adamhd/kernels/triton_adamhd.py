@@ -215,12 +215,6 @@ def _launch_tables(lists: list[list[Tensor]], device: torch.device) -> _Tables:
     return made
 
 
-def _guarded_lerp(mu: Tensor, a: Tensor, weight: float) -> Tensor:
-    """``lerp(mu, a, weight)`` with the non-finite guard: a non-finite ``a`` leaves ``mu``; a
-    non-finite ``mu`` takes ``a``."""
-    return torch.where(a.isfinite(), torch.where(mu.isfinite(), mu.lerp(a, weight), a), mu)
-
-
 def fused_adamhd_triton(
     params: list[Tensor],
     grads: list[Tensor],
@@ -291,6 +285,7 @@ def _next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
     ``mean|p_t|`` per tensor (from the previous step's sums where ``p`` is unchanged); the EMA
     ``delta_mus`` is advanced here (``adamhd.decay.threshold``'s rule, on stacked tensors)."""
     from adamhd.decay import foreach_mean_abs
+    from adamhd.decay.threshold import guarded_ema
     from adamhd.kernels import _lookup_abs_means
 
     decay, params, device = hyper.decay, t.params, t.params[0].device
@@ -304,7 +299,7 @@ def _next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
             cached[i] = a
     abs_means = torch.stack([a.reshape(()).to(torch.float32) for a in cached])
     mus = torch.stack([mu.reshape(()) for mu in t.delta_mus])
-    new_mus = _guarded_lerp(mus, abs_means.to(mus.dtype), 1.0 - decay.delta_beta)
+    new_mus = guarded_ema(mus, abs_means.to(mus.dtype), decay.delta_beta)
     if found is not None:
         new_mus = torch.where(found > 0, mus, new_mus)
     torch._foreach_copy_(t.delta_mus, list(new_mus.unbind()))

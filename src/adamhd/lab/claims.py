@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adamhd.lab.settings import best_vs_best
 from adamhd.lab.stats import INCONCLUSIVE, Summary, paired, power_note, summarize, verdict
 
 
@@ -184,8 +185,6 @@ def measure_claims(base: list[Run], cand: list[Run]) -> list[Claim]:
 
 def best_vs_best_claim(sweep_meta: dict, rows: list[dict], base: str, cand: str) -> Claim:
     """Each entrant at its own best weight_decay of the sweep's grid, paired by seed."""
-    from adamhd.lab.sweep_report import best_vs_best
-
     seeds = sweep_meta["seeds"]
     b, c, eff = best_vs_best(rows, base, cand, seeds)
     measure = "final validation loss, each at its best weight_decay of the grid: baseline " \

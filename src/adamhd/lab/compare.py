@@ -23,6 +23,7 @@ import torch
 from adamhd.lab import dist
 from adamhd.lab.data import load_corpus
 from adamhd.lab.files import check_writable_dir, locked
+from adamhd.lab.grid import corpus_key, grid_config  # noqa: F401 (also this module's names)
 from adamhd.lab.jobs import Task, run_tasks
 from adamhd.lab.optimizers import parse_specs
 from adamhd.lab.preflight import check_run_inputs
@@ -32,15 +33,6 @@ from adamhd.lab.train import RunConfig
 
 def run_dir(out: Path, slug: str, seed: int) -> Path:
     return out / "runs" / slug / f"seed{seed}"
-
-
-def corpus_key(corpus) -> str:
-    return corpus.key + "".join(f"+{name}" for name in corpus.eval_sets)
-
-
-def grid_config(base: RunConfig) -> RunConfig:
-    """A grid point's run: the final validation loss only (no pruning, task, second domain)."""
-    return replace(base, prune=False, choice_items=0, domains=False)
 
 
 def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from adamhd.lab.data import load_corpus
 from adamhd.lab.files import check_writable_dir, locked
+from adamhd.lab.grid import corpus_key, grid_config
 from adamhd.lab.jobs import Task, run_tasks, shard_of
 from adamhd.lab.optimizers import REGISTRY, OptimizerSpec, parse_specs
 from adamhd.lab.preflight import check_run_inputs
@@ -92,8 +93,6 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
               build_report: bool = True, kind: str = "sweep") -> Path | None:
     """Train the grid (or this shard of it); return the report's path, or None for a shard.
     kind "leaderboard": the runs also measure the pruning curve, and the report ranks."""
-    from adamhd.lab.compare import corpus_key, grid_config
-
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     out = check_writable_dir(out, "--out")

@@ -7,7 +7,6 @@ several shard folders (merged: the report is the one a single process would writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,19 @@ from matplotlib.figure import Figure
 
 from adamhd.lab.files import LabFileError, read_json
 from adamhd.lab.regime import Regime
-from adamhd.lab.stats import INCONCLUSIVE, Summary, paired, power_note, summarize, verdict
+from adamhd.lab.render import render_html, render_md
+from adamhd.lab.settings import (  # noqa: F401 (the names this module had)
+    GOOD_TOLERANCE,
+    Setting,
+    best_setting,
+    best_vs_best,
+    best_vs_best_verdict,
+    by_setting,
+    good_range,
+)
+from adamhd.lab.stats import summarize
 from adamhd.lab.train import config_from_dict
 
-GOOD_TOLERANCE = 0.01  # "good range": mean final loss within +1% of the entrant's best
 _IGNORED = ("argv",)  # may differ between the shards of one sweep
 
 
@@ -53,68 +61,6 @@ def load_sweep(folders: list[Path]) -> tuple[dict, list[dict], list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Analysis (pure functions of the rows)
-
-
-@dataclass(frozen=True)
-class Setting:
-    entrant: str
-    lr: float
-    weight_decay: float
-
-
-def by_setting(rows: list[dict]) -> dict[Setting, dict[int, float]]:
-    """Setting -> {seed: final validation loss}."""
-    out: dict[Setting, dict[int, float]] = {}
-    for r in rows:
-        out.setdefault(Setting(r["entrant"], r["lr"], r["weight_decay"]), {})[r["seed"]] = \
-            r["final_val_loss"]
-    return out
-
-
-def best_setting(rows: list[dict], entrant: str, seeds: list[int]) -> Setting | None:
-    """The entrant's setting with the lowest mean loss among those finished on every seed."""
-    cells = {s: v for s, v in by_setting(rows).items()
-             if s.entrant == entrant and set(seeds) <= set(v)}
-    if not cells:
-        return None
-    return min(cells, key=lambda s: (float(np.mean([cells[s][k] for k in seeds])),
-                                     s.weight_decay, s.lr))
-
-
-def good_range(rows: list[dict], best: Setting, seeds: list[int],
-               tolerance: float = GOOD_TOLERANCE) -> list[float]:
-    """Weight decays, at the best setting's lr, whose mean loss is within +tolerance of the best
-    (contiguous around the best on the grid: a lucky isolated point does not widen it)."""
-    cells = {s.weight_decay: float(np.mean([v[k] for k in seeds]))
-             for s, v in by_setting(rows).items()
-             if s.entrant == best.entrant and s.lr == best.lr and set(seeds) <= set(v)}
-    wds = sorted(cells)
-    limit = cells[best.weight_decay] * (1 + tolerance)
-    i = j = wds.index(best.weight_decay)
-    while i > 0 and cells[wds[i - 1]] <= limit:
-        i -= 1
-    while j < len(wds) - 1 and cells[wds[j + 1]] <= limit:
-        j += 1
-    return wds[i:j + 1]
-
-
-def best_vs_best(rows: list[dict], base: str, cand: str, seeds: list[int]):
-    """(base best, cand best, Summary of base loss - cand loss per seed); positive: cand better."""
-    b, c = best_setting(rows, base, seeds), best_setting(rows, cand, seeds)
-    if b is None or c is None:
-        return b, c, None
-    cells = by_setting(rows)
-    return b, c, paired([cells[b][k] for k in seeds], [cells[c][k] for k in seeds])
-
-
-def best_vs_best_verdict(effect: Summary) -> tuple[str, str]:
-    v, why = verdict(effect)
-    if v == INCONCLUSIVE and effect.has_interval:
-        why += "; " + power_note(effect)
-    return v, why
-
-
 # ----------------------------------------------------------------------------------------------
 # Figure and document
 
@@ -227,7 +173,6 @@ def write_grid_report(folders: list[Path], out: Path | None, name: str, figure, 
                       title: str) -> Path:
     """Load the runs of a grid (one folder or shards), draw ``figure`` to ``name.png`` and write
     ``name.md`` and ``name.html`` from ``blocks_of``; shared by the sweep and the leaderboard."""
-    from adamhd.lab.report import render_html, render_md
 
     folders = [Path(f) for f in folders]
     out = Path(out) if out else folders[0]

@@ -79,7 +79,9 @@ def register_all(register: Callable) -> None:
             return cls(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
         return factory
 
-    have = {name: getattr(adamhd, name) for name in dir(adamhd)}
+    # presets whose torch base this torch lacks (adamhd.optim.presets) are not entrants
+    have = {name: getattr(adamhd, name) for name in dir(adamhd)
+            if not getattr(getattr(adamhd, name), "unavailable", False)}
     if hasattr(torch.optim, "Muon"):
         register("muon", None, torch.optim.Muon, "torch Muon on the block matrices, AdamW on the "
                  "rest", builder=_muon_builder(torch.optim.Muon, torch.optim.AdamW))

@@ -16,15 +16,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
-def stat_dtype(p: Tensor) -> torch.dtype:
-    """Float statistics (factors, norms, EMAs of scalars): float64 for float64 weights, else
-    float32, also for bf16/fp16 weights."""
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
+#: float statistics (factors, norms, EMAs of scalars): ``adamhd.decay.threshold``'s policy
+stat_dtype = statistic_dtype
 
 
 def lr_value(lr: Any) -> float:

@@ -13,6 +13,11 @@ else to AdamW's 1e-2.
 * ``MuonHD``: ``torch.optim.Muon`` (2-D parameters only) with its decoupled ``p*(1 - lr*wd)``
   replaced by the Huber rule (same ``tau = lr*wd``; Muon's ``adjust_lr_fn`` scales the update
   only, not the decay, as in torch).
+
+``AdafactorHD`` and ``MuonHD`` exist where torch has their base (``torch.optim.Adafactor``: torch
+2.5; ``torch.optim.Muon``: torch 2.9). On an older torch the name is still importable (``import
+adamhd`` works on the declared minimum) and constructing it raises ``RuntimeError`` naming the
+torch version it needs.
 """
 
 from __future__ import annotations
@@ -32,10 +37,28 @@ class RAdamHD(with_decoupled_decay(torch.optim.RAdam)):  # type: ignore[misc]
     """``torch.optim.RAdam`` with decoupled Huber decay (see ``adamhd.optim.presets``)."""
 
 
-class AdafactorHD(with_decoupled_decay(torch.optim.Adafactor)):  # type: ignore[misc]
+def _base(name: str, since: str) -> type:
+    """``torch.optim.<name>``, or a stand-in whose construction says which torch has it."""
+    base = getattr(torch.optim, name, None)
+    if base is not None:
+        return with_decoupled_decay(base)
+
+    class Unavailable:
+        unavailable = True
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs torch.optim.{name} (torch >= {since}); this is torch "
+                f"{torch.__version__}: upgrade torch or use another optimizer"
+            )
+
+    return Unavailable
+
+
+class AdafactorHD(_base("Adafactor", "2.5")):  # type: ignore[misc]
     """``torch.optim.Adafactor`` with decoupled Huber decay (see ``adamhd.optim.presets``)."""
 
 
-class MuonHD(with_decoupled_decay(torch.optim.Muon)):  # type: ignore[misc]
+class MuonHD(_base("Muon", "2.9")):  # type: ignore[misc]
     """``torch.optim.Muon`` with its decoupled L2 decay replaced by the Huber rule (see
     ``adamhd.optim.presets``); ``weight_decay`` defaults to Muon's 0.1."""

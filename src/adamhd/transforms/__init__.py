@@ -22,8 +22,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
-from adamhd.transforms.hook import TransformHandle, attach
-from adamhd.transforms.rules import (
+from adamhd.transforms.grad_transforms import (
     AGC,
     TRANSFORMS,
     Centralize,
@@ -33,6 +32,7 @@ from adamhd.transforms.rules import (
     SoftClip,
     transform_grads,
 )
+from adamhd.transforms.hook import TransformHandle, attach
 
 Params = Tensor | Iterable[Tensor]
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adamhd.transforms.rules import TRANSFORMS, GradTransform, transform_grads
+from adamhd.transforms.grad_transforms import TRANSFORMS, GradTransform, transform_grads
 
 Spec = str | tuple[str, Mapping[str, Any]] | GradTransform
 

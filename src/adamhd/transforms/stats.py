@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
 
 Kind = Literal["mean", "norm", "rms"]
@@ -40,8 +41,7 @@ def unit_dims(t: Tensor, rows: bool) -> tuple[int, ...]:
     return tuple(range(start, t.dim()))
 
 
-def stat_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+stat_dtype = statistic_dtype  # the one policy (adamhd.decay.threshold): float64 or float32
 
 
 def local(t: Tensor) -> Tensor:

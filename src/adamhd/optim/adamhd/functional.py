@@ -23,8 +23,9 @@ from typing import cast
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _get_value, _stack_if_compiling, _to_scalar
+from torch.optim.optimizer import _get_value, _stack_if_compiling
 
+from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import DecayRule, decay_strength
 from adamhd.distributed import any_dtensor, global_mean_abs, whole_mean_abs
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors

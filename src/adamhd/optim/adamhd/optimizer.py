@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach, _use_grad_for_differentiable
 
 from adamhd import kernels
+from adamhd._torch_compat import graph_capture_health_check
 from adamhd.decay import (
     DECAY_DEFAULTS,
     check_decay_options,
@@ -438,7 +439,7 @@ class AdamHD(CheckedState, Optimizer):
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        self._accelerator_graph_capture_health_check()
+        graph_capture_health_check(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _get_value, _to_scalar
+from torch.optim.optimizer import _get_value
 
+from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import decay_strength
 from adamhd.distributed import is_dtensor, whole_mean_abs
 from adamhd.optim.adamhd import update_rules as R
@@ -95,7 +96,7 @@ def rules_adamhd(
             prev.copy_(g)
         us.append(R.direction(m_hat, second.sqrt() / (1 - beta2**step) ** 0.5, hyper.eps, rule))
     if rule.cautious:
-        masks = [R.cautious_mask(u, g) for u, g in zip(us, gs)]
+        masks = [R.agreement_mask(u, g) for u, g in zip(us, gs)]
         for u, mask, kept in zip(us, masks, _whole("mean", masks, params)):
             R.cautious_(u, mask, kept)
     if rule.trust_ratio:

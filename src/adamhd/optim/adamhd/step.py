@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
-from torch.optim.optimizer import _to_scalar
 
+from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import DecayRule, group_decay_coefficient, rule_from_group
 from adamhd.optim.adamhd.update_rules import UpdateRule
 

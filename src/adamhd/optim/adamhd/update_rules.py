@@ -144,8 +144,10 @@ def diffgrad_factor(prev_grad: Tensor, grad: Tensor) -> Tensor:
     return torch.sigmoid((prev_grad - grad).abs_())
 
 
-def cautious_mask(u: Tensor, grad: Tensor) -> Tensor:
-    """``1[u*g > 0]`` in ``u``'s dtype: the coordinates where the step and the gradient agree."""
+def agreement_mask(u: Tensor, grad: Tensor) -> Tensor:
+    """``1[u*g > 0]`` in ``u``'s dtype: the coordinates where the step and the gradient agree
+    (the update rule's ``cautious``; the decay's cautious mask, ``u*p >= 0``, is
+    ``adamhd.decay.cautious_mask``)."""
     return (u * grad > 0).to(u.dtype)
 
 
