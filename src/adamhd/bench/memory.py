@@ -47,24 +47,50 @@ def contenders() -> dict[str, Factory]:
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
         "AdamHD (default path)": lambda ps: AdamHD(ps, lr=1e-3),
         "AdamHD foreach": lambda ps: AdamHD(ps, lr=1e-3, foreach=True),
+        "AdamHD state_dtype=bfloat16": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="bfloat16"),
+        "AdamHD state_dtype=int8": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="int8"),
         "NSGDA": lambda ps: NSGDA(ps, lr=1e-3),
         "AdaLo": lambda ps: AdaLo(ps),
         "Adafactor": lambda ps: Adafactor(ps),
         "torch Adafactor": lambda ps: torch.optim.Adafactor(ps),
         "SMMF": lambda ps: SMMF(ps),
         "SM3": lambda ps: SM3(ps),
+        **external_contenders(),
     }
 
 
+def external_contenders() -> dict[str, Factory]:
+    """torchao's low-memory AdamW (8-bit, 4-bit, fp8 states), when it imports."""
+    try:
+        from torchao.optim import AdamW4bit, AdamW8bit, AdamWFp8
+    except Exception:  # not installed or broken: not listed
+        return {}
+    return {"torchao AdamW8bit": lambda ps: AdamW8bit(ps, lr=1e-3),
+            "torchao AdamW4bit": lambda ps: AdamW4bit(ps, lr=1e-3),
+            "torchao AdamWFp8": lambda ps: AdamWFp8(ps, lr=1e-3)}
+
+
+def _plain_tensors(value: object) -> list[Tensor]:
+    """The plain tensors that hold ``value``'s data (a tensor subclass such as torchao's
+    quantised states: its inner tensors, ``__tensor_flatten__``)."""
+    if not torch.is_tensor(value):
+        return []
+    if hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
+        names, _ = value.__tensor_flatten__()
+        return [t for name in names for t in _plain_tensors(getattr(value, name))]
+    return [value]
+
+
 def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors, each storage counted once."""
     seen, total = set(), 0
     for state in opt.state.values():
         for value in state.values():
-            if torch.is_tensor(value):
-                key = value.untyped_storage().data_ptr()
+            for t in _plain_tensors(value):
+                key = t.untyped_storage().data_ptr()
                 if key not in seen:
                     seen.add(key)
-                    total += value.untyped_storage().nbytes()
+                    total += t.untyped_storage().nbytes()
     return total
 
 
