@@ -60,14 +60,24 @@ def contenders() -> dict[str, Factory]:
 
 
 def external_contenders() -> dict[str, Factory]:
-    """torchao's low-memory AdamW (8-bit, 4-bit, fp8 states), when it imports."""
+    """torchao's low-memory AdamW (8-bit, 4-bit, fp8 states) and bitsandbytes' 8-bit AdamW,
+    when they import."""
+    out: dict[str, Factory] = {}
     try:
         from torchao.optim import AdamW4bit, AdamW8bit, AdamWFp8
+
+        out["torchao AdamW8bit"] = lambda ps: AdamW8bit(ps, lr=1e-3)
+        out["torchao AdamW4bit"] = lambda ps: AdamW4bit(ps, lr=1e-3)
+        out["torchao AdamWFp8"] = lambda ps: AdamWFp8(ps, lr=1e-3)
     except Exception:  # not installed or broken: not listed
-        return {}
-    return {"torchao AdamW8bit": lambda ps: AdamW8bit(ps, lr=1e-3),
-            "torchao AdamW4bit": lambda ps: AdamW4bit(ps, lr=1e-3),
-            "torchao AdamWFp8": lambda ps: AdamWFp8(ps, lr=1e-3)}
+        pass
+    try:
+        import bitsandbytes
+
+        out["bitsandbytes AdamW8bit"] = lambda ps: bitsandbytes.optim.AdamW8bit(ps, lr=1e-3)
+    except Exception:
+        pass
+    return out
 
 
 def _plain_tensors(value: object) -> list[Tensor]:
