@@ -39,10 +39,11 @@ def gpt_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 4096) -> list[T
     return [p.detach() for p in GPT(cfg).parameters()]
 
 
-def contenders() -> dict[str, Factory]:
+def contenders(external: bool = True) -> dict[str, Factory]:
+    """The optimizers timed; ``external``: with torchao's and bitsandbytes' when installed."""
     from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdamHD
 
-    return {
+    out: dict[str, Factory] = {
         BASELINE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
         "AdamHD (default path)": lambda ps: AdamHD(ps, lr=1e-3),
@@ -55,8 +56,8 @@ def contenders() -> dict[str, Factory]:
         "torch Adafactor": lambda ps: torch.optim.Adafactor(ps),
         "SMMF": lambda ps: SMMF(ps),
         "SM3": lambda ps: SM3(ps),
-        **external_contenders(),
     }
+    return {**out, **external_contenders()} if external else out
 
 
 def external_contenders() -> dict[str, Factory]:
@@ -115,7 +116,8 @@ def run(rounds: int = 5, names: list[str] | None = None, **model: int) -> list[R
     numel = sum(p.numel() for p in base)
     g = torch.Generator().manual_seed(1)
     grads = [torch.randn(p.shape, generator=g) * 1e-2 for p in base]
-    factories = contenders()
+    factories = contenders(external=names is None
+                           or bool(set(names) - set(contenders(external=False))))
     chosen = names or list(factories)
     if BASELINE not in chosen:
         chosen = [BASELINE, *chosen]
