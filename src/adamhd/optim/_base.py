@@ -7,10 +7,11 @@ state and calls that function.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -95,6 +96,42 @@ class CheckedOptimizer(Optimizer):
                     raise RuntimeError(f"{self.name} does not support sparse gradients")
                 if torch.is_complex(p):
                     raise RuntimeError(f"{self.name} does not support complex parameters")
+
+    # The step loop that the optimizers with one state dict per parameter share (Adafactor, SMMF,
+    # SM3); NSGDA (all groups in one foreach batch) and AdaLo (the loss, GradScaler) write their
+    # own ``step``.
+
+    #: the record of one group's step hyperparameters; its fields are group keys
+    hyper_type: ClassVar[type | None] = None
+
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """``p``'s state, created on its first step."""
+        raise NotImplementedError
+
+    def group_step(
+        self, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], hyper: Any
+    ) -> None:
+        """The optimizer's math on one group (its module's plain function)."""
+        raise NotImplementedError
+
+    def group_hyper(self, group: dict[str, Any]) -> Any:
+        """``hyper_type`` from the group's values (``lr`` as a float)."""
+        assert self.hyper_type is not None
+        values = {f.name: group[f.name] for f in dataclasses.fields(self.hyper_type)}
+        return self.hyper_type(**{**values, "lr": lr_value(group["lr"])})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step: the closure, the checks, then per group its state, gradients (negated for
+        ``maximize``), hyperparameters and ``group_step``."""
+        loss = run_closure(closure)
+        self.check_grads()
+        for group in self.param_groups:
+            params = self.params_with_grad(group)
+            states = [self.init_state(p, group) for p in params]
+            grads = [-p.grad if group["maximize"] else p.grad for p in params]
+            self.group_step(params, grads, states, self.group_hyper(group))
+        return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's, but the float statistics in ``stat_keys`` keep their saved precision and

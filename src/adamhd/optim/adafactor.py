@@ -39,7 +39,6 @@ need cross-shard reductions that this class does not do.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +51,7 @@ from adamhd.optim._base import (
     check,
     check_lr,
     finite_nonneg,
-    lr_value,
     new_step,
-    run_closure,
     stat_dtype,
 )
 
@@ -146,6 +143,7 @@ class Adafactor(CheckedOptimizer):
     name = "Adafactor"
     stat_keys = ("exp_avg_sq_row", "exp_avg_sq_col")
     dtensor_reason = "its factors and RMS clips are not reduced across shards"
+    hyper_type = AdafactorHyper
 
     def __init__(
         self,
@@ -174,7 +172,7 @@ class Adafactor(CheckedOptimizer):
         check("decay_rate", group["decay_rate"], lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
         finite_nonneg("weight_decay", group["weight_decay"])
 
-    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
         if not state:
             state["step"] = new_step(p)
@@ -186,18 +184,5 @@ class Adafactor(CheckedOptimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            states = [self._init_state(p) for p in params]
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            hyper = AdafactorHyper(
-                lr=lr_value(group["lr"]), eps1=group["eps1"], eps2=group["eps2"], d=group["d"],
-                decay_rate=group["decay_rate"], relative_step=group["relative_step"],
-                scale_parameter=group["scale_parameter"], weight_decay=group["weight_decay"],
-            )
-            adafactor(params, grads, states, hyper)
-        return loss
+    def group_step(self, params, grads, states, hyper) -> None:
+        adafactor(params, grads, states, hyper)

@@ -27,7 +27,6 @@ follows the authors' code (momentum on the preconditioned update) and the paper'
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +39,6 @@ from adamhd.optim._base import (
     check_lr,
     finite_nonneg,
     in_unit,
-    lr_value,
-    run_closure,
     stat_dtype,
 )
 
@@ -112,6 +109,7 @@ class SM3(CheckedOptimizer):
     name = "SM3"
     stat_keys = ("accumulator",) + tuple(f"accumulator_{d}" for d in range(16))
     dtensor_reason = "its slice maxima span shards"
+    hyper_type = SM3Hyper
 
     def __init__(
         self,
@@ -133,7 +131,8 @@ class SM3(CheckedOptimizer):
         finite_nonneg("eps", group["eps"])
         finite_nonneg("weight_decay", group["weight_decay"])
 
-    def _init_state(self, p: Tensor, momentum: float) -> dict[str, Tensor]:
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        momentum = group["momentum"]
         state = self.state[p]
         if not state:
             kw = dict(dtype=stat_dtype(p), device=p.device)
@@ -146,15 +145,5 @@ class SM3(CheckedOptimizer):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            states = [self._init_state(p, group["momentum"]) for p in params]
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            hyper = SM3Hyper(lr=lr_value(group["lr"]), momentum=group["momentum"],
-                             eps=group["eps"], weight_decay=group["weight_decay"])
-            sm3(params, grads, states, hyper)
-        return loss
+    def group_step(self, params, grads, states, hyper) -> None:
+        sm3(params, grads, states, hyper)

@@ -27,7 +27,6 @@ of different shards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +40,7 @@ from adamhd.optim._base import (
     check_lr,
     finite_nonneg,
     in_unit,
-    lr_value,
     new_step,
-    run_closure,
     stat_dtype,
 )
 
@@ -149,6 +146,7 @@ class SMMF(CheckedOptimizer):
     name = "SMMF"
     stat_keys = ("row_m", "col_m", "row_v", "col_v")
     dtensor_reason = "its square view and factors mix elements of different shards"
+    hyper_type = SMMFHyper
 
     def __init__(
         self,
@@ -174,7 +172,7 @@ class SMMF(CheckedOptimizer):
         check("growth_rate", group["growth_rate"], lambda v: 0.0 < v <= 1.0, "0 < value <= 1")
         finite_nonneg("weight_decay", group["weight_decay"])
 
-    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
         if not state:
             rows, cols = square_shape(p.numel())
@@ -186,18 +184,5 @@ class SMMF(CheckedOptimizer):
                 state[f"col_{key}"] = torch.zeros(cols, **kw)
         return state
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            states = [self._init_state(p) for p in params]
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            hyper = SMMFHyper(
-                lr=lr_value(group["lr"]), beta=group["beta"], eps=group["eps"],
-                decay_rate=group["decay_rate"], growth_rate=group["growth_rate"],
-                weight_decay=group["weight_decay"],
-            )
-            smmf(params, grads, states, hyper)
-        return loss
+    def group_step(self, params, grads, states, hyper) -> None:
+        smmf(params, grads, states, hyper)
