@@ -115,6 +115,10 @@ _adamhd_variant("adamhd-cautious", "AdamHD, cautious=True (masked update, arXiv 
                 cautious=True)
 _adamhd_variant("adamhd-cdecay", "AdamHD, cautious_decay=True (arXiv 2510.12402)",
                 cautious_decay=True)
+_adamhd_variant("adamhd-int8", "AdamHD, state_dtype=int8 (8-bit block-wise moments, issue 19)",
+                state_dtype="int8")
+_adamhd_variant("adamhd-bf16", "AdamHD, state_dtype=bfloat16 (bf16 moments, stochastic rounding)",
+                state_dtype="bfloat16")
 
 
 @dataclass(frozen=True)
