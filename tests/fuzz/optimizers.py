@@ -24,6 +24,9 @@ from adamhd import (
     AdafactorHD,
     AdaLo,
     AdamHD,
+    AdaMomentum,
+    Amos,
+    FCAdam,
     Lookahead,
     MuonHD,
     NAdamHD,
@@ -124,6 +127,19 @@ ENTRIES: dict[str, Entry] = {
         lambda params, k=2, alpha=0.5, **kw: Lookahead(AdamHD(params, **kw), k=k, alpha=alpha),
         dict(k=one_of(1, 2, 3), alpha=one_of(0.5, 1.0), lr=LRS, weight_decay=WDS,
              foreach=one_of(None, False))),
+    # low-bit moments: plain Adam directions, no amsgrad, not fused (refused, tested elsewhere)
+    "AdamHD lowbit": Entry(AdamHD, dict(
+        lr=LRS, maximize=flag, foreach=one_of(None, True, False),
+        state_dtype=one_of("bfloat16", "int8"), min_8bit_size=one_of(1, 4096),
+        bf16_stochastic_round=flag, rounding_seed=one_of(0, 7), **DECAY),
+        ("lr", "weight_decay", "decay", "cautious_decay")),
+    "AdaMomentum": Entry(AdaMomentum, dict(lr=LRS, betas=one_of((0.9, 0.999), (0.8, 0.95)),
+                                           weight_decay=WDS, maximize=flag)),
+    "FCAdam": Entry(FCAdam, dict(lr=LRS, weight_decay=WDS, alpha=one_of(0.5, 0.9),
+                                 history=one_of(1, 3), drop=flag, seed=one_of(0, 3),
+                                 maximize=flag)),
+    "Amos": Entry(Amos, dict(lr=LRS, beta=one_of(0.9, 0.999), weight_decay=WDS,
+                             cautious_decay=flag, maximize=flag)),
     "Lookahead(AdaLo)": Entry(
         lambda params, k=2, **kw: Lookahead(AdaLo(params, **kw), k=k),
         dict(k=one_of(1, 2), lr=one_of(0.1, 1.0), weight_decay=WDS), loss=True),
@@ -134,7 +150,7 @@ COVERS = {
     AdamHD: "AdamHD", NSGDA: "NSGDA", SGDW: "SGDW", SM3: "SM3", SMMF: "SMMF",
     Adafactor: "Adafactor", AdaLo: "AdaLo", NAdamHD: "NAdamHD", RAdamHD: "RAdamHD",
     AdafactorHD: "AdafactorHD", MuonHD: "MuonHD", Lookahead: "Lookahead(AdamHD)",
-    MomentumSGD: "MomentumSGD",
+    MomentumSGD: "MomentumSGD", AdaMomentum: "AdaMomentum", FCAdam: "FCAdam", Amos: "Amos",
 }
 
 
