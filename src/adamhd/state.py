@@ -56,13 +56,14 @@ class Entry:
 
     ``shape``: ``"param"`` (the parameter's shape), ``"scalar"`` (0-dim) or a function of the
     parameter giving the shape. ``dtype``: ``"param"`` (the parameter's dtype), ``"statistic"``
-    (``statistic_dtype(p)``, kept across loads) or ``"float"`` (any floating dtype, e.g. ``step``).
+    (``statistic_dtype(p)``, kept across loads), ``"float"`` (any floating dtype, e.g. ``step``)
+    or ``"moment"`` (the parameter's dtype, bfloat16, or uint8 codes: AdamHD's ``state_dtype``).
     ``required``: a non-empty state must have it. ``cpu_ok``: may live on the CPU whatever the
     parameter's device (``step`` without ``capturable``/``fused``).
     """
 
     shape: Shape = "param"
-    dtype: Literal["param", "statistic", "float"] = "param"
+    dtype: Literal["param", "statistic", "float", "moment"] = "param"
     required: bool = False
     cpu_ok: bool = False
 
@@ -95,6 +96,8 @@ def _expected_shape(entry: Entry, p: Tensor) -> tuple[int, ...]:
 def _expected_dtype(entry: Entry, p: Tensor) -> torch.dtype | None:
     if entry.dtype == "param":
         return p.dtype
+    if entry.dtype == "moment":
+        return None
     if entry.dtype == "statistic":
         return statistic_dtype(p)
     return None
@@ -121,7 +124,11 @@ def _problem(key: str, entry: Entry, value: Any, p: Tensor, strict: bool) -> str
     shape = _expected_shape(entry, p)
     if tuple(value.shape) != shape:
         return f"{key!r} has shape {tuple(value.shape)}, expected {shape}"
-    if not value.is_floating_point():
+    if entry.dtype == "moment":
+        allowed = (p.dtype, torch.bfloat16, torch.uint8)
+        if value.dtype not in allowed and (strict or not value.is_floating_point()):
+            return f"{key!r} has dtype {value.dtype}, expected one of {allowed}"
+    elif not value.is_floating_point():
         return f"{key!r} has dtype {value.dtype}, expected a floating dtype"
     if not strict:
         return None

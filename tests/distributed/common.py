@@ -39,6 +39,28 @@ RULE_CONFIGS = ("foreach_rules", "single_rules")
 BASE = dict(lr=2e-2, weight_decay=0.5)
 
 
+#: low-bit moments (issue 19): the (8, 64) weight is 2 blocks of 256, one per rank's shard
+LOWBIT: dict[str, dict] = {
+    "int8_foreach": dict(foreach=True, state_dtype="int8", min_8bit_size=256),
+    "int8_single_proximal": dict(foreach=False, state_dtype="int8", min_8bit_size=256,
+                                 decay_form="proximal"),
+    "bf16_foreach": dict(foreach=True, state_dtype="bfloat16", rounding_seed=3),
+}
+
+
+def lowbit_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def lowbit_batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [
+        (torch.randn(GLOBAL_BATCH, 64, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
+        for _ in range(steps)
+    ]
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 3))

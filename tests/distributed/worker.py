@@ -61,6 +61,28 @@ def fsdp_run(rank: int, world: int, config: dict) -> dict:
     }
 
 
+def lowbit_run(rank: int, world: int, config: dict) -> dict:
+    """Low-bit moments under FSDP2 (shards of whole 256-element blocks: ``common.LOWBIT``)."""
+    model = common.lowbit_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = common.make_optimizer(model, **config)
+    common.train(model, opt, common.lowbit_batches(), rank, world)
+    scales = {n: opt.state[p]["exp_avg_scale"].clone() for n, p in model.named_parameters()
+              if "exp_avg_scale" in opt.state[p]}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, scales)
+    return {
+        "weights": common.weights(model),
+        "exp_avg": common.state_by_name(model, opt, "exp_avg"),
+        "exp_avg_sq": common.state_by_name(model, opt, "exp_avg_sq"),
+        "scales": everyone,
+        "paths": opt.paths,
+    }
+
+
 def ddp_run(rank: int, world: int) -> dict:
     model = DDP(common.make_model())
     opt = common.make_optimizer(model.module, foreach=True)
@@ -131,6 +153,7 @@ def dcp_run(rank: int, world: int, out: Path) -> dict:
 def collect(rank: int, world: int, out: Path) -> dict:
     return {
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
+        "lowbit": {name: lowbit_run(rank, world, cfg) for name, cfg in common.LOWBIT.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),
         "dcp": dcp_run(rank, world, out),

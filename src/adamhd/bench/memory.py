@@ -39,14 +39,17 @@ def gpt_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 4096) -> list[T
     return [p.detach() for p in GPT(cfg).parameters()]
 
 
-def contenders() -> dict[str, Factory]:
+def contenders(external: bool = True) -> dict[str, Factory]:
+    """The optimizers timed; ``external``: with torchao's and bitsandbytes' when installed."""
     from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdamHD, AdaMomentum, Amos, FCAdam
 
-    return {
+    out: dict[str, Factory] = {
         BASELINE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
         "AdamHD (default path)": lambda ps: AdamHD(ps, lr=1e-3),
         "AdamHD foreach": lambda ps: AdamHD(ps, lr=1e-3, foreach=True),
+        "AdamHD state_dtype=bfloat16": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="bfloat16"),
+        "AdamHD state_dtype=int8": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="int8"),
         "NSGDA": lambda ps: NSGDA(ps, lr=1e-3),
         "AdaLo": lambda ps: AdaLo(ps),
         "Adafactor": lambda ps: Adafactor(ps),
@@ -57,17 +60,51 @@ def contenders() -> dict[str, Factory]:
         "FCAdam (K=10)": lambda ps: FCAdam(ps),
         "Amos": lambda ps: Amos(ps),
     }
+    return {**out, **external_contenders()} if external else out
+
+
+def external_contenders() -> dict[str, Factory]:
+    """torchao's low-memory AdamW (8-bit, 4-bit, fp8 states) and bitsandbytes' 8-bit AdamW,
+    when they import."""
+    out: dict[str, Factory] = {}
+    try:
+        from torchao.optim import AdamW4bit, AdamW8bit, AdamWFp8
+
+        out["torchao AdamW8bit"] = lambda ps: AdamW8bit(ps, lr=1e-3)
+        out["torchao AdamW4bit"] = lambda ps: AdamW4bit(ps, lr=1e-3)
+        out["torchao AdamWFp8"] = lambda ps: AdamWFp8(ps, lr=1e-3)
+    except Exception:  # not installed or broken: not listed
+        pass
+    try:
+        import bitsandbytes
+
+        out["bitsandbytes AdamW8bit"] = lambda ps: bitsandbytes.optim.AdamW8bit(ps, lr=1e-3)
+    except Exception:
+        pass
+    return out
+
+
+def _plain_tensors(value: object) -> list[Tensor]:
+    """The plain tensors that hold ``value``'s data (a tensor subclass such as torchao's
+    quantised states: its inner tensors, ``__tensor_flatten__``)."""
+    if not torch.is_tensor(value):
+        return []
+    if hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
+        names, _ = value.__tensor_flatten__()
+        return [t for name in names for t in _plain_tensors(getattr(value, name))]
+    return [value]
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors, each storage counted once."""
     seen, total = set(), 0
     for state in opt.state.values():
         for value in state.values():
-            if torch.is_tensor(value):
-                key = value.untyped_storage().data_ptr()
+            for t in _plain_tensors(value):
+                key = t.untyped_storage().data_ptr()
                 if key not in seen:
                     seen.add(key)
-                    total += value.untyped_storage().nbytes()
+                    total += t.untyped_storage().nbytes()
     return total
 
 
@@ -82,7 +119,8 @@ def run(rounds: int = 5, names: list[str] | None = None, **model: int) -> list[R
     numel = sum(p.numel() for p in base)
     g = torch.Generator().manual_seed(1)
     grads = [torch.randn(p.shape, generator=g) * 1e-2 for p in base]
-    factories = contenders()
+    factories = contenders(external=names is None
+                           or bool(set(names) - set(contenders(external=False))))
     chosen = names or list(factories)
     if BASELINE not in chosen:
         chosen = [BASELINE, *chosen]

@@ -283,12 +283,13 @@ def _state_tensors(opt: torch.optim.Optimizer) -> list[Tensor]:
     return [v for s in opt.state.values() for v in s.values() if isinstance(v, Tensor)]
 
 
-def _share_moments(opt: torch.optim.Optimizer, shared: dict[tuple[int, str], Tensor]) -> None:
-    """Point AdamW-shaped state (exp_avg, exp_avg_sq) at one shared set of buffers."""
+def _share_moments(opt: torch.optim.Optimizer, shared: dict[tuple, Tensor]) -> None:
+    """Point AdamW-shaped state (exp_avg, exp_avg_sq) at one shared set of buffers (per dtype:
+    AdamHD's ``state_dtype`` keeps bf16 or 8-bit moments of the parameter's shape)."""
     for p, s in opt.state.items():
         for key in ("exp_avg", "exp_avg_sq"):
             if key in s and isinstance(s[key], Tensor) and s[key].shape == p.shape:
-                s[key] = shared.setdefault((id(p), key), s[key])
+                s[key] = shared.setdefault((id(p), key, s[key].dtype), s[key])
 
 
 def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
@@ -305,7 +306,7 @@ def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.N
     numel = sum(p.numel() for p in params)
     log(f"[{set_name}] {len(params)} tensors, {numel / 1e6:.1f}M parameters")
 
-    shared: dict[tuple[int, str], Tensor] = {}
+    shared: dict[tuple, Tensor] = {}
     entries = contenders(args)
     for c in entries:
         try:

@@ -34,6 +34,10 @@ weights before the step)::
   ``step`` for most optimizers; bases that take ``grad_scale``/``found_inf`` themselves
   (``_step_supports_amp_scaling``, e.g. fused Adam) are called, and the wrapper then reads
   ``found_inf`` (one host sync) and leaves weights and ``delta_mu`` unchanged.
+* A step the base refuses (it raises: e.g. Adam on a sparse gradient) changes nothing: the
+  threshold EMA is advanced on copies and stored only after the base step. A sparse gradient is
+  refused up front for torch's optimizers other than SGD, Adagrad and SparseAdam; for other
+  bases the explicit decay keeps copies of ``p_t`` (like the cautious form) and restores them.
 * ``closure`` is evaluated once, before the decay (gradients at ``p_t``); the base step gets none,
   so bases that must re-evaluate the loss (LBFGS, SAM) are not supported. Bases whose ``step``
   takes ``loss=`` (``adamhd.AdaLo``) get the closure's loss or the ``loss=`` given to ``step``;
@@ -85,6 +89,9 @@ MU_KEY = "delta_mu"
 STAT_KEYS = (MU_KEY, *CPR_STATE_KEYS)  # float32/float64 state, whatever the weights' dtype
 WRAPPER_RULES = (*DECAY_RULES, "cpr")  # decay="cpr": adamhd.decay.cpr
 WRAPPER_SCALINGS = (*DECAY_SCALINGS, "stable")  # decay_scaling="stable": adamhd.decay.stable
+# torch's optimizers that take sparse gradients: with other bases a step with a sparse gradient
+# keeps copies of the explicitly decayed weights, restored if the base refuses it
+SPARSE_BASES = (torch.optim.SGD, torch.optim.Adagrad, torch.optim.SparseAdam)
 
 
 @dataclass
@@ -96,10 +103,12 @@ class _GroupDecay:
     params: list[Tensor]
     ds: list[Threshold]
     foreach: bool
-    new_state: dict[Tensor, dict[str, Tensor]]  # first entries, stored after the base step
-    before: list[Tensor] | None = None  # copies of p_t (cautious only)
+    mus: dict[Tensor, Tensor]  # this step's delta_mu (copies), stored after the base step
+    new_mus: dict[Tensor, Tensor]  # those of them that are first thresholds (no state yet)
+    new_state: dict[Tensor, dict[str, Tensor]]  # first CPR entries, stored after the base step
+    before: list[Tensor] | None = None  # copies of p_t (cautious, or a base that may refuse)
     fused: bool = False  # the fused decay pass (adamhd.kernels.fused_decay_) applies the rule
-    pass_mus: list[Tensor] | None = None  # fused, adaptive: the EMAs the pass advances itself
+    pass_mus: list[Tensor] | None = None  # fused, adaptive: the EMA copies the pass advances
 
 
 class _DecoupledDecay:
@@ -172,26 +181,58 @@ class _DecoupledDecay:
         with torch.no_grad():
             plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
             plans = [plan for plan in plans if plan is not None]
-            for plan in plans:
-                if plan.rule.cautious:
-                    plan.before = [p.detach().clone() for p in plan.params]
-                elif plan.rule.before_update:
-                    _apply(plan)
-        with _base_weight_decay_off(self.param_groups):
-            self._base_step(**base_kwargs)
+            _decay_before_base(plans, keep_copies=self._may_refuse_sparse())
+        if any(plan.new_mus or plan.new_state for plan in plans):
+            _break_graph_before_base_init()
+        try:
+            with _base_weight_decay_off(self.param_groups):
+                self._base_step(**base_kwargs)
+        except BaseException:
+            _undo_decay(plans)  # the base refused: weights back to p_t, no delta_mu advanced
+            raise
         with torch.no_grad():
             for plan in plans:
-                for p, entries in plan.new_state.items():
-                    self.state[p].update(entries)  # type: ignore[attr-defined]
-                if isinstance(plan.rule, CPRDecay):
-                    states = [self.state[p] for p in plan.params]  # type: ignore[attr-defined]
-                    plan.rule.apply_(plan.params, states, plan.before)
-                    plan.before = None
-                elif plan.rule.cautious:
-                    _apply_cautious(plan)
-                elif not plan.rule.before_update:
-                    _apply(plan)
+                self._decay_after_base(plan)
         return loss
+
+    def _may_refuse_sparse(self) -> bool:
+        """A gradient is sparse and the base is not one of torch's that take sparse gradients:
+        torch's other optimizers refuse them (raised here, before anything changes: they would
+        raise only after stepping the earlier param groups); with another base the explicit
+        decay keeps copies of ``p_t`` to restore if the base step raises."""
+        base = self._decay_base
+        if issubclass(base, SPARSE_BASES):
+            return False
+        if not any(p.grad is not None and p.grad.is_sparse
+                   for g in self.param_groups for p in g["params"]):
+            return False
+        if base.__module__.startswith("torch.optim"):
+            raise RuntimeError(f"{base.__name__} does not support sparse gradients")
+        return True
+
+    def _decay_after_base(self, plan: _GroupDecay) -> None:
+        """Once the base step has succeeded: first CPR state stored, the rules that act after
+        the base step (CPR, cautious, proximal) applied, then this step's ``delta_mu`` stored."""
+        for p, entries in plan.new_state.items():
+            self.state[p].update(entries)  # type: ignore[attr-defined]
+        if isinstance(plan.rule, CPRDecay):
+            states = [self.state[p] for p in plan.params]  # type: ignore[attr-defined]
+            plan.rule.apply_(plan.params, states, plan.before)
+        elif plan.rule.cautious:
+            _apply_cautious(plan)
+        elif not plan.rule.before_update:
+            _apply(plan)
+        plan.before = None
+        self._commit_mus(plan)
+
+    def _commit_mus(self, plan: _GroupDecay) -> None:
+        """Store this step's ``delta_mu`` (advanced on copies in ``_plan`` or by the fused pass)
+        once the base step has succeeded."""
+        for p, mu in plan.mus.items():
+            if p in plan.new_mus:
+                self.state[p][MU_KEY] = mu  # type: ignore[attr-defined]
+            else:
+                self.state[p][MU_KEY].copy_(mu)  # type: ignore[attr-defined]
 
     def _base_step(self, **kwargs: Any) -> None:
         """The base class's own ``step`` without torch's step hooks (they run once, around this
@@ -216,31 +257,29 @@ class _DecoupledDecay:
         ]
 
     def _plan(self, group: dict[str, Any], coefficient: float) -> _GroupDecay | None:
-        """The group's rule, strength and thresholds (advances ``delta_mu``); ``None`` if no
-        parameter of the group has a gradient."""
+        """The group's rule, strength and thresholds (``delta_mu`` advanced on copies, stored by
+        ``_commit_mus``); ``None`` if no parameter of the group has a gradient."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return None
         if group["decay"] == "cpr":
             cpr = CPRDecay.from_group(group)
             fresh = [p for p in params if "cpr_lambda" not in self.state.get(p, {})]  # type: ignore
-            return _GroupDecay(cpr, 0.0, params, [], False, cpr.new_state(fresh))
+            return _GroupDecay(cpr, 0.0, params, [], False, {}, {}, cpr.new_state(fresh))
         rule = rule_from_group(group)
         foreach = _use_foreach(group, params)
         tau = decay_strength(group["lr"], coefficient)
         if self._fused_decay_pass and fused_decay_reason(rule, params) is None:
             return self._fused_plan(rule, tau, params)
-        mus = []
         abs_means = whole_mean_abs(params, foreach) if rule.adaptive else None
-        new_mus = {}
+        mus, new_mus = {}, {}
         for p, a in zip(params, abs_means or ()):
             mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
             if mu is None:  # mu_1 = a_1; stored after the base step, which may expect no state
-                mu = a.to(mu_dtype(p)).clone()
-                new_mus[p] = {MU_KEY: mu}
-            mus.append(mu)
-        ds = rule.thresholds(params, mus, foreach, abs_means=abs_means)
-        return _GroupDecay(rule, tau, params, ds, foreach, new_mus)
+                mu = new_mus[p] = a.to(mu_dtype(p)).clone()
+            mus[p] = mu if p in new_mus else mu.clone()  # advanced here, committed after the base
+        ds = rule.thresholds(params, list(mus.values()), foreach, abs_means=abs_means)
+        return _GroupDecay(rule, tau, params, ds, foreach, mus, new_mus, {})
 
     def _fused_plan(self, rule: DecayRule, tau: float | Tensor, params: list[Tensor]
                     ) -> _GroupDecay:
@@ -249,15 +288,16 @@ class _DecoupledDecay:
         cautious: of the copies of ``p_t``) and advances ``delta_mu``; a first ``delta_mu`` is
         NaN, which the guarded EMA replaces by ``mean|p_t|`` (``mu_1 = a_1``). Only the proximal
         form without the mask needs the thresholds now, before the base step changes ``p``."""
-        plan = _GroupDecay(rule, tau, params, [rule.delta] * len(params), False, {}, fused=True)
+        plan = _GroupDecay(rule, tau, params, [rule.delta] * len(params), False, {}, {}, {},
+                           fused=True)
         if not rule.adaptive:
             return plan
-        mus = []
-        for p in params:
+        for p in params:  # copies, committed after the base step (a refused step changes nothing)
             mu = self.state.get(p, {}).get(MU_KEY)  # type: ignore[attr-defined]
             if mu is None:
                 mu = plan.new_mus[p] = torch.full((), math.nan, dtype=mu_dtype(p), device=p.device)
-            mus.append(mu)
+            plan.mus[p] = mu if p in plan.new_mus else mu.clone()
+        mus = list(plan.mus.values())
         if rule.before_update or rule.cautious:
             plan.pass_mus = mus
         else:
@@ -268,12 +308,15 @@ class _DecoupledDecay:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The base's ``load_state_dict``, then ``delta_mu`` and the CPR state restored to
-        float32/float64 (torch casts floating state to each parameter's dtype)."""
-        saved = _saved_stats(self.param_groups, state_dict)  # type: ignore[attr-defined]
+        float32/float64, and the base's float32/float64 scalar statistics of bf16/fp16 weights
+        (NAdam's ``mu_product``) to their saved dtype: torch casts floating state to each
+        parameter's dtype."""
+        saved = _saved_scalars(self.param_groups, state_dict)  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
         for (p, key), value in saved.items():
+            dtype = mu_dtype(p) if key in STAT_KEYS else value.dtype
             self.state[p][key] = value.detach().to(  # type: ignore[attr-defined]
-                dtype=mu_dtype(p), device=self.state[p][key].device, copy=True  # type: ignore
+                dtype=dtype, device=self.state[p][key].device, copy=True  # type: ignore
             )
 
 
@@ -286,6 +329,26 @@ def _apply(plan: _GroupDecay) -> None:
     else:
         given = [d for d in plan.ds if isinstance(d, Tensor)]
         fused_decay_(plan.params, plan.rule, plan.tau, ds=given or None)
+
+
+def _decay_before_base(plans: list[_GroupDecay], keep_copies: bool) -> None:
+    """Copy ``p_t`` where needed (cautious plans; explicit ones when ``keep_copies``), then apply
+    the explicit decay."""
+    for plan in plans:
+        explicit = plan.rule.before_update and not plan.rule.cautious
+        if plan.rule.cautious or (explicit and keep_copies):
+            plan.before = [p.detach().clone() for p in plan.params]
+        if explicit:
+            _apply(plan)
+
+
+def _undo_decay(plans: list[_GroupDecay]) -> None:
+    """After the base step raised: restore the weights from the copies of ``p_t``."""
+    with torch.no_grad():
+        for plan in plans:
+            if plan.before is not None:
+                torch._foreach_copy_(plan.params, plan.before)
+                plan.before = None
 
 
 def _apply_cautious(plan: _GroupDecay) -> None:
@@ -303,7 +366,6 @@ def _apply_cautious(plan: _GroupDecay) -> None:
         # chunk by chunk on large CPU tensors: displacement and mask stay chunk-sized
         decay = plan.rule.on(plan.tau, d, p.dtype)
         sweep(partial(_decay_cautiously, plan.rule, decay), p, p_t)
-    plan.before = None
 
 
 def _decay_cautiously(rule: DecayRule, decay: TensorDecay, p: Tensor, p_t: Tensor) -> None:
@@ -357,6 +419,20 @@ def _base_lr(sig: inspect.Signature) -> Any:
     return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
+def _break_graph_before_base_init() -> None:
+    """Under ``torch.compile``: end the graph before a base step that creates state, when the
+    wrapper is to add ``delta_mu`` to that state after it.
+
+    Dynamo runs the base's ``_init_group`` eagerly on the real ``optimizer.state`` (dynamo's
+    ``OptimizerVariable``), while the wrapper had already read ``state`` into dynamo's copy; the
+    wrapper's ``state[p]["delta_mu"] = mu`` on that stale copy was then written back over the
+    dict the base had created (``MuonHD`` lost ``momentum_buffer``). torch's optimizers whose
+    ``step`` is ``_use_grad_for_differentiable`` break the graph there themselves; Muon's does not.
+    A break here makes dynamo read the state afresh after it. Eager: nothing."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break()
+
+
 def _skipped_by_grad_scaler(optimizer: Any) -> bool:
     found_inf = getattr(optimizer, "found_inf", None)
     return isinstance(found_inf, Tensor) and bool(found_inf.item())
@@ -374,20 +450,27 @@ def _base_weight_decay_off(groups: list[dict[str, Any]]) -> Iterator[None]:
             group["weight_decay"] = value
 
 
-def _saved_stats(
+def _saved_scalars(
     groups: list[dict[str, Any]], state_dict: dict[str, Any]
 ) -> dict[tuple[Tensor, str], Tensor]:
-    """``STAT_KEYS`` entries of each parameter in ``state_dict`` (ids matched as torch does)."""
+    """``STAT_KEYS`` entries of each parameter in ``state_dict`` (ids matched as torch matches
+    them), and the base's 0-dim float32/float64 statistics (not ``step``) of bf16/fp16 tensors."""
     saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     params = [p for g in groups for p in g["params"]]
     by_id = dict(zip(saved_ids, params))
-    return {
-        (by_id[i], key): s[key]
-        for i, s in state_dict["state"].items()
-        if i in by_id and isinstance(s, dict)
-        for key in STAT_KEYS
-        if key in s
-    }
+    out = {}
+    for i, entry in state_dict["state"].items():
+        p = by_id.get(i)
+        if p is None or not isinstance(entry, dict):
+            continue
+        for key, value in entry.items():
+            if key in STAT_KEYS or (key != "step" and _wider_scalar(value, p)):
+                out[(p, key)] = value
+    return out
+def _wider_scalar(value: Any, p: Tensor) -> bool:
+    return (isinstance(value, Tensor) and value.dim() == 0
+            and value.dtype in (torch.float32, torch.float64)
+            and p.dtype in (torch.bfloat16, torch.float16))
 
 
 def _check_options(base: type, group: dict[str, Any]) -> None:

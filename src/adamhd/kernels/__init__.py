@@ -68,6 +68,7 @@ __all__ = [
     "fused_step",
     "fused_is_default",
     "fused_rule_reason",
+    "fused_state_reason",
     "fused_unsupported_reason",
     "fused_update_reason",
     "prepare",
@@ -148,6 +149,13 @@ def fused_rule_reason(decay: Any) -> str | None:
     ``sign(u)*sign(p_t) >= 0``).
     """
     return spec.decay_reason(decay)
+
+
+def fused_state_reason(group: Any) -> str | None:
+    """Why the fused kernels cannot keep a param group's moments in its ``state_dtype``
+    (``adamhd.optim.adamhd.lowbit``) or apply its ``bf16_stochastic_round``, or ``None``
+    (``adamhd.kernels.spec.STATE_DTYPES``)."""
+    return spec.state_reason(group)
 
 
 def fused_update_reason(update: Any) -> str | None:

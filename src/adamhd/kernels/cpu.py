@@ -2,8 +2,10 @@
 
 The extension is compiled on first use (about a minute on 2 cores) and cached by torch under
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). Its name carries a hash of the
-source, the flags and the CPU's vector capability, so a cache shared between machines never serves
-a binary built for another instruction set.
+source, the flags, the CPU's vector capability, the torch version and the build environment (the
+interpreter's prefix and version, the Python and torch include paths, the compiler), so a cache
+shared between machines never serves a binary built for another instruction set, and two
+environments sharing it keep two entries instead of rebuilding one in turn.
 
 ``load()`` returns the module or ``None``; ``build_error()`` says why it is ``None`` (no C++
 compiler, ``ADAMHD_NO_EXTENSION=1``, a failed build). Nothing here raises at import time.
@@ -15,6 +17,8 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
+import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -53,10 +57,27 @@ def _flags() -> list[str]:
     return ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", *_vector_flags()]
 
 
+def _build_environment() -> list[str]:
+    """What else enters the build command: the interpreter (prefix, version), the Python and torch
+    include paths, torch's location (its library path) and the compiler. Two environments
+    sharing one cache must not share an entry: torch would rebuild it each time they alternate."""
+    from torch.utils import cpp_extension
+
+    return [
+        sys.prefix,
+        sys.version,
+        sysconfig.get_paths()["include"],
+        *cpp_extension.include_paths(),
+        str(Path(torch.__file__).parent),
+        _compiler() or "",
+    ]
+
+
 def extension_name() -> str:
     digest = hashlib.sha1(SOURCE.read_bytes())
     digest.update(" ".join(_flags()).encode())
     digest.update(torch.__version__.encode())
+    digest.update("\0".join(_build_environment()).encode())
     capability = torch.backends.cpu.get_cpu_capability().lower()
     return f"adamhd_cpu_{capability}_{digest.hexdigest()[:12]}"
 

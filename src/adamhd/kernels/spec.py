@@ -54,6 +54,14 @@ UPDATE_OPTIONS: tuple[str, ...] = ()
 SOFTPLUS_THRESHOLD = 20.0
 #: torch's ``differentiable=True`` (autograd through the step): not in the kernels
 DIFFERENTIABLE = False
+#: AdamHD's ``state_dtype`` (moment storage, ``optim/adamhd/lowbit.py``) per kernel, and whether
+#: the kernel rounds bf16 parameters stochastically (``bf16_stochastic_round``)
+STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32",), "cuda": ("float32",)}
+BF16_STOCHASTIC_ROUND = {"cpu": False, "cuda": False}
+#: why a kernel lacks a state format (the reason ``fused=True`` reports)
+STATE_DTYPE_GAP = ("the fused kernels run full-precision moments only; bf16 and 8-bit moments "
+                   "and stochastic rounding run on the foreach and single-tensor paths "
+                   "(working copies, adamhd.optim.adamhd.lowbit)")
 
 
 def dtype_reason(device_type: str, dtype: torch.dtype) -> str | None:
@@ -74,6 +82,19 @@ def decay_reason(decay: Any) -> str | None:
         return f"the fused AdamHD kernels do not implement decay_form={decay.form!r}"
     if decay.cautious and not CAUTIOUS_DECAY:
         return "the fused AdamHD kernels do not implement cautious_decay=True"
+    return None
+
+
+def state_reason(group: Any, device_type: str | None = None) -> str | None:
+    """Why the kernels (of ``device_type``, else all) cannot keep a param group's moments in its
+    ``state_dtype`` or round its bf16 parameters stochastically, or ``None``."""
+    kinds = [device_type] if device_type in STATE_DTYPES else list(STATE_DTYPES)
+    dtype = group.get("state_dtype", "float32")
+    for kind in kinds:
+        if dtype not in STATE_DTYPES[kind]:
+            return f"state_dtype={dtype!r} is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
+        if group.get("bf16_stochastic_round", False) and not BF16_STOCHASTIC_ROUND[kind]:
+            return f"bf16_stochastic_round is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
     return None
 
 

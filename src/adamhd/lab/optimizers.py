@@ -124,6 +124,10 @@ _adamhd_variant("adamhd-cautious", "AdamHD, cautious=True (masked update, arXiv 
                 cautious=True)
 _adamhd_variant("adamhd-cdecay", "AdamHD, cautious_decay=True (arXiv 2510.12402)",
                 cautious_decay=True)
+_adamhd_variant("adamhd-int8", "AdamHD, state_dtype=int8 (8-bit block-wise moments, issue 19)",
+                state_dtype="int8")
+_adamhd_variant("adamhd-bf16", "AdamHD, state_dtype=bfloat16 (bf16 moments, stochastic rounding)",
+                state_dtype="bfloat16")
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,12 @@ def parse_specs(text: str) -> list[OptimizerSpec]:
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
         raise ValueError(f"--optimizers lists the same entrant twice: {text!r}")
+    by_slug: dict[str, str] = {}
+    for spec in out:  # the folder name keeps only [A-Za-z0-9-_.=]: two labels may meet there
+        other = by_slug.setdefault(spec.slug, spec.label)
+        if other != spec.label:
+            raise ValueError(f"--optimizers: {other!r} and {spec.label!r} would train into the "
+                             f"same folder ({spec.slug!r}); write one of them differently")
     return out
 
 

@@ -8,6 +8,7 @@ optimizer (and grad scaler), data position, RNG states, metrics and elapsed time
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -131,10 +132,29 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write `path` atomically (a temporary file, then a rename): a kill mid-save leaves the
+    previous checkpoint intact, and a stale temporary file is only ever overwritten, never read.
+
+    Written through a Python file, so that a full disk is an `OSError` with its errno (torch's own
+    file writer reports it as a bare C++ stream error); the temporary file is then removed and a
+    full disk is reported as one line naming the folder."""
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise OSError(exc.errno, "no space left on the device to write its checkpoint (any "
+                          "earlier one is kept): free space, then continue with --resume",
+                          str(path.parent)) from None
+        raise
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, cfg: RunConfig) -> dict:

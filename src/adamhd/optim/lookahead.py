@@ -66,11 +66,19 @@ class Lookahead(torch.optim.Optimizer):
         """Slow weights start as the weights at the first step (or state_dict call). Created
         lazily, so that ``optimizer.state`` is empty until then, as torch.distributed.checkpoint
         expects of a fresh optimizer (it then initialises the state with a zero-gradient step)."""
+        self._store_slow(self._missing_slow())
+
+    @torch.no_grad()
+    def _missing_slow(self) -> dict[Tensor, Tensor]:
+        """Copies of the weights that have no slow weights yet (stored by ``_store_slow``)."""
+        return {p: p.detach().clone() for group in self.param_groups for p in group["params"]
+                if SLOW not in self.state.get(p, {})}
+
+    def _store_slow(self, slow: dict[Tensor, Tensor]) -> None:
         for group in self.param_groups:
             group.setdefault(COUNT, 0)
-            for p in group["params"]:
-                if SLOW not in self.state[p]:
-                    self.state[p][SLOW] = p.detach().clone()
+        for p, value in slow.items():
+            self.state[p][SLOW] = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "optimizer" not in self.__dict__:  # from Optimizer.__init__: the groups exist already
@@ -81,9 +89,15 @@ class Lookahead(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        self._ensure_slow()
-        loss = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """The inner step with the same arguments (``loss=`` for ``AdaLo``, ...), then the sync.
+        A step the inner optimizer refuses (it raises) leaves no slow weights and no count."""
+        slow = self._missing_slow()  # the weights before this step, stored once it succeeded
+        if closure is not None:
+            loss = self.optimizer.step(closure, **kwargs)
+        else:
+            loss = self.optimizer.step(**kwargs)
+        self._store_slow(slow)
         for group in self.param_groups:
             group[COUNT] += 1
             if group[COUNT] % self.k == 0:

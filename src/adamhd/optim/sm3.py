@@ -18,11 +18,12 @@ exact definition to test against and sublinear memory with a per-element (not pe
 size; Amos's shared ``v`` is one part of a larger method whose other parts (its adaptive decay and
 schedule) would duplicate this package's decay components.
 
-Differences from pytorch_optimizer's SM3: theirs applies momentum to the gradient before the
-preconditioner (defaults ``momentum=0, beta=0``) and has an EMA variant (``beta``); this class
-follows the authors' code (momentum on the preconditioned update) and the paper's accumulation
-(``beta=0``). ``weight_decay`` (default 0) is decoupled L2, ``p *= 1 - lr*wd``. Sharded DTensor
-(FSDP2) parameters are rejected: the slice maxima span shards.
+pytorch_optimizer's SM3 (4.1.0) computes the same step, momentum included (it also lerps the
+preconditioned update; float64 runs with ``momentum=0.9`` agree to 2e-16,
+tests/optim/test_peers.py); its default is ``momentum=0`` and it adds an EMA variant
+(``beta``); this class keeps the paper's accumulation (``beta=0``). ``weight_decay`` (default
+0) is decoupled L2, ``p *= 1 - lr*wd``. Sharded DTensor (FSDP2) parameters are rejected: the
+slice maxima span shards.
 """
 
 from __future__ import annotations

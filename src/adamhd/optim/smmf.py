@@ -10,10 +10,13 @@ divisor of ``n`` with ``k <= sqrt(n)``. The state is the 1-bit sign of the first
     p = p - lr * M / (sqrt(V) + eps)                                          (no bias correction)
     sign = M >= 0;  (r_M, c_M) = nnmf(|M|);  (r_V, c_V) = nnmf(V)            (compress)
 
+The sign is ``M >= 0``; the authors' code stores ``M > 0``: an element whose ``M`` is exactly 0
+decompresses as ``+r*c`` here and ``-r*c`` there (their code read, not run here).
+
 ``nnmf(A)`` = (row sums, column sums), the factor of the shorter side divided by its total, so
-``outer(r, c) = rowsum * colsum / total`` (exact for rank-1 ``A``). Defaults (the authors'):
-``lr=1e-3, beta=0.9, eps=1e-8, decay_rate=-0.5`` (they recommend -0.8 for transformers),
-``growth_rate=0.999``. Factors are float32 (float64 for float64 weights).
+``outer(r, c) = rowsum * colsum / total`` (exact for rank-1 ``A``). Default hyperparameters
+(the authors'): ``lr=1e-3, beta=0.9, eps=1e-8, decay_rate=-0.5`` (they recommend -0.8 for
+transformers), ``growth_rate=0.999``. Factors are float32 (float64 for float64 weights).
 
 State: ``n/8`` bytes of signs plus ``4*(n/k + k)`` bytes per moment pair member, about 0.13
 bytes per parameter for large tensors (AdamW: 8). ``weight_decay`` (default 0) is decoupled L2,

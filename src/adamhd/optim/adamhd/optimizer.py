@@ -26,6 +26,7 @@ from adamhd.decay import (
     rule_from_group,
 )
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
+from adamhd.optim.adamhd import lowbit
 from adamhd.optim.adamhd.functional import adamhd_step
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors
 from adamhd.optim.adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
@@ -66,6 +67,12 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid epsilon value: {eps} (eps must be >= 0)")
     check_decay_options(group)
     check_update_options(group)
+    lowbit.check_state_options(group)
+    if lowbit.is_lowbit(group) and not UpdateRule.from_group(group).plain:
+        raise ValueError(
+            f"state_dtype={group.get('state_dtype')!r} / bf16_stochastic_round run Adam's "
+            f"update only, not {UpdateRule.from_group(group).describe()}"
+        )
 
 
 def _check_fused_rule(group: dict[str, Any]) -> None:
@@ -74,6 +81,7 @@ def _check_fused_rule(group: dict[str, Any]) -> None:
         reason = kernels.fused_rule_reason(rule_from_group(group)) or kernels.fused_update_reason(
             UpdateRule.from_group(group)
         )
+        reason = reason or kernels.fused_state_reason(group)
         if reason is not None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
@@ -178,6 +186,10 @@ class AdamHD(CheckedState, Optimizer):
         "delta_mu": Entry(shape="scalar", dtype="statistic"),
         "adanorm_e": Entry(shape="scalar", dtype="statistic"),
         "prev_grad": Entry(),
+        "exp_avg": Entry(dtype="moment", required=True),
+        "exp_avg_sq": Entry(dtype="moment", required=True),
+        "exp_avg_scale": Entry(shape=lambda p: (lowbit.blocks(p),), dtype="statistic"),
+        "exp_avg_sq_scale": Entry(shape=lambda p: (lowbit.blocks(p),), dtype="statistic"),
     }
 
     def __init__(
@@ -209,6 +221,10 @@ class AdamHD(CheckedState, Optimizer):
         trust_ratio: bool = False,
         adanorm: bool = False,
         diffgrad: bool = False,
+        state_dtype: str = "float32",
+        min_8bit_size: int = lowbit.DEFAULT_MIN_8BIT_SIZE,
+        bf16_stochastic_round: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -230,6 +246,10 @@ class AdamHD(CheckedState, Optimizer):
             trust_ratio=trust_ratio,
             adanorm=adanorm,
             diffgrad=diffgrad,
+            state_dtype=state_dtype,
+            min_8bit_size=min_8bit_size,
+            bf16_stochastic_round=bf16_stochastic_round,
+            rounding_seed=rounding_seed,
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
@@ -276,7 +296,8 @@ class AdamHD(CheckedState, Optimizer):
             group.setdefault("fused", None)
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
-            for key, value in {**DECAY_DEFAULTS, **UPDATE_DEFAULTS}.items():
+            for key, value in {**DECAY_DEFAULTS, **UPDATE_DEFAULTS,
+                               **lowbit.STATE_OPTIONS}.items():
                 group.setdefault(key, value)
             on_device = group["capturable"] or group["fused"]
             for p in group["params"]:
@@ -297,6 +318,10 @@ class AdamHD(CheckedState, Optimizer):
     def _select_path(self, group: dict[str, Any], params: list[Tensor], hyper: AdamStep) -> str:
         if group["fused"]:
             return "fused"
+        if lowbit.is_lowbit(group) and group["foreach"] is None:
+            _, foreach = _default_to_fused_or_foreach(params, differentiable=False,
+                                                      use_fused=False)
+            return "foreach" if foreach and not _tensor_hyperparameters(group) else "single"
         if group["foreach"] is not None:
             return "foreach" if group["foreach"] else "single"
         if group["differentiable"]:
@@ -345,8 +370,13 @@ class AdamHD(CheckedState, Optimizer):
                 state["step"] = torch.zeros(
                     (), dtype=_scalar_dtype(), device=p.device if on_device else None
                 )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if lowbit.is_lowbit(group):
+                    state.update(lowbit.new_moments(p, lowbit.wanted_format(group, p)))
+                else:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self._init_rule_state(group, p, state)
@@ -392,6 +422,23 @@ class AdamHD(CheckedState, Optimizer):
                 if torch.is_complex(p):
                     raise RuntimeError("AdamHD does not support complex parameters")
 
+    def _positions(self, params: list[Tensor]) -> list[int]:
+        """Each parameter's index in the optimizer (all groups, in order)."""
+        index = {id(p): i for i, p in
+                 enumerate(p for group in self.param_groups for p in group["params"])}
+        return [index[id(p)] for p in params]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``CheckedState``'s load; then the moments are restored from ``state_dict`` as saved
+        (torch's load casts every state tensor to the parameter's dtype) and converted to this
+        optimizer's ``state_dtype``: the storage precision is this process's choice
+        (``state_dtype`` and ``min_8bit_size`` keep this optimizer's values)."""
+        keep = [{k: g[k] for k in ("state_dtype", "min_8bit_size")} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, kept in zip(self.param_groups, keep):
+            group.update(kept)
+        lowbit.restore_moments(self, state_dict)
+
     @_use_grad_for_differentiable
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -412,6 +459,11 @@ class AdamHD(CheckedState, Optimizer):
             path = self._select_path(group, tensors.params, hyper)
             self._paths[index] = path
             fused = path == "fused"
+            if lowbit.is_lowbit(group) and not fused:
+                lowbit.step_lowbit(tensors, hyper, group,
+                                   [self.state[p] for p in tensors.params],
+                                   self._positions(tensors.params), path == "foreach")
+                continue
             adamhd_step(
                 tensors,
                 hyper,
