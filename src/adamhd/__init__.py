@@ -12,6 +12,8 @@
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
 * ``Lookahead``: k steps forward, 1 step back, around any optimizer.
 * ``soft_median``: a soft median of per-sample losses.
+* ``head_gradient_alignment``, ``GradTailState``: GradTail's per-sample alignment score from the
+  softmax head's gradient in closed form (arXiv 2201.05938; the weight map is not built).
 """
 
 # the former module paths of AdamHD's parts (docs/architecture.md), importable as attributes
@@ -25,6 +27,7 @@ from adamhd import (  # noqa: F401
 )
 from adamhd.decay import HuberDecay
 from adamhd.decay.wrapper import with_decoupled_decay
+from adamhd.gradtail import GradTailState, head_gradient_alignment
 from adamhd.groups import param_groups
 from adamhd.losses import soft_median
 from adamhd.optim import (
@@ -57,11 +60,13 @@ __all__ = [
     "AdafactorHD",
     "AdamHD",
     "FCAdam",
+    "GradTailState",
     "HuberDecay",
     "Lookahead",
     "MuonHD",
     "NAdamHD",
     "RAdamHD",
+    "head_gradient_alignment",
     "param_groups",
     "soft_median",
     "transforms",
