@@ -51,6 +51,25 @@ def test_matches_per_sample_autograd_over_steps(beta):
         assert state.steps == step + 1
 
 
+def test_ignored_rows_score_zero_and_stay_out_of_the_mean():
+    hidden, head, targets = tiny_batch(seed=21, n=8)
+    targets[[1, 5]] = -100
+    keep = [i for i in range(8) if i not in (1, 5)]
+    grads = per_sample_head_grads(hidden[keep], head, targets[keep])
+    running = torch.stack(grads).mean(0)
+    got = head_gradient_alignment(hidden @ head.detach().T, hidden, targets, GradTailState())
+    dots, cosines = reference_scores(grads, running)
+    torch.testing.assert_close(got.dots[keep], dots, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.cosines[keep], cosines, rtol=1e-12, atol=1e-14)
+    assert got.dots[[1, 5]].tolist() == [0.0, 0.0] and got.cosines[[1, 5]].tolist() == [0.0, 0.0]
+    # another ignore_index: -100 is then an out-of-range target
+    targets[[1, 5]] = 3
+    other = head_gradient_alignment(
+        hidden @ head.detach().T, hidden, targets, GradTailState(), ignore_index=3
+    )
+    assert other.dots[[1, 5]].tolist() == [0.0, 0.0]
+
+
 def test_first_step_dots_average_to_the_squared_mean_norm():
     # G is the batch mean of the g_i, so mean_i <g_i, G> = ||G||^2; cosines lie in [-1, 1]
     hidden, head, targets = tiny_batch(seed=3, n=9)
@@ -120,6 +139,7 @@ def _bad_calls(hidden, logits, targets):
     yield "batch sizes differ", (logits, hidden, targets[:-1])
     yield r"targets must lie in \[0, 4\)", (logits, hidden, torch.full((n,), 4))
     yield r"targets must lie in \[0, 4\)", (logits, hidden, torch.full((n,), -1))
+    yield "every target is ignore_index=-100", (logits, hidden, torch.full((n,), -100))
     yield "targets must be a 1-D integer", (logits, hidden, targets.double())
     yield "logits must be a 2-D", (logits[0], hidden, targets)
     yield "hidden must be a 2-D", (logits, hidden.long(), targets)

@@ -14,7 +14,8 @@ built here is the score, without per-sample gradients of the whole model:
   batch mean of the head gradients (``E^T H / n``); the first batch sets ``G`` to its mean (no
   zero start, no bias correction). The scores of a batch are taken against ``G`` *after* it
   has absorbed that batch, so the first step is well defined; both are decisions made here.
-* ``cosine_i = <g_i, G> / (||g_i|| ||G||)``, 0 where a norm is 0.
+* ``cosine_i = <g_i, G> / (||g_i|| ||G||)``, 0 where a norm is 0. Rows with target
+  ``ignore_index`` have ``e_i = 0`` (no gradient, as in ``F.cross_entropy``).
 
 Not built: the paper's map from the score to a sample weight (its weighting function, its
 normalisation and hyperparameters). Its text could not be read in the sessions that built this
@@ -80,7 +81,9 @@ class GradTailState:
         return self.mean
 
 
-def _check(logits: Tensor, hidden: Tensor, targets: Tensor, state: GradTailState) -> None:
+def _check(
+    logits: Tensor, hidden: Tensor, targets: Tensor, state: GradTailState, ignore_index: int
+) -> None:
     if not isinstance(state, GradTailState):
         raise TypeError("head_gradient_alignment: state must be a GradTailState")
     for name, t in (("logits", logits), ("hidden", hidden)):
@@ -97,8 +100,13 @@ def _check(logits: Tensor, hidden: Tensor, targets: Tensor, state: GradTailState
             f"{n}, hidden {hidden.shape[0]}, targets {targets.shape[0]}"
         )
     classes = logits.shape[1]
-    if int(targets.min()) < 0 or int(targets.max()) >= classes:
-        raise ValueError(f"head_gradient_alignment: targets must lie in [0, {classes})")
+    kept = targets[targets != ignore_index]
+    if kept.numel() == 0:
+        raise ValueError(f"head_gradient_alignment: every target is ignore_index={ignore_index}")
+    if int(kept.min()) < 0 or int(kept.max()) >= classes:
+        raise ValueError(
+            f"head_gradient_alignment: targets must lie in [0, {classes}) or be ignore_index"
+        )
     shape = (classes, hidden.shape[1])
     if state.mean is not None and tuple(state.mean.shape) != shape:
         raise ValueError(
@@ -109,22 +117,30 @@ def _check(logits: Tensor, hidden: Tensor, targets: Tensor, state: GradTailState
 
 @torch.no_grad()
 def head_gradient_alignment(
-    logits: Tensor, hidden: Tensor, targets: Tensor, state: GradTailState
+    logits: Tensor,
+    hidden: Tensor,
+    targets: Tensor,
+    state: GradTailState,
+    *,
+    ignore_index: int = -100,
 ) -> HeadAlignment:
     """Alignment of each sample's head gradient with the running average (see the module doc).
 
     ``logits`` ``(n, C)`` and ``hidden`` ``(n, d)`` are the head's output and input (tokens
-    flattened into rows), ``targets`` ``(n,)`` class indices. Updates ``state`` (after all checks
-    pass) and returns the scores, float32 (float64 for float64 inputs).
+    flattened into rows), ``targets`` ``(n,)`` class indices. Rows whose target is
+    ``ignore_index`` have no gradient, as in ``F.cross_entropy``: they score 0 and the batch mean
+    is over the other rows. Updates ``state`` (after all checks pass) and returns the scores,
+    float32 (float64 for float64 inputs).
     """
-    _check(logits, hidden, targets, state)
+    _check(logits, hidden, targets, state, ignore_index)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z, h = logits.detach().to(dtype), hidden.detach().to(dtype)
-    e = torch.softmax(z, dim=1)
-    e[torch.arange(z.shape[0], device=z.device), targets] -= 1.0
+    kept = targets != ignore_index
+    e = torch.softmax(z, dim=1) * kept.unsqueeze(1)
+    e[kept.nonzero().squeeze(1), targets[kept]] -= 1.0
     if state.mean is not None:
         state.mean = state.mean.to(device=z.device, dtype=dtype)
-    g = state.update(e.T @ h / z.shape[0])
+    g = state.update(e.T @ h / kept.sum())
     dots = ((e @ g) * h).sum(dim=1)
     norms = e.norm(dim=1) * h.norm(dim=1) * g.norm()
     cosines = torch.where(norms > 0, dots / norms.clamp_min(torch.finfo(dtype).tiny), 0.0)
