@@ -200,3 +200,17 @@ def test_params_without_grad_and_a_group_added_later():
     assert torch.equal(ps[1], frozen) and "direction" in opt.state[ps[1]]
     for p, s in zip(ps[2:], start):  # first step of the new group: d = g
         torch.testing.assert_close(p.detach(), s - 0.05 * 2.0, rtol=0, atol=1e-7)
+
+
+def test_a_nonfinite_gradient_gives_beta_zero_and_stays_in_its_tensor():
+    ps = [torch.ones(3, dtype=F64, requires_grad=True), torch.ones(2, dtype=F64,
+                                                                    requires_grad=True)]
+    opt = AdaptiveMemorySGD(ps, lr=0.1, lam=0.1)
+    common.run(opt, ps, [[torch.full((3,), 1.0, dtype=F64)], [torch.full((2,), 2.0, dtype=F64)]])
+    d = opt.state[ps[1]]["direction"].clone()
+    ps[0].grad = torch.tensor([1.0, float("inf"), 0.0], dtype=F64)
+    ps[1].grad = torch.full((2,), 3.0, dtype=F64)
+    opt.step()
+    torch.testing.assert_close(opt.state[ps[1]]["direction"], (0.1 * d + ps[1].grad) / 1.1,
+                               rtol=1e-15, atol=0)
+    assert torch.isfinite(ps[1]).all() and not torch.isfinite(ps[0]).all()

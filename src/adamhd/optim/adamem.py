@@ -10,14 +10,17 @@ optimizer: every inner product runs over all its parameters with a gradient)::
     p    = p - lr*d
 
 The first step of a parameter sets ``d = g`` (no memory yet); ``||d-g|| = 0`` gives ``beta = 0``
-(then ``d`` stays ``g`` whatever ``beta``). Where the formula comes from (docs/momentum.md): the
-step ``x - x_t = -lr*d_new`` is the minimiser of ``max(l_g, l_d) + |x-x_t|^2/(2 lr) +
-lam*|x-x_t+lr*d|^2/(2 lr)`` over the gradient plane ``l_g = f + <g, x-x_t>`` and the memory plane
-``l_d`` of slope ``d`` whose value at ``x_t`` is ``f + lr*<g,d>`` (the gradient plane at the
-previous iterate ``x_t + lr*d``); ``beta`` is the weight of ``l_d`` in the dual. The test checks
-that by brute force. The ``beta`` formula, ``beta_max`` and the defaults ``lam=0.1,
-beta_max=0.9`` were taken from a public implementation's description of the paper (the paper's
-method section was not readable here); ``lr=0.1`` likewise.
+(then ``d`` stays ``g`` whatever ``beta``), and so does a non-finite statistic (a NaN/inf
+gradient anywhere), so a NaN/inf stays in the tensors that had it.
+
+Where the formula comes from (docs/momentum.md): the step ``u = x_new - x_t = -lr*d_new`` is
+the minimiser of ``max(l_g, l_d) + |u|^2/(2 lr) + lam*|u + lr*d|^2/(2 lr)`` with the gradient
+plane ``l_g = f + <g,u>`` and the memory plane ``l_d = f + lr*<g,d> + <d,u>`` (slope ``d``,
+equal to ``l_g`` at the previous iterate ``x_t + lr*d``); ``beta`` is the weight of ``l_d`` in
+the dual (tests/optim/test_adamem.py checks this by brute force). The ``beta`` formula, its clip
+at ``beta_max`` and the defaults ``lam=0.1, beta_max=0.9, lr=0.1`` were taken from a public
+implementation's account of the paper, not from the paper (its method section could not be read
+here); with a changing lr the paper's memory plane may carry the previous step's lr instead.
 
 One class, SGD only: the paper's AM-AdamW (a preconditioned metric in ``beta``, a per-tensor
 coefficient) is not built. ``weight_decay`` (default 0) is decoupled, ``p *= 1 - lr*wd`` before
@@ -32,6 +35,7 @@ float32 parameter).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +79,9 @@ def adaptive_memory_beta(grads: list[Tensor], directions: list[Tensor], lam: flo
     gd = sum(_dot(g, d) for g, d in zip(grads, directions))
     dd = sum(_dot(d, d) for d in directions)
     denom = gg - 2.0 * gd + dd
-    if not denom > 0.0:
-        return 0.0
-    return min(max((gg + 2.0 * lam * gd - lam * dd) / denom, 0.0), beta_max)
+    ratio = (gg + 2.0 * lam * gd - lam * dd) / denom if denom > 0.0 else 0.0
+    # a NaN/inf anywhere gives beta = 0: the non-finite values stay in the tensors that had them
+    return min(max(ratio, 0.0), beta_max) if math.isfinite(ratio) else 0.0
 
 
 def adaptive_memory_sgd(groups: list[MemoryGroup], lam: float, beta_max: float) -> float:
