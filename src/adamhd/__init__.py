@@ -6,7 +6,8 @@
 * ``with_decoupled_decay(OptimizerClass)``: any torch optimizer with decoupled Huber/L2 decay;
   ``SGDW`` (arXiv 1711.05101 Algorithm 1), ``NAdamHD``, ``RAdamHD``, ``AdafactorHD``, ``MuonHD``.
 * The survey's optimizers: ``NSGDA``, ``AdaLo``, ``Amos``, ``Adafactor``, ``SMMF``, ``SM3``
-  (docs/optimizers.md); momentum rules ``AdaMomentum``, ``FCAdam`` (docs/momentum.md).
+  (docs/optimizers.md); momentum rules ``AdaMomentum``, ``FCAdam``, ``AdaptiveMemorySGD``
+  (docs/momentum.md).
 * ``adamhd.functional.adamhd``: the functional step (single-tensor, foreach, fused paths).
 * Where each technique lives and what is public: docs/architecture.md.
 * ``adamhd.transforms``: gradient transforms (centralisation, AGC, ...) for any optimizer.
@@ -40,6 +41,7 @@ from adamhd.optim import (
     AdaLo,
     AdamHD,
     AdaMomentum,
+    AdaptiveMemorySGD,
     Amos,
     FCAdam,
     Lookahead,
@@ -55,6 +57,7 @@ __all__ = [
     "SMMF",
     "AdaLo",
     "AdaMomentum",
+    "AdaptiveMemorySGD",
     "Amos",
     "Adafactor",
     "AdafactorHD",

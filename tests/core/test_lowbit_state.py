@@ -128,6 +128,8 @@ def test_bad_inputs_raise_before_anything_changes():
         AdamHD([p], state_dtype="bfloat16", update="atan2")
     with pytest.raises(ValueError, match="rounding_seed"):
         AdamHD([p], bf16_stochastic_round=True, rounding_seed=-1)
+    with pytest.raises(ValueError, match="differentiable=True"):
+        AdamHD([p], state_dtype="int8", differentiable=True)
     with pytest.raises(RuntimeError, match="fused=True cannot be honoured: state_dtype='int8'"):
         AdamHD([p], state_dtype="int8", fused=True)
     with pytest.raises(ValueError, match="state_dtype"):

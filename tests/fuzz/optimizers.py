@@ -25,6 +25,7 @@ from adamhd import (
     AdaLo,
     AdamHD,
     AdaMomentum,
+    AdaptiveMemorySGD,
     Amos,
     FCAdam,
     Lookahead,
@@ -138,6 +139,9 @@ ENTRIES: dict[str, Entry] = {
     "FCAdam": Entry(FCAdam, dict(lr=LRS, weight_decay=WDS, alpha=one_of(0.5, 0.9),
                                  history=one_of(1, 3), drop=flag, seed=one_of(0, 3),
                                  maximize=flag)),
+    "AdaptiveMemorySGD": Entry(AdaptiveMemorySGD, dict(lr=LRS, lam=one_of(0.0, 0.1, 1.0),
+                                                       beta_max=one_of(0.5, 0.9),
+                                                       weight_decay=WDS, maximize=flag)),
     "Amos": Entry(Amos, dict(lr=LRS, beta=one_of(0.9, 0.999), weight_decay=WDS,
                              cautious_decay=flag, maximize=flag)),
     "Lookahead(AdaLo)": Entry(
@@ -151,6 +155,7 @@ COVERS = {
     Adafactor: "Adafactor", AdaLo: "AdaLo", NAdamHD: "NAdamHD", RAdamHD: "RAdamHD",
     AdafactorHD: "AdafactorHD", MuonHD: "MuonHD", Lookahead: "Lookahead(AdamHD)",
     MomentumSGD: "MomentumSGD", AdaMomentum: "AdaMomentum", FCAdam: "FCAdam", Amos: "Amos",
+    AdaptiveMemorySGD: "AdaptiveMemorySGD",
 }
 
 

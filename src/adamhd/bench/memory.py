@@ -41,7 +41,18 @@ def gpt_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 4096) -> list[T
 
 def contenders(external: bool = True) -> dict[str, Factory]:
     """The optimizers timed; ``external``: with torchao's and bitsandbytes' when installed."""
-    from adamhd import NSGDA, SM3, SMMF, Adafactor, AdaLo, AdamHD, AdaMomentum, Amos, FCAdam
+    from adamhd import (
+        NSGDA,
+        SM3,
+        SMMF,
+        Adafactor,
+        AdaLo,
+        AdamHD,
+        AdaMomentum,
+        AdaptiveMemorySGD,
+        Amos,
+        FCAdam,
+    )
 
     out: dict[str, Factory] = {
         BASELINE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
@@ -59,6 +70,9 @@ def contenders(external: bool = True) -> dict[str, Factory]:
         "AdaMomentum": lambda ps: AdaMomentum(ps),
         "FCAdam (K=10)": lambda ps: FCAdam(ps),
         "Amos": lambda ps: Amos(ps),
+        "AM-SGD": lambda ps: AdaptiveMemorySGD(ps, lr=1e-3),
+        "torch SGD momentum foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9,
+                                                                 foreach=True),
     }
     return {**out, **external_contenders()} if external else out
 

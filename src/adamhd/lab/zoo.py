@@ -123,6 +123,11 @@ def register_all(register: Callable) -> None:
     ]:
         if name in have:
             register(key, plain(have[name]), have[name], note, extra, lr_scale=scale)
+    if "AdaptiveMemorySGD" in have:
+        register("am-sgd", plain(have["AdaptiveMemorySGD"]), have["AdaptiveMemorySGD"],
+                 "AM-SGD: SGD whose momentum beta_t is solved per step from a two-plane "
+                 "proximal model, one beta for the model (arXiv 2510.04988); decoupled decay",
+                 lr_scale=100.0, tune={"lam": (0.01, 1.0, True)})
     if "Lookahead" in have:
         def lookahead(groups, lr, weight_decay, k=5, alpha=0.5, **kw):
             inner = AdamHD(groups, lr=lr, weight_decay=weight_decay, **kw)

@@ -1,10 +1,11 @@
 """The optimizer family: ``AdamHD`` (the package ``adamhd.optim.adamhd``), SGDW and the
 Huber-decay presets of torch's optimizers, Lookahead, and the survey's optimizers (NSGDA, AdaLo,
-Adafactor, SMMF, SM3; see docs/optimizers.md), each of the latter one plain math function and a
-thin class."""
+Adafactor, SMMF, SM3; see docs/optimizers.md) and momentum rules (docs/momentum.md), each of the
+latter one plain math function and a thin class."""
 
 from adamhd.optim.adafactor import Adafactor
 from adamhd.optim.adalo import AdaLo
+from adamhd.optim.adamem import AdaptiveMemorySGD
 from adamhd.optim.adamhd import AdamHD
 from adamhd.optim.adamomentum import AdaMomentum
 from adamhd.optim.amos import Amos
@@ -23,6 +24,7 @@ __all__ = [
     "SMMF",
     "AdaLo",
     "AdaMomentum",
+    "AdaptiveMemorySGD",
     "Amos",
     "Adafactor",
     "AdafactorHD",

@@ -73,6 +73,11 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
             f"state_dtype={group.get('state_dtype')!r} / bf16_stochastic_round run Adam's "
             f"update only, not {UpdateRule.from_group(group).describe()}"
         )
+    if lowbit.is_lowbit(group) and group.get("differentiable", False):
+        raise ValueError(
+            f"state_dtype={group.get('state_dtype')!r} / bf16_stochastic_round do not support "
+            "differentiable=True (the moments are re-encoded outside autograd)"
+        )
 
 
 def _check_fused_rule(group: dict[str, Any]) -> None:
