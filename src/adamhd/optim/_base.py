@@ -98,8 +98,8 @@ class CheckedOptimizer(Optimizer):
                     raise RuntimeError(f"{self.name} does not support complex parameters")
 
     # The step loop that the optimizers with one state dict per parameter share (Adafactor, SMMF,
-    # SM3); NSGDA (all groups in one foreach batch) and AdaLo (the loss, GradScaler) write their
-    # own ``step``.
+    # SM3, AdaMomentum, FCAdam); NSGDA (all groups in one foreach batch) and AdaLo (the loss,
+    # GradScaler) write their own ``step``.
 
     #: the record of one group's step hyperparameters; its fields are group keys
     hyper_type: ClassVar[type | None] = None
@@ -128,6 +128,8 @@ class CheckedOptimizer(Optimizer):
         self.check_grads()
         for group in self.param_groups:
             params = self.params_with_grad(group)
+            if not params:
+                continue
             states = [self.init_state(p, group) for p in params]
             grads = [-p.grad if group["maximize"] else p.grad for p in params]
             self.group_step(params, grads, states, self.group_hyper(group))

@@ -20,7 +20,6 @@ parameter, as Adam).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,6 @@ from adamhd.optim._base import (
     in_unit,
     lr_value,
     new_step,
-    run_closure,
 )
 
 __all__ = ["AdaMomentum", "AdaMomentumGroup", "adamomentum", "check_betas"]
@@ -117,31 +115,28 @@ class AdaMomentum(CheckedOptimizer):
             raise ValueError("Invalid eps: eps=0 (need eps > 0: it is the floor of v)")
         finite_nonneg("weight_decay", group["weight_decay"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            if not params:
-                continue
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["step"] = new_step(p)
-                    for key in ("exp_avg", "exp_avg_sq"):
-                        self.state[p][key] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format)
-            states = [self.state[p] for p in params]
-            adamomentum(AdaMomentumGroup(
-                params=params,
-                grads=[-p.grad if group["maximize"] else p.grad for p in params],
-                exp_avgs=[s["exp_avg"] for s in states],
-                exp_avg_sqs=[s["exp_avg_sq"] for s in states],
-                steps=[s["step"] for s in states],
-                lr=lr_value(group["lr"]),
-                beta1=group["betas"][0],
-                beta2=group["betas"][1],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-            ))
-        return loss
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["step"] = new_step(p)
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def group_hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return group
+
+    def group_step(self, params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
+        adamomentum(AdaMomentumGroup(
+            params=params,
+            grads=grads,
+            exp_avgs=[s["exp_avg"] for s in states],
+            exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+            steps=[s["step"] for s in states],
+            lr=lr_value(hyper["lr"]),
+            beta1=hyper["betas"][0],
+            beta2=hyper["betas"][1],
+            eps=hyper["eps"],
+            weight_decay=hyper["weight_decay"],
+        ))

@@ -25,7 +25,6 @@ refused: the stacked ring buffer is not sharded like the parameter (not built).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,6 @@ from adamhd.optim._base import (
     finite_nonneg,
     lr_value,
     new_step,
-    run_closure,
 )
 from adamhd.optim.adamomentum import check_betas
 
@@ -169,32 +167,32 @@ class FCAdam(CheckedOptimizer):
                     raise ValueError(f"FCAdam: the state holds {held.shape[0]} past gradients, "
                                      f"the group asks history={group['history']}")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
+    def check_grads(self) -> None:
+        super().check_grads()
         self._check_history()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = new_step(p)
-                    state["grad_history"] = p.new_zeros((group["history"], *p.shape))
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            states = [self.state[p] for p in params]
-            fcadam(FCAdamGroup(
-                params=params,
-                grads=[-p.grad if group["maximize"] else p.grad for p in params],
-                histories=[s["grad_history"] for s in states],
-                exp_avgs=[s["exp_avg"] for s in states],
-                exp_avg_sqs=[s["exp_avg_sq"] for s in states],
-                steps=[s["step"] for s in states],
-                lr=lr_value(group["lr"]), betas=tuple(group["betas"]), eps=group["eps"],
-                weight_decay=group["weight_decay"], alpha=group["alpha"], drop=group["drop"],
-                seed=group["seed"],
-            ))
-        return loss
+
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["step"] = new_step(p)
+            state["grad_history"] = p.new_zeros((group["history"], *p.shape))
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def group_hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return group
+
+    def group_step(self, params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
+        fcadam(FCAdamGroup(
+            params=params,
+            grads=grads,
+            histories=[s["grad_history"] for s in states],
+            exp_avgs=[s["exp_avg"] for s in states],
+            exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+            steps=[s["step"] for s in states],
+            lr=lr_value(hyper["lr"]), betas=tuple(hyper["betas"]), eps=hyper["eps"],
+            weight_decay=hyper["weight_decay"], alpha=hyper["alpha"], drop=hyper["drop"],
+            seed=hyper["seed"],
+        ))
