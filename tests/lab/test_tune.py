@@ -212,9 +212,9 @@ def test_resume_after_kill_9_in_a_trial_gives_the_same_study(tmp_path, works_dir
             time.sleep(0.2)
             if not broken.exists():
                 continue
-            try:
+            try:  # through open_storage: the worker may be creating the schema right now
                 study = optuna.load_study(study_name="cpu/mini/adamw",
-                                          storage=storage_url(str(broken)))
+                                          storage=open_storage(storage_url(str(broken))))
             except KeyError:
                 continue
             if any(t.number == 1 and t.intermediate_values for t in study.get_trials()):
@@ -281,3 +281,48 @@ def test_an_error_in_one_study_is_kept_and_the_others_go_on(tmp_path, works_dir,
     assert broken.user_attrs["error"] == "RuntimeError: broken entrant"
     assert [t.state.name for t in broken.get_trials()] == ["FAIL"]
     assert len(_snapshot(url, settings, "adamw")["trials"]) == 1
+
+
+def test_open_storage_retries_when_another_process_wins_the_schema_race(tmp_path, monkeypatch):
+    """The losing side of two processes creating one new database gets a constraint error from
+    Optuna; open_storage tries again and returns the storage, and gives up after `attempts`."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", flaky)
+    url = storage_url(str(tmp_path / "race.db"))
+    assert isinstance(open_storage(url), real) and len(calls) == 3
+    calls.clear()
+    with pytest.raises(IntegrityError):
+        open_storage(url, attempts=2)
+    assert len(calls) == 2
+
+
+def test_open_storage_from_many_threads_at_once_on_a_new_file(tmp_path):
+    import threading
+
+    url = storage_url(str(tmp_path / "new.db"))
+    errors, start = [], threading.Barrier(6)
+
+    def open_one():
+        start.wait()
+        try:
+            open_storage(url)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

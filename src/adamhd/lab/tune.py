@@ -187,14 +187,26 @@ def storage_url(text: str) -> str:
     return "sqlite:///" + str(Path(text).expanduser().resolve())
 
 
-def open_storage(url: str, heartbeat: int = 60):
+def open_storage(url: str, heartbeat: int = 60, attempts: int = 5):
+    """Optuna's RDBStorage; tolerant of another process creating the same new database at the
+    same moment (the losing side of that race gets a constraint error: it retries, and then finds
+    the schema made)."""
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: used on purpose
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                          heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: on purpose
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def study_name(settings: Settings, scale: str, entrant: str) -> str:
