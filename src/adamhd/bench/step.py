@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import math
 import os
@@ -130,77 +131,87 @@ def _compiled(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return opt
 
 
+PATH_KWARGS = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+               "fused": dict(fused=True)}
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
-    from adamhd import AdamHD
+    """Everything ``args`` asks to time: torch's AdamW paths, AdamHD's paths x thresholds x forms
+    (and options), the kernel's options, the compiled steps, the external AdamWs."""
     from adamhd.kernels import fused_unsupported_reason
 
     lr, wd = 1e-4, 0.1
-    torch_paths = {"single": dict(foreach=False), "foreach": dict(foreach=True),
-                   "fused": dict(fused=True)}
-    out = [
-        Contender(f"torch AdamW {path}",
-                  lambda ps, kw=torch_paths[path]: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
-                                                                     **kw),
-                  "torch")
-        for path in args.torch
-    ]
+    out = [Contender(f"torch AdamW {path}",
+                     lambda ps, kw=PATH_KWARGS[path]: torch.optim.AdamW(ps, lr=lr,
+                                                                       weight_decay=wd, **kw),
+                     "torch")
+           for path in args.torch]
     if args.compile:
-        out.append(Contender(
-            "torch AdamW fused compiled",
-            lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
-            "torch",
-        ))
-        out.append(Contender(
-            "AdamHD default compiled",
-            lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)),
-            "adamhd",
-            prime=True,
-        ))
-    paths = args.paths
+        out += _compiled_contenders(lr, wd)
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
-    for path in paths:
+    for path in args.paths:
         if path == "fused" and not fused_ok:
             print(f"skipping AdamHD fused: {fused_unsupported_reason(torch.zeros(1))}")
             continue
-        kw = {"single": dict(foreach=False), "foreach": dict(foreach=True),
-              "fused": dict(fused=True)}[path]
-        for delta in args.deltas:
-            delta_value: float | str = delta if delta == "adaptive" else float(delta)
-            for form in args.forms:
-                name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
-                name += f" {form}"
-
-                def make(ps, kw=kw, delta_value=delta_value, form=form):
-                    return AdamHD(ps, lr=lr, weight_decay=wd, delta=delta_value,
-                                  decay_form=form, **kw)
-
-                out.append(Contender(name, make, "adamhd",
-                                     prime=path == "fused" and delta == "adaptive"))
-        for option in (o for o in args.options.split(",") if o):
-            out.append(_option_contender(path, kw, option, lr, wd))
+        out += _path_contenders(path, args, lr, wd)
     if args.kernel_options and fused_ok:
         out += option_contenders(lr, wd)
     if args.external:
-        try:
-            import heavyball
+        out += _external_contenders(lr, wd)
+    return out
 
-            out.append(Contender(
-                "heavyball AdamW",
-                lambda ps: heavyball.AdamW(ps, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
-                "external",
-            ))
+
+def _compiled_contenders(lr: float, wd: float) -> list[Contender]:
+    from adamhd import AdamHD
+
+    return [
+        Contender("torch AdamW fused compiled",
+                  lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
+                  "torch"),
+        Contender("AdamHD default compiled",
+                  lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)), "adamhd", prime=True),
+    ]
+
+
+def _path_contenders(path: str, args: argparse.Namespace, lr: float,
+                     wd: float) -> list[Contender]:
+    """AdamHD on one path: each threshold x decay form, then each ``--options`` item."""
+    from adamhd import AdamHD
+
+    kw = PATH_KWARGS[path]
+    out = []
+    for delta in args.deltas:
+        delta_value: float | str = delta if delta == "adaptive" else float(delta)
+        for form in args.forms:
+            name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
+            name += f" {form}"
+
+            def make(ps, kw=kw, delta_value=delta_value, form=form):
+                return AdamHD(ps, lr=lr, weight_decay=wd, delta=delta_value,
+                              decay_form=form, **kw)
+
+            out.append(Contender(name, make, "adamhd",
+                                 prime=path == "fused" and delta == "adaptive"))
+    for option in (o for o in args.options.split(",") if o):
+        out.append(_option_contender(path, kw, option, lr, wd))
+    return out
+
+
+def _external_contenders(lr: float, wd: float) -> list[Contender]:
+    """Other libraries' AdamW, where installed (one missing or broken is reported, not fatal)."""
+    makers = {
+        "heavyball": lambda lib, ps: lib.AdamW(ps, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+        "pytorch_optimizer": lambda lib, ps: lib.AdamW(ps, lr=lr, weight_decay=wd),
+    }
+    out = []
+    for module, make in makers.items():
+        try:
+            lib = importlib.import_module(module)
         except Exception as exc:  # not installed or broken: reported, not fatal
-            print(f"heavyball not available: {exc!r}")
-        try:
-            import pytorch_optimizer
-
-            out.append(Contender(
-                "pytorch_optimizer AdamW",
-                lambda ps: pytorch_optimizer.AdamW(ps, lr=lr, weight_decay=wd),
-                "external",
-            ))
-        except Exception as exc:
-            print(f"pytorch_optimizer not available: {exc!r}")
+            print(f"{module} not available: {exc!r}")
+            continue
+        out.append(Contender(f"{module} AdamW", lambda ps, lib=lib, make=make: make(lib, ps),
+                             "external"))
     return out
 
 
@@ -292,75 +303,106 @@ def _share_moments(opt: torch.optim.Optimizer, shared: dict[tuple, Tensor]) -> N
                 s[key] = shared.setdefault((id(p), key, s[key].dtype), s[key])
 
 
-def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
-                  log: Callable[[str], None]) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
-    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+class _ParamSet:
+    """A fixed random parameter set and its gradients (seed 0), ``set_grads`` before each step
+    (some optimizers, heavyball, set ``p.grad = None`` after a step)."""
 
-    def set_grads() -> None:  # some optimizers (heavyball) set p.grad = None after a step
-        for p, g in zip(params, grads):
+    def __init__(self, shapes: list[tuple[int, ...]]):
+        gen = torch.Generator().manual_seed(0)
+        self.params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+        self.grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in self.params]
+        self.set_grads()
+        self.numel = sum(p.numel() for p in self.params)
+
+    def set_grads(self) -> None:
+        for p, g in zip(self.params, self.grads):
             p.grad = g
 
-    set_grads()
-    numel = sum(p.numel() for p in params)
-    log(f"[{set_name}] {len(params)} tensors, {numel / 1e6:.1f}M parameters")
+    def clear(self) -> None:
+        self.params.clear()
+        self.grads.clear()
 
+
+def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
+                  log: Callable[[str], None]) -> dict:
+    ps = _ParamSet(shapes)
+    log(f"[{set_name}] {len(ps.params)} tensors, {ps.numel / 1e6:.1f}M parameters")
     shared: dict[tuple, Tensor] = {}
     entries = contenders(args)
     for c in entries:
-        try:
-            c.optimizer = c.make(params)
-            step = c.optimizer.step
-
-            def fresh_step(step=step) -> None:
-                set_grads()
-                step()
-
-            t = time.perf_counter()
-            fresh_step()  # creates the state (and builds/compiles kernels)
-            state = _state_tensors(c.optimizer)
-            c.state_bytes_per_param = sum(x.numel() * x.element_size() for x in state) / numel
-            if not state:  # keeps its state outside optimizer.state (heavyball): unknown
-                c.state_bytes_per_param = math.nan
-            if c.prime:
-                fresh_step()
-            set_grads()
-            c.peak_extra_bytes_per_param = peak_extra_bytes(step) / numel
-            if c.family != "external":
-                _share_moments(c.optimizer, shared)
-            log(f"  ready {c.name} ({time.perf_counter() - t:.1f}s)")
-        except Exception as exc:
-            c.error = f"{type(exc).__name__}: {exc}"
-            c.optimizer = None
-            log(f"  failed {c.name}: {c.error}")
+        _ready(c, ps, shared, log)
         gc.collect()
+    _timed_rounds([c for c in entries if c.optimizer is not None], ps, args.rounds, log)
+    rows = _result_rows(entries, ps.numel, len(shapes))
+    for c in entries:
+        c.optimizer = None
+    ps.clear()
+    shared.clear()
+    gc.collect()
+    return {"param_set": set_name, "tensors": len(shapes), "parameters": ps.numel, "rows": rows}
 
-    live = [c for c in entries if c.optimizer is not None]
-    for r in range(args.rounds):
+
+def _ready(c: Contender, ps: _ParamSet, shared: dict[tuple, Tensor],
+           log: Callable[[str], None]) -> None:
+    """Build ``c``'s optimizer and take its first step (state, kernels); measure its state and
+    peak memory; its moments then share one set of buffers with the others'. A failure is
+    kept as the contender's error."""
+    try:
+        c.optimizer = c.make(ps.params)
+        step = c.optimizer.step
+
+        def fresh_step(step=step) -> None:
+            ps.set_grads()
+            step()
+
+        t = time.perf_counter()
+        fresh_step()  # creates the state (and builds/compiles kernels)
+        state = _state_tensors(c.optimizer)
+        c.state_bytes_per_param = sum(x.numel() * x.element_size() for x in state) / ps.numel
+        if not state:  # keeps its state outside optimizer.state (heavyball): unknown
+            c.state_bytes_per_param = math.nan
+        if c.prime:
+            fresh_step()
+        ps.set_grads()
+        c.peak_extra_bytes_per_param = peak_extra_bytes(step) / ps.numel
+        if c.family != "external":
+            _share_moments(c.optimizer, shared)
+        log(f"  ready {c.name} ({time.perf_counter() - t:.1f}s)")
+    except Exception as exc:
+        c.error = f"{type(exc).__name__}: {exc}"
+        c.optimizer = None
+        log(f"  failed {c.name}: {c.error}")
+
+
+def _timed_rounds(live: list[Contender], ps: _ParamSet, rounds: int,
+                  log: Callable[[str], None]) -> None:
+    """One timed step per contender per round, the order rotated each round."""
+    for r in range(rounds):
         order = live[r % len(live):] + live[: r % len(live)]
         for c in order:
             assert c.optimizer is not None
             if c.prime:
-                set_grads()
+                ps.set_grads()
                 c.optimizer.step()
-            set_grads()
+            ps.set_grads()
             t = time.perf_counter()
             c.optimizer.step()
             c.times.append(time.perf_counter() - t)
-        log(f"  round {r + 1}/{args.rounds} done")
+        log(f"  round {r + 1}/{rounds} done")
 
-    def median_ms(name: str) -> float:
-        for c in entries:
-            if c.name == name and c.times:
-                return statistics.median(c.times) * 1e3
-        return math.nan
 
-    fused_ms = median_ms("torch AdamW fused")
-    foreach_ms = median_ms("torch AdamW foreach")
+def _median_ms(c: Contender) -> float:
+    return statistics.median(c.times) * 1e3 if c.times else math.nan
+
+
+def _result_rows(entries: list[Contender], numel: int, tensors: int) -> list[dict]:
+    """One row per contender: times, bandwidth, ratios to torch's AdamW, memory, error."""
+    by_name = {c.name: _median_ms(c) for c in reversed(entries) if c.times}
+    fused_ms = by_name.get("torch AdamW fused", math.nan)
+    foreach_ms = by_name.get("torch AdamW foreach", math.nan)
     rows = []
     for c in entries:
-        ms = statistics.median(c.times) * 1e3 if c.times else math.nan
+        ms = _median_ms(c)
         rows.append({
             "name": c.name,
             "family": c.family,
@@ -370,19 +412,13 @@ def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.N
             "gb_per_s": numel * BYTES_PER_PARAM / (ms / 1e3) / 1e9 if c.times else math.nan,
             "ratio_to_torch_fused": ms / fused_ms,
             "ratio_to_torch_foreach": ms / foreach_ms,
-            "us_per_tensor": ms * 1e3 / len(shapes),
+            "us_per_tensor": ms * 1e3 / tensors,
             "state_bytes_per_param": c.state_bytes_per_param,
             "peak_extra_bytes_per_param": c.peak_extra_bytes_per_param,
             "times_ms": [t * 1e3 for t in c.times],
             "error": c.error,
         })
-    for c in entries:
-        c.optimizer = None
-    params.clear()
-    grads.clear()
-    shared.clear()
-    gc.collect()
-    return {"param_set": set_name, "tensors": len(shapes), "parameters": numel, "rows": rows}
+    return rows
 
 
 def format_table(result: dict, copy_gbs: float) -> str:

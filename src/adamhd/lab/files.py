@@ -83,6 +83,14 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
     return p
 
 
+def check_out_dirs(out: str | Path, cache_dir: str | None) -> Path:
+    """`--out` and (if given) `--cache-dir` can be written; returns --out's path."""
+    out = check_writable_dir(out, "--out")
+    if cache_dir:
+        check_writable_dir(cache_dir, "--cache-dir")
+    return out
+
+
 def _holder() -> str:
     command = " ".join(["adamhd", *sys.argv[1:]])[:200]
     return (f"pid {os.getpid()} on host {socket.gethostname()} since "
