@@ -82,18 +82,23 @@ def _curves(runs: list[Run], key: str):
 
 
 def fig_loss(meta, runs, path: Path) -> None:
+    """Validation loss vs step and vs training time, and each candidate's paired difference
+    from the baseline (the first entrant)."""
     labels = [lab for lab in meta["optimizers"] if lab in runs]
-    corpus = meta["corpus"]
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     ax_step, ax_time, ax_diff = fig.subplots(1, 3)
+    _loss_curves(ax_step, ax_time, meta["corpus"], runs, labels)
+    _paired_differences(ax_diff, runs, labels)
+    fig.savefig(path, dpi=110)
+
+
+def _loss_curves(ax_step, ax_time, corpus: dict, runs, labels: list[str]) -> None:
     top = corpus["unigram_val_xent_nats"] + 0.4
     final_min = min(min(e["val_loss"] for e in r.evals) for rs in runs.values() for r in rs)
     for label in labels:
         rs, c = runs[label], _color(labels, label)
         xs, ys = _curves(rs, "step")
         _band(ax_step, xs[0], ys, c, f"{label} (n={len(rs)})")
-        # vs time: each seed has its own clock; interpolate onto a common grid up to the
-        # shortest run so the band compares like with like
         # vs time: each seed has its own clock, so each seed is drawn as its own thin line
         for t, y in zip(*_curves(rs, "time"), strict=True):
             ax_time.plot(t, y, color=c, lw=1.0, alpha=0.8)
@@ -116,6 +121,10 @@ def fig_loss(meta, runs, path: Path) -> None:
                      "was busy; compare by step", transform=ax_time.transAxes, ha="right",
                      fontsize=8, color="darkred")
     ax_step.legend(loc="upper right")
+
+
+def _paired_differences(ax_diff, runs, labels: list[str]) -> None:
+    """Each candidate minus the baseline, paired by seed, at each evaluation step."""
     base = labels[0]
     for label in labels[1:]:
         c = _color(labels, label)
@@ -136,12 +145,11 @@ def fig_loss(meta, runs, path: Path) -> None:
     ax_diff.set_ylabel("difference in validation loss (nats/token)")
     ax_diff.set_title(f"paired difference from {base}\n(below 0: candidate better)")
     ax_diff.grid(alpha=0.3)
-    if len(labels) > 1:
+    if len(labels) > 1:  # the axis limits from the last candidate drawn
         ax_diff.legend(loc="best")
         ax_diff.set_xlim(steps[1] if len(steps) > 2 else steps[0], steps[-1])
         lim = np.nanmax(np.abs(d[:, 1:])) if d.shape[1] > 1 else 1.0
         ax_diff.set_ylim(-1.3 * lim, 1.3 * lim)
-    fig.savefig(path, dpi=110)
 
 
 def fig_pruning(meta, runs, path: Path) -> None:
