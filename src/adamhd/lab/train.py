@@ -106,6 +106,14 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: RunConfig) -> float:
+    """Set every group's lr to the schedule's value at `step`; returns it."""
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 # ----------------------------------------------------------------------------------------------
 # RNG states and checkpoints
 
@@ -378,10 +386,7 @@ class _Run:
     # the parts of one step, in order
 
     def set_lr(self, step: int) -> float:
-        lr = lr_at(step, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        return set_lr(self.optimizer, step, self.cfg)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the step's batch, on the device."""
