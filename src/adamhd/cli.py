@@ -262,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adamhd", description="Test AdamHD's claims against AdamW on your own machine.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_compare_parser, _add_report_parser, _add_sweep_parser,
-                _add_leaderboard_parser):
-        add(sub)
+    for name, help_text, description, add_options, defaults in _commands():
+        p = sub.add_parser(name, help=help_text, description=description)
+        add_options(p)
+        p.set_defaults(**defaults)
 
     from adamhd.lab.tune_cli import add_parsers as add_tune_parsers
 
@@ -273,36 +274,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="pre-train a small GPT with each optimizer and report",
-                       description="Pre-train a GPT-2-style model with each entrant on each "
-                                   "seed, then write report.md / report.html in --out.")
+def _commands() -> list[tuple]:
+    """The lab's commands: (name, help, description, the options' builder, the defaults)."""
+    return [
+        ("compare", "pre-train a small GPT with each optimizer and report",
+         "Pre-train a GPT-2-style model with each entrant on each seed, then write report.md / "
+         "report.html in --out.",
+         _compare_options, dict(func=cmd_compare)),
+        ("report", "rebuild the report of a compare / sweep folder",
+         "Rebuild report.md / report.html (compare) or sweep.md / sweep.html (sweep, merging "
+         "the folders of its shards).",
+         _report_options, dict(func=cmd_report)),
+        ("sweep", "grid over weight_decay (or decay budget), lr, AdamHD options",
+         "Train every point of the grid on every seed (for each entrant, the keys it accepts), "
+         "then report the sensitivity to weight_decay and best vs best.",
+         _sweep_options, dict(func=cmd_sweep)),
+        ("leaderboard", "every registered entrant at its best lr, ranked",
+         "Train every entrant (default: all registered) at each lr of a small grid on the same "
+         "seeds, then rank each at its best lr: final loss, paired difference from adamw, "
+         "steps to adamw's final loss, state bytes, step time, sparsity.",
+         _leaderboard_options,
+         dict(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None, seeds=2)),
+    ]
+
+
+def _compare_options(p) -> None:
     p.add_argument("--optimizers", default=DEFAULTS["optimizers"],
                    help="comma-separated entrants, the first is the baseline; overrides as "
                         "name:key=value,key=value, e.g. adamw,adamhd:delta_scale=2.0; 'all': "
                         "every registered entrant (default: %(default)s)")
     _add_run_options(p, kind="compare")
-    p.set_defaults(func=cmd_compare)
 
 
-def _add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="rebuild the report of a compare / sweep folder",
-                       description="Rebuild report.md / report.html (compare) or sweep.md / "
-                                   "sweep.html (sweep, merging the folders of its shards).")
+def _report_options(p) -> None:
     p.add_argument("dir", nargs="+", help="the --out folder(s)")
     p.add_argument("--out", default=None,
                    help="where a merged sweep report goes (default: the first folder)")
     p.add_argument("--sweep", action="append", default=None, metavar="DIR",
                    help="for a comparison: the folder(s) of a sweep with the same corpus and "
                         "training budget, for 'best vs best' (default: DIR/sweep if present)")
-    p.set_defaults(func=cmd_report)
 
 
-def _add_sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="grid over weight_decay (or decay budget), lr, AdamHD options",
-                       description="Train every point of the grid on every seed (for each "
-                                   "entrant, the keys it accepts), then report the sensitivity "
-                                   "to weight_decay and best vs best.")
+def _sweep_options(p) -> None:
     p.add_argument("--optimizers", default="adamw,adamhd", help="entrants (default: %(default)s)")
     p.add_argument("--lr", type=list_of(positive_float), default=[DEFAULTS["lr"]],
                    help="comma-separated learning rates (default: %(default)s)")
@@ -325,15 +338,9 @@ def _add_sweep_parser(sub) -> None:
                    help="run the points as Ray tasks (ray.init(): a cluster from RAY_ADDRESS, "
                         "else a local one; needs `pip install ray`)")
     _add_run_options(p, kind="sweep")
-    p.set_defaults(func=cmd_sweep)
 
 
-def _add_leaderboard_parser(sub) -> None:
-    p = sub.add_parser("leaderboard", help="every registered entrant at its best lr, ranked",
-                       description="Train every entrant (default: all registered) at each lr "
-                                   "of a small grid on the same seeds, then rank each at its "
-                                   "best lr: final loss, paired difference from adamw, steps to "
-                                   "adamw's final loss, state bytes, step time, sparsity.")
+def _leaderboard_options(p) -> None:
     p.add_argument("--optimizers", default="all",
                    help="entrants, adamw first (default: all registered)")
     p.add_argument("--lr", type=list_of(positive_float), default=[1e-3, 3e-3, 1e-2],
@@ -346,8 +353,6 @@ def _add_leaderboard_parser(sub) -> None:
     p.add_argument("--shard", default=None, help="i/N, as for sweep")
     p.add_argument("--ray", action="store_true", help="as for sweep")
     _add_run_options(p, kind="leaderboard")
-    p.set_defaults(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None,
-                   seeds=2)
 
 
 def _add_bench_parsers(sub) -> None:
