@@ -210,6 +210,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_dtype(dtype: str, device: torch.device) -> None:
+    if dtype == "float16" and device.type != "cuda":
+        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+
+
 def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
     torch.manual_seed(cfg.seed)
     return GPT(make_config(cfg.model, vocab_size, context=cfg.context, dropout=cfg.dropout))
@@ -284,8 +289,7 @@ def _prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     dist.barrier()
     check_context(corpus, cfg.context)
     device = resolve_device(cfg.device)
-    if cfg.dtype == "float16" and device.type != "cuda":
-        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+    check_dtype(cfg.dtype, device)
     spec = parse_spec(cfg.optimizer)
     dist.local_batch(cfg.batch_size)  # the global batch must split evenly across the ranks
     return device, spec
