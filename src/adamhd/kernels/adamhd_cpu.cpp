@@ -776,9 +776,9 @@ inline T option_direction(const T& g, const T& prev, T& m, T& v, T& max_v, const
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
   if (o.amsgrad) max_v = vmaximum(max_v, v);
   const T& second = o.amsgrad ? max_v : v;
-  T m_hat = m / c.bc1;
+  T m_hat = m * c.inv_bc1;  // the rule divides by the scalars: within an ulp
   if (o.diffgrad) m_hat = m_hat * sigmoid_nonneg(vabs(prev - g));
-  const T sqrt_v_hat = vsqrt(second) / c.bc2_sqrt;
+  const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
   if (f.update == kAtan2) return atan2_nonneg_x(m_hat, sqrt_v_hat * c.update_b) * c.update_a;
   if (f.update == kSoftplus) {
     return m_hat / vsoftplus(sqrt_v_hat, c.update_a, c.inv_update_a, c.update_b);
@@ -786,10 +786,19 @@ inline T option_direction(const T& g, const T& prev, T& m, T& v, T& max_v, const
   return m_hat / (sqrt_v_hat + c.eps);
 }
 
-// 1 where u*g > 0, else 0 (the cautious mask, as update_rules.agreement_mask)
+// The cautious mask 1[u*g > 0] from the signs of m and g, 1 or 0: u has m's sign (m_hat = m/bc1
+// times diffGrad's sigmoid >= 1/2, over a positive denominator; atan2 with x >= 0), so it needs
+// only m, not v. It differs from the product u*g > 0 of update_rules.agreement_mask only where
+// that product underflows to 0 (|u*g| < 1.4e-45 in float32) or u is NaN with m not (an inf
+// gradient); the weight is NaN then either way.
 template <typename T>
-inline T agreement(const T& u, const T& g) {
-  return select(u * g > T(0), T(1), T(0));
+inline T agreement(const T& m, const T& g) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return ((m > T(0) && g > T(0)) || (m < T(0) && g < T(0))) ? T(1) : T(0);
+  } else {
+    const T zero(0);
+    return T::blendv(zero, T(1), ((m > zero) & (g > zero)) | ((m < zero) & (g < zero)));
+  }
 }
 
 // Phase R2 (PHASE 2: acc += mask, (u*mask)^2, p^2) or U (PHASE 3: returns the new p; m, v,
@@ -799,9 +808,14 @@ inline T option_element(T p, T g, T& m, T& v, T& max_v, T& prev, const Consts<T>
                         const T& m_scale, const T& u_scale, const Flags& f, const OptionFlags& o,
                         T* acc) {
   if (f.maximize) g = T(0) - g;
+  if (PHASE == 2 && !o.trust) {  // the kept fraction only: m, not u
+    m = torch_lerp(m, o.adanorm ? g * m_scale : g, c.weight1, f.lerp_low);
+    acc[0] = acc[0] + agreement(m, g);
+    return p;
+  }
   const T u = option_direction(g, prev, m, v, max_v, c, m_scale, f, o);
   prev = g;
-  const T mask = o.cautious ? agreement(u, g) : T(1);
+  const T mask = o.cautious ? agreement(m, g) : T(1);
   const T w = o.cautious ? u * mask : u;
   if constexpr (PHASE == 2) {
     acc[0] = acc[0] + mask;
@@ -916,9 +930,11 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
       for (int k = 0; k < kParts; ++k) pv[k] = OVec(0);
     }
     load(m + i, mv);
-    load(v + i, vv);
-    if (o.amsgrad) load(max_v + i, xv);
-    if (o.diffgrad) load(prev + i, hv);
+    if (PHASE == 3 || o.trust) {  // R2 for cautious alone reads g and m only
+      load(v + i, vv);
+      if (o.amsgrad) load(max_v + i, xv);
+      if (o.diffgrad) load(prev + i, hv);
+    }
     for (int k = 0; k < kParts; ++k) {
       pv[k] = option_element<PHASE, DECAY>(pv[k], gv[k], mv[k], vv[k], xv[k], hv[k], cv, msv,
                                            usv, f, o, sums.acc);
