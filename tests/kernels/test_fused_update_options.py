@@ -37,18 +37,21 @@ def test_every_combination_matches_the_python_definition_float32(cpu_kernel, com
     assert_states_close(opt, ps, ref, ref_ps, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("combo", COMBOS, ids=_ids)
-def test_every_combination_bfloat16_within_its_rounding(cpu_kernel, combo):
-    """bf16 weights: the kernel computes in float32 and rounds p, m, v, prev_grad on store; the
-    Python definition run in float32 from the same bf16 values is within a few bf16 ulps."""
+@pytest.mark.parametrize("combo,dtype", [(c, torch.bfloat16) for c in COMBOS]
+                         + [(COMBOS[-1], torch.float16)],
+                         ids=lambda x: _ids(x) if isinstance(x, dict) else str(x)[6:])
+def test_every_combination_bfloat16_within_its_rounding(cpu_kernel, combo, dtype):
+    """bf16 (and fp16) weights: the kernel computes in float32 and rounds p, m, v, prev_grad
+    on store; the Python definition run in float32 from the same 16-bit values is within a few
+    bf16 ulps."""
     kw = dict(lr=1e-2, weight_decay=0.5, **combo)
-    ps = make_params(torch.bfloat16, shapes=SHAPES, transposed=False)
+    ps = make_params(dtype, shapes=SHAPES, transposed=False)
     ref_ps = clone_params(ps, torch.float32)
     opt, ref = AdamHD(ps, fused=True, **kw), AdamHD(ref_ps, foreach=False, **kw)
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         for p, q in zip(ps, ref_ps):  # the same (bf16) gradient values for both
-            p.grad = torch.randn(p.shape, generator=gen).to(torch.bfloat16)
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
             q.grad = p.grad.float()
         opt.step()
         ref.step()
@@ -59,7 +62,7 @@ def test_every_combination_bfloat16_within_its_rounding(cpu_kernel, combo):
         assert set(sa) == set(sb)
         for key in sa:
             assert sa[key].dtype == (torch.float32 if key in ("delta_mu", "adanorm_e", "step")
-                                     else torch.bfloat16), key
+                                     else dtype), key
             torch.testing.assert_close(sa[key].float(), sb[key].float(), rtol=2e-2, atol=1e-3,
                                        msg=key)
 
