@@ -180,6 +180,26 @@ def test_state_dict_round_trip_is_bit_exact(cpu_kernel):
             assert torch.equal(opt.state[a][key], second.state[b][key]), key
 
 
+def test_the_cached_norm_of_p_equals_a_recomputed_one(cpu_kernel):
+    """The trust ratio's ||p_t||^2 is kept from the last step (as sum|p|): dropping the caches
+    before every step (recomputing both) changes nothing, bit for bit."""
+    from adamhd.kernels import forget_abs_means
+
+    runs = []
+    for forget in (False, True):
+        ps = make_params(torch.float32, shapes=[(70001,), (33, 17), (5,)], transposed=False)
+        opt = AdamHD(ps, lr=1e-2, weight_decay=0.5, fused=True, trust_ratio=True)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+            if forget:
+                forget_abs_means()
+            opt.step()
+        runs.append([p.detach().clone() for p in ps])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_grad_scale_unscales_and_found_inf_changes_nothing(cpu_kernel):
     kw = dict(lr=1e-2, weight_decay=0.5, fused=True, **ALL)
     ps = make_params(torch.float32, shapes=SHAPES, transposed=False)

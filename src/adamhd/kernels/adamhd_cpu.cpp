@@ -655,14 +655,16 @@ struct CacheEntry {
 };
 
 std::mutex g_cache_mutex;
-std::unordered_map<const c10::TensorImpl*, CacheEntry> g_cache;
+using SumTable = std::unordered_map<const c10::TensorImpl*, CacheEntry>;
+SumTable g_cache;
+SumTable g_sq_cache;  // sum p^2 as the option step left p (the trust ratio's ||p_t||)
 size_t g_cache_sweep_at = 256;
 
 int64_t version_of(const at::Tensor& p) { return p.is_inference() ? -1 : p._version(); }
 
-bool cached_sum(const at::Tensor& p, double* out) {
-  auto it = g_cache.find(p.unsafeGetTensorImpl());
-  if (it == g_cache.end()) return false;
+bool cached_sum(const at::Tensor& p, double* out, const SumTable& table = g_cache) {
+  auto it = table.find(p.unsafeGetTensorImpl());
+  if (it == table.end()) return false;
   const CacheEntry& e = it->second;
   if (e.impl.expired() || e.version != version_of(p) || e.data != p.data_ptr() ||
       e.numel != p.numel())
@@ -671,15 +673,15 @@ bool cached_sum(const at::Tensor& p, double* out) {
   return true;
 }
 
-void store_sum(const at::Tensor& p, double sum) {
+void store_sum(const at::Tensor& p, double sum, SumTable& table = g_cache) {
   CacheEntry entry{c10::weak_intrusive_ptr<c10::TensorImpl>(p.getIntrusivePtr()), version_of(p),
                    p.data_ptr(), p.numel(), sum};
-  g_cache.insert_or_assign(p.unsafeGetTensorImpl(), std::move(entry));
-  if (g_cache.size() >= g_cache_sweep_at) {  // drop the entries of dead tensors now and then
-    for (auto it = g_cache.begin(); it != g_cache.end();) {
-      it = it->second.impl.expired() ? g_cache.erase(it) : std::next(it);
+  table.insert_or_assign(p.unsafeGetTensorImpl(), std::move(entry));
+  if (table.size() >= g_cache_sweep_at) {  // drop the entries of dead tensors now and then
+    for (auto it = table.begin(); it != table.end();) {
+      it = it->second.impl.expired() ? table.erase(it) : std::next(it);
     }
-    g_cache_sweep_at = std::max<size_t>(256, 2 * g_cache.size());
+    g_cache_sweep_at = std::max<size_t>(256, 2 * table.size());
   }
 }
 
@@ -797,8 +799,10 @@ struct Operands {
 // tensor, up to two reduction phases, then the update:
 //   R1 (adanorm, or a stale sum|p_t|):  sum g^2 (g unscaled), sum|p_t| (the adaptive threshold)
 //   R2 (cautious or trust_ratio):       the moments and u recomputed, not stored:
-//                                       count(u*g > 0), sum (u*mask)^2, sum p_t^2
-//   U:                                  moments, u, u*mask*factor, decay, p; all stored
+//                                       count(u*g > 0), sum (u*mask)^2, sum p_t^2 (unless the
+//                                       last step left it in g_sq_cache, checked as sum|p|)
+//   U:                                  moments, u, u*mask*factor, decay, p; all stored (and
+//                                       sum p_new^2 with the trust ratio)
 // with factor = trust_ratio / max(kept, floor). AdaNorm's m takes g*max(1, e/||g||); diffGrad's
 // m_hat takes sigmoid(|g_prev - g|) and needs no reduction (one more read and write: prev_grad).
 // The phases of a tensor are dealt one after the other, tensor by tensor (as two_phase does with
@@ -858,7 +862,7 @@ inline T agreement(const T& m, const T& g) {
   }
 }
 
-// Phase R2 (PHASE 2: acc += mask, (u*mask)^2, p^2) or U (PHASE 3: returns the new p; m, v,
+// Phase R2 (PHASE 2: acc += mask, (u*mask)^2) or U (PHASE 3: returns the new p; m, v,
 // max_v and prev hold their new values) of one element.
 template <int PHASE, int DECAY, typename T>
 inline T option_element(T p, T g, T& m, T& v, T& max_v, T& prev, const Consts<T>& c,
@@ -876,8 +880,7 @@ inline T option_element(T p, T g, T& m, T& v, T& max_v, T& prev, const Consts<T>
   const T w = o.cautious ? u * mask : u;
   if constexpr (PHASE == 2) {
     acc[0] = acc[0] + mask;
-    acc[1] = acc[1] + w * w;
-    acc[2] = acc[2] + p * p;
+    acc[1] = acc[1] + w * w;  // acc[2]: sum p_t^2, added by option_range (SqSum)
     return p;
   } else {
     const T step = w * u_scale;
@@ -901,6 +904,26 @@ struct OptionJob {
   double m_scale = 1.0;  // AdaNorm: max(1, e/||g||), rounded to the weights' dtype
   double u_scale = 1.0;  // trust ratio / max(kept fraction, floor)
   double grad_scale = 0.0;  // GradScaler's scale (0: none); R1 runs before Job::c is set
+  bool sq_known = false;    // trust ratio: sum p_t^2 cached by the last step (R2 skips p)
+};
+
+// sum x^2 of vectors, flushed to double every kSumBlock vectors: R2's sum p_t^2 and U's
+// sum p_new^2 (the next step's) add the same values in the same order, so a cached value equals
+// a recomputed one bit for bit.
+template <typename OVec>
+struct SqSum {
+  double total = 0.0;
+  OVec acc = OVec(0);
+  int64_t in_acc = 0;
+  inline void add(const OVec& x) {
+    acc = acc + x * x;
+    if (++in_acc == kSumBlock) flush();
+  }
+  inline void flush() {
+    total += hsum(acc);
+    acc = OVec(0);
+    in_acc = 0;
+  }
 };
 
 // Vector sums of up to three quantities, flushed to double every kSumBlock vectors.
@@ -958,6 +981,8 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
   const OVec msv(ms), usv(us);
   Sums3<OVec> sums;
   AbsSum<OVec> abs;
+  SqSum<OVec> sq;  // R2: sum p_t^2 (unless cached); U: sum p_new^2 (trust ratio)
+  const bool read_p2 = PHASE == 2 && o.trust && !oj.sq_known;
   int64_t i = begin;
   for (; i + W <= end; i += W) {
     OVec pv[kParts], gv[kParts], mv[kParts], vv[kParts], xv[kParts], hv[kParts];
@@ -981,8 +1006,11 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
       for (int k = 0; k < kParts; ++k) gv[k] = gv[k] / cv.grad_scale;
       if (PHASE == 3) store(g + i, gv);
     }
-    if (PHASE == 3 || o.trust) {
+    if (PHASE == 3 || read_p2) {
       load(p + i, pv);
+      if (read_p2) {
+        for (int k = 0; k < kParts; ++k) sq.add(pv[k]);
+      }
     } else {
       for (int k = 0; k < kParts; ++k) pv[k] = OVec(0);
     }
@@ -1004,15 +1032,19 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
       store(v + i, vv);
       if (o.amsgrad) store(max_v + i, xv);
       if (o.diffgrad) store(prev + i, hv);
-      if (want_sum) {  // the stored (rounded) values, as run_range
+      if (want_sum || o.trust) {  // the stored (rounded) values, as run_range
         OVec r[kParts];
         load(p + i, r);
-        for (int k = 0; k < kParts; ++k) abs.add(r[k]);
+        for (int k = 0; k < kParts; ++k) {
+          if (want_sum) abs.add(r[k]);
+          if (o.trust) sq.add(r[k]);
+        }
       }
     }
   }
   sums.flush();
   abs.flush();
+  sq.flush();
   for (; i < end; ++i) {  // scalar tail, same math
     opmath_t pv = p[i], gv = g[i], mv = m[i], vv = v[i];
     opmath_t xv = o.amsgrad ? opmath_t(max_v[i]) : opmath_t(0);
@@ -1028,9 +1060,10 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
       if (PHASE == 3) g[i] = static_cast<scalar_t>(gv);
     }
     opmath_t acc[3] = {0, 0, 0};
+    if (read_p2) sq.total += static_cast<double>(p[i]) * static_cast<double>(p[i]);
     pv = option_element<PHASE, DECAY>(pv, gv, mv, vv, xv, hv, cs, ms, us, f, o, acc);
     if constexpr (PHASE == 2) {
-      for (int k = 0; k < 3; ++k) sums.total[k] += static_cast<double>(acc[k]);
+      for (int k = 0; k < 2; ++k) sums.total[k] += static_cast<double>(acc[k]);
     } else {
       p[i] = static_cast<scalar_t>(pv);
       m[i] = static_cast<scalar_t>(mv);
@@ -1038,15 +1071,19 @@ void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int
       if (o.amsgrad) max_v[i] = static_cast<scalar_t>(xv);
       if (o.diffgrad) prev[i] = static_cast<scalar_t>(hv);
       if (want_sum) abs.total += std::abs(static_cast<double>(p[i]));
+      if (o.trust) sq.total += static_cast<double>(p[i]) * static_cast<double>(p[i]);
     }
   }
   if constexpr (PHASE == 1) {
     out[0] = sums.total[0];
     out[1] = abs.total;
   } else if constexpr (PHASE == 2) {
-    for (int k = 0; k < 3; ++k) out[k] = sums.total[k];
+    out[0] = sums.total[0];
+    out[1] = sums.total[1];
+    out[2] = sq.total;
   } else {
     out[0] = abs.total;
+    out[1] = sq.total;
   }
 }
 
@@ -1195,10 +1232,12 @@ void option_step(std::vector<Job>& jobs, const std::vector<int64_t>& all,
                  std::vector<double>& part2, const SetConstants& set_constants,
                  at::TensorList params, std::vector<at::Tensor>& prevs,
                  at::TensorList adanorm_es, const OptionFlags& o, int64_t decay_kind,
-                 bool advance, double gamma, double floor, double grad_scale) {
+                 bool advance, double gamma, double floor, double grad_scale,
+                 std::vector<double>& new_sq) {
   const size_t n = jobs.size();
   ChunkList chunks = list_chunks(jobs, all);  // sets first_chunk
   part.assign(chunks.job.size(), 0.0);
+  std::vector<double> sq_part(chunks.job.size(), 0.0), sq_cached(n, 0.0);
   std::vector<std::array<double, 3>> red(chunks.job.size(), {0.0, 0.0, 0.0});
   std::vector<OptionJob> extra(n);
   std::vector<std::array<OptionFn, 3>> fns(n);
@@ -1206,6 +1245,10 @@ void option_step(std::vector<Job>& jobs, const std::vector<int64_t>& all,
   for (size_t i = 0; i < n; ++i) {
     extra[i].prev = o.diffgrad ? prevs[i].data_ptr() : nullptr;
     extra[i].grad_scale = grad_scale;
+    if (o.trust) {
+      std::lock_guard<std::mutex> lock(g_cache_mutex);
+      extra[i].sq_known = cached_sum(params[i], &sq_cached[i], g_sq_cache);
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "opt", [&] {
       fns[i] = option_functions<scalar_t>(decay_kind);
     });
@@ -1224,6 +1267,7 @@ void option_step(std::vector<Job>& jobs, const std::vector<int64_t>& all,
       red[k] = {out[0], out[1], out[2]};
     } else {
       part2[k] = out[0];
+      sq_part[k] = out[1];
     }
   };
   auto finish = [&](int64_t j, int phase) {
@@ -1237,10 +1281,13 @@ void option_step(std::vector<Job>& jobs, const std::vector<int64_t>& all,
         extra[j].m_scale = adanorm_factor(adanorm_es[j], sums[0], gamma, params[j].scalar_type());
       }
     } else {
+      if (extra[j].sq_known) sums[2] = sq_cached[j];
       extra[j].u_scale = update_factor(sums, jobs[j].numel, o, floor);
     }
   };
   run_phases(jobs, all, phases, chunks.elements, run, finish);
+  new_sq.assign(n, 0.0);
+  if (o.trust) sum_chunks(jobs, all, sq_part, new_sq);
 }
 
 }  // namespace
@@ -1346,9 +1393,10 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     const bool same = ops[i].direct && prev_grads[i].strides() == params[i].strides();
     prevs[i] = same ? prev_grads[i] : at::empty_like(ops[i].p).copy_(prev_grads[i]);
   }
+  std::vector<double> new_sq;  // trust ratio: sum p_new^2, the next step's ||p_t||^2
   if (with_options) {
     option_step(jobs, all, stale, part, part2, set_constants, params, prevs, adanorm_es, options,
-                decay_kind, advance, adanorm_gamma, cautious_floor, scale);
+                decay_kind, advance, adanorm_gamma, cautious_floor, scale, new_sq);
   } else {
     two_phase(
         jobs, all, stale, part,
@@ -1377,6 +1425,10 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
   if (advance) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
     for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
+  }
+  if (trust_ratio) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sq[i], g_sq_cache);
   }
 }
 
@@ -1420,9 +1472,13 @@ void forget(const std::vector<at::Tensor>& params, bool everything) {
   std::lock_guard<std::mutex> lock(g_cache_mutex);
   if (everything) {
     g_cache.clear();
+    g_sq_cache.clear();
     return;
   }
-  for (const at::Tensor& p : params) g_cache.erase(p.unsafeGetTensorImpl());
+  for (const at::Tensor& p : params) {
+    g_cache.erase(p.unsafeGetTensorImpl());
+    g_sq_cache.erase(p.unsafeGetTensorImpl());
+  }
 }
 
 // ---- adamhd::decay_: the decoupled decay pass of with_decoupled_decay (issue 20) -------------
