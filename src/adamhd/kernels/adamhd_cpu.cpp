@@ -1087,7 +1087,6 @@ void decay_(at::TensorList params, at::TensorList p_ts, at::TensorList mus, at::
 // statistic equals the one fused_step_ computes on its float32 working copy.
 
 #include <cstring>
-#include <limits>
 
 namespace {
 
@@ -1156,32 +1155,33 @@ inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t k
   }
 }
 
-// The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits.
+// The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits. Written so
+// that the compiler vectorises the loops (integer max, selects by masks, no branches).
 template <int M, bool SIGNED>
 float encode_int8_block(const float* x, uint8_t* code, int64_t r) {
   alignas(64) float val[kLowBlock];
-  float scale = 0.f;
-  bool nan = false;
+  uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
   for (int64_t i = 0; i < r; ++i) {
     val[i] = SIGNED ? x[i] : std::sqrt(x[i]);
-    const float a = std::abs(val[i]);
-    nan |= a != a;
-    scale = a > scale ? a : scale;
+    const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
+    top = a > top ? a : top;
   }
-  if (nan) scale = std::numeric_limits<float>::quiet_NaN();
+  const float scale = bits_float(top);
   const float safe = scale > 0.f ? scale : 1.f;
-  constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
+  constexpr float kMinNormal = 1.0f / 16384.0f;
   constexpr float kSubScale = static_cast<float>(1 << (14 + M));
+  constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
   constexpr int32_t kMax = 15 << M;
   for (int64_t i = 0; i < r; ++i) {
-    const float y = std::abs(val[i]) / safe;
+    const float y = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe;
     const int32_t normal =
         static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
-    const float rs = std::nearbyint(y * kSubScale);
+    const float t = y * kSubScale;
+    const float rs = (t + kRound) - kRound;
     const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
     int32_t c = y >= kMinNormal ? normal : sub;
     c = c < 0 ? 0 : (c > kMax ? kMax : c);
-    if constexpr (SIGNED) c |= (float_bits(val[i]) >> 31) ? 128 : 0;
+    if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(val[i]) >> 31) << 7);
     code[i] = static_cast<uint8_t>(c);
   }
   return scale;
@@ -1191,12 +1191,13 @@ template <int M, bool SIGNED>
 void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
   constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
   for (int64_t i = 0; i < r; ++i) {
-    const int32_t c = SIGNED ? (code[i] & 127) : code[i];
-    const float normal = bits_float(static_cast<uint32_t>(c + (112 << M)) << (23 - M));
-    const float y = c >= (1 << M) ? normal : static_cast<float>(c) * kSubStep;
-    const float value = y * scale;
+    const uint32_t c = SIGNED ? (code[i] & 127u) : code[i];
+    const uint32_t normal = (c + (112u << M)) << (23 - M);
+    const uint32_t sub = float_bits(static_cast<float>(c) * kSubStep);
+    const uint32_t is_normal = 0u - static_cast<uint32_t>(c >= (1u << M));  // all ones or 0
+    const float value = bits_float((normal & is_normal) | (sub & ~is_normal)) * scale;
     if constexpr (SIGNED) {
-      out[i] = code[i] >= 128 ? -value : value;
+      out[i] = bits_float(float_bits(value) ^ ((static_cast<uint32_t>(code[i]) >> 7) << 31));
     } else {
       out[i] = value * value;
     }
@@ -1265,8 +1266,47 @@ double lowbit_sum_abs(const Job& job, int64_t begin, int64_t end) {
   return sum.total;
 }
 
+// sum|p| of the whole float vectors of the stored block p[b, b + r), added to `sum` in order
+template <typename P>
+inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, int64_t r) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  alignas(64) float buf[W];
+  for (int64_t i = 0; i + W <= r; i += W) {
+    for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[b + i + k]);
+    sum.add(OVec::loadu(buf));
+  }
+}
+
+// The float step of one block: p, g from `p_in`, `g_in` (float pointers: the tensor itself for
+// a whole float32 block, else the block's float buffers), m and v in their buffers; the new p to
+// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here). Adds the stored p to `sum`.
+template <int DECAY, bool PLAIN>
+inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
+                       float* vf, const Consts<Vectorized<float>>& cv, const Flags& f,
+                       AbsSum<Vectorized<float>>* sum) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  OVec dummy(0.f);
+  for (int64_t i = 0; i < kLowBlock; i += W) {
+    OVec gv = OVec::loadu(g_in + i);
+    if (f.scaled) {
+      gv = gv / cv.grad_scale;
+      if (g_out != nullptr) gv.store(g_out + i);
+    }
+    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i);
+    const OVec pv =
+        adamhd_update<DECAY, false, PLAIN>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
+    pv.store(p_out + i);
+    mv.store(mf + i);
+    vv.store(vf + i);
+    if (sum != nullptr) sum->add(pv);
+  }
+}
+
 // The step over the elements [begin, end) of one tensor (begin a multiple of kLowBlock); returns
-// sum|p_new| (0 if !want_sum).
+// sum|p_new| (0 if !want_sum), with lowbit_sum_abs's blocking. A whole block of a float32 tensor
+// is read and written in place; otherwise through float buffers.
 template <typename P, int DECAY, bool PLAIN>
 double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   using OVec = Vectorized<float>;
@@ -1277,31 +1317,34 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   auto* g = static_cast<P*>(job.g);
   const Flags& f = job.f;
   const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
-  const float grad_scale = static_cast<float>(job.c.grad_scale);
   const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
   alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock];
-  OVec dummy(0.f);
+  AbsSum<OVec> sum;
   for (int64_t b = begin; b < end; b += kLowBlock) {
     const int64_t r = std::min(kLowBlock, end - b);
+    decode_moments<P>(job, x, b, r, mf, vf);
+    if constexpr (std::is_same_v<P, float>) {
+      if (r == kLowBlock) {
+        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, cv, f,
+                                 want_sum ? &sum : nullptr);
+        encode_moments<P>(job, x, b, r, mf, vf);
+        continue;
+      }
+    }
     load_block(p + b, pf, r);
     load_block(g + b, gf, r);
-    if (f.scaled) {
-      for (int64_t i = 0; i < r; ++i) gf[i] = gf[i] / grad_scale;
-      store_block(gf, g + b, r, false, 0, b);
-    }
-    decode_moments<P>(job, x, b, r, mf, vf);
-    for (int64_t i = 0; i < kLowBlock; i += W) {
-      OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i);
-      const OVec pv = adamhd_update<DECAY, false, PLAIN>(OVec::loadu(pf + i),
-                                                         OVec::loadu(gf + i), mv, vv, dummy, cv, f);
-      pv.store(pf + i);
-      mv.store(mf + i);
-      vv.store(vf + i);
-    }
+    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, cv, f, nullptr);
+    if (f.scaled) store_block(gf, g + b, r, false, 0, b);
     encode_moments<P>(job, x, b, r, mf, vf);
     store_block(pf, p + b, r, p_sr, x.key_p, b);
+    if (want_sum) add_stored(sum, p, b, r);
   }
-  return want_sum ? lowbit_sum_abs<P>(job, begin, end) : 0.0;
+  if (!want_sum) return 0.0;
+  sum.flush();
+  for (int64_t i = begin + (end - begin) / W * W; i < end; ++i) {
+    sum.total += std::abs(static_cast<double>(static_cast<float>(p[i])));
+  }
+  return sum.total;
 }
 
 template <typename P>
