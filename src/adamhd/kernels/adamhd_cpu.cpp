@@ -1266,6 +1266,22 @@ double lowbit_sum_abs(const Job& job, int64_t begin, int64_t end) {
   return sum.total;
 }
 
+// Software prefetch of p and g of the block at `at` (the compute between the blocks' memory
+// accesses otherwise leaves the memory idle: measured 1.3x faster on one thread).
+constexpr int64_t kPrefetchBlocks = 4;
+
+template <typename P>
+inline void prefetch_ahead(const P* p, const P* g, int64_t at, int64_t end) {
+  if (at >= end) return;
+  const int64_t bytes = std::min(kLowBlock, end - at) * static_cast<int64_t>(sizeof(P));
+  const char* pc = reinterpret_cast<const char*>(p + at);
+  const char* gc = reinterpret_cast<const char*>(g + at);
+  for (int64_t o = 0; o < bytes; o += 64) {
+    __builtin_prefetch(pc + o, 1);
+    __builtin_prefetch(gc + o, 0);
+  }
+}
+
 // sum|p| of the whole float vectors of the stored block p[b, b + r), added to `sum` in order
 template <typename P>
 inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, int64_t r) {
@@ -1322,6 +1338,7 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   AbsSum<OVec> sum;
   for (int64_t b = begin; b < end; b += kLowBlock) {
     const int64_t r = std::min(kLowBlock, end - b);
+    prefetch_ahead(p, g, b + kPrefetchBlocks * kLowBlock, end);
     decode_moments<P>(job, x, b, r, mf, vf);
     if constexpr (std::is_same_v<P, float>) {
       if (r == kLowBlock) {
