@@ -1156,24 +1156,31 @@ inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t k
 }
 
 // The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits. Written so
-// that the compiler vectorises the loops (integer max, selects by masks, no branches).
+// that the compiler vectorises the loops (integer max, selects by masks, no branches). `val`:
+// m (SIGNED), or sqrt(v) (the caller takes the root). y = |val| * (1/scale), as lowbit.py scales
+// (by the reciprocal, one division per block; by division where 1/scale overflows).
 template <int M, bool SIGNED>
-float encode_int8_block(const float* x, uint8_t* code, int64_t r) {
-  alignas(64) float val[kLowBlock];
+float encode_int8_block(const float* val, uint8_t* code, int64_t r) {
   uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
   for (int64_t i = 0; i < r; ++i) {
-    val[i] = SIGNED ? x[i] : std::sqrt(x[i]);
     const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
     top = a > top ? a : top;
   }
   const float scale = bits_float(top);
   const float safe = scale > 0.f ? scale : 1.f;
-  constexpr float kMinNormal = 1.0f / 16384.0f;
+  const float inv = 1.f / safe;
+  alignas(64) float ys[kLowBlock];
+  if (std::isinf(inv)) {
+    for (int64_t i = 0; i < r; ++i) ys[i] = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe;
+  } else {
+    for (int64_t i = 0; i < r; ++i) ys[i] = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv;
+  }
+  constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
   constexpr float kSubScale = static_cast<float>(1 << (14 + M));
   constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
   constexpr int32_t kMax = 15 << M;
   for (int64_t i = 0; i < r; ++i) {
-    const float y = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe;
+    const float y = ys[i];
     const int32_t normal =
         static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
     const float t = y * kSubScale;
@@ -1233,12 +1240,12 @@ void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, flo
 
 template <typename P>
 void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
-                    const float* v) {
+                    const float* v, const float* root) {
   if (x.moment == kMomentInt8) {
     x.m_scale[b / kLowBlock] =
         encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r);
     x.v_scale[b / kLowBlock] =
-        encode_int8_block<4, false>(v, static_cast<uint8_t*>(job.v) + b, r);
+        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r);
   } else if (x.moment == kMomentBF16) {
     store_bf16(m, static_cast<uint16_t*>(job.m) + b, r, true, x.key_m, b);
     store_bf16(v, static_cast<uint16_t*>(job.v) + b, r, true, x.key_v, b);
@@ -1294,13 +1301,38 @@ inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, in
   }
 }
 
+// adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
+// operations in the same order (bit for bit: tested against fused_step_ on working copies), with
+// sqrt(v), which the update takes anyway, kept for v's 8-bit code: one square root per element
+// instead of two (the divider is what the low-bit step is bound by on one thread).
+template <int DECAY>
+inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float> g,
+                                           Vectorized<float>& m, Vectorized<float>& v,
+                                           Vectorized<float>& root,
+                                           const Consts<Vectorized<float>>& c, const Flags& f) {
+  using T = Vectorized<float>;
+  if (f.maximize) g = T(0) - g;
+  m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
+                 : at::vec::fmadd(c.weight1 - T(1), g - m, g);
+  v = v * c.beta2 + c.one_minus_beta2 * g * g;
+  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+  root = v.sqrt();
+  p = p + c.neg_step_size * m / (root / c.bc2_sqrt + c.eps);
+  if constexpr (DECAY == 2) {
+    const T q = p / c.one_plus_tau;
+    p = q + excess(q, c.neg_d, c.d) * c.tau;
+  }
+  return p;
+}
+
 // The float step of one block: p, g from `p_in`, `g_in` (float pointers: the tensor itself for
 // a whole float32 block, else the block's float buffers), m and v in their buffers; the new p to
-// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here). Adds the stored p to `sum`.
+// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here); sqrt(v) to `rf` if
+// `want_root`. Adds the stored p to `sum`.
 template <int DECAY, bool PLAIN>
 inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
-                       float* vf, const Consts<Vectorized<float>>& cv, const Flags& f,
-                       AbsSum<Vectorized<float>>* sum) {
+                       float* vf, float* rf, bool want_root, const Consts<Vectorized<float>>& cv,
+                       const Flags& f, AbsSum<Vectorized<float>>* sum) {
   using OVec = Vectorized<float>;
   constexpr int64_t W = OVec::size();
   OVec dummy(0.f);
@@ -1310,12 +1342,18 @@ inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_ou
       gv = gv / cv.grad_scale;
       if (g_out != nullptr) gv.store(g_out + i);
     }
-    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i);
-    const OVec pv =
-        adamhd_update<DECAY, false, PLAIN>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
+    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i), root(0.f);
+    OVec pv;
+    if constexpr (PLAIN) {
+      pv = plain_update_root<DECAY>(OVec::loadu(p_in + i), gv, mv, vv, root, cv, f);
+    } else {
+      pv = adamhd_update<DECAY, false, false>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
+      if (want_root) root = vv.sqrt();
+    }
     pv.store(p_out + i);
     mv.store(mf + i);
     vv.store(vf + i);
+    if (want_root) root.store(rf + i);
     if (sum != nullptr) sum->add(pv);
   }
 }
@@ -1334,7 +1372,8 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   const Flags& f = job.f;
   const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
   const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
-  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock];
+  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock], rf[kLowBlock];
+  const bool root = x.moment == kMomentInt8;
   AbsSum<OVec> sum;
   for (int64_t b = begin; b < end; b += kLowBlock) {
     const int64_t r = std::min(kLowBlock, end - b);
@@ -1342,17 +1381,17 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
     decode_moments<P>(job, x, b, r, mf, vf);
     if constexpr (std::is_same_v<P, float>) {
       if (r == kLowBlock) {
-        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, cv, f,
+        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, rf, root, cv, f,
                                  want_sum ? &sum : nullptr);
-        encode_moments<P>(job, x, b, r, mf, vf);
+        encode_moments<P>(job, x, b, r, mf, vf, rf);
         continue;
       }
     }
     load_block(p + b, pf, r);
     load_block(g + b, gf, r);
-    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, cv, f, nullptr);
+    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr);
     if (f.scaled) store_block(gf, g + b, r, false, 0, b);
-    encode_moments<P>(job, x, b, r, mf, vf);
+    encode_moments<P>(job, x, b, r, mf, vf, rf);
     store_block(pf, p + b, r, p_sr, x.key_p, b);
     if (want_sum) add_stored(sum, p, b, r);
   }

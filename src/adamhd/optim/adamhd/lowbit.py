@@ -183,7 +183,8 @@ def encode_int8(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     mag = values.abs()
     scale = mag.amax(dim=1)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    y = mag / safe[:, None]
+    inv = 1.0 / safe  # scaled by the reciprocal (one division per block), unless it overflows
+    y = torch.where(torch.isinf(inv)[:, None], mag / safe[:, None], mag * inv[:, None])
     code = encode_code(y, M_MANTISSA if signed else V_MANTISSA)
     if signed:
         code = code | torch.where(values.view(torch.int32) < 0, 128, 0)
