@@ -1159,43 +1159,51 @@ inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t k
 // that the compiler vectorises the loops (integer max, selects by masks, no branches). `val`:
 // m (SIGNED), or sqrt(v) (the caller takes the root). y = |val| * (1/scale), as lowbit.py scales
 // (by the reciprocal, one division per block; by division where 1/scale overflows).
+// The code of y = |value|/scale in [0, 1] (and value's sign if SIGNED).
 template <int M, bool SIGNED>
-float encode_int8_block(const float* val, uint8_t* code, int64_t r) {
-  uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
-  for (int64_t i = 0; i < r; ++i) {
-    const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
-    top = a > top ? a : top;
-  }
-  const float scale = bits_float(top);
-  const float safe = scale > 0.f ? scale : 1.f;
-  const float inv = 1.f / safe;
-  alignas(64) float ys[kLowBlock];
-  if (std::isinf(inv)) {
-    for (int64_t i = 0; i < r; ++i) ys[i] = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe;
-  } else {
-    for (int64_t i = 0; i < r; ++i) ys[i] = bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv;
-  }
+inline uint8_t code_of(float y, float value) {
   constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
   constexpr float kSubScale = static_cast<float>(1 << (14 + M));
   constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
   constexpr int32_t kMax = 15 << M;
-  for (int64_t i = 0; i < r; ++i) {
-    const float y = ys[i];
-    const int32_t normal =
-        static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
-    const float t = y * kSubScale;
-    const float rs = (t + kRound) - kRound;
-    const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
-    int32_t c = y >= kMinNormal ? normal : sub;
-    c = c < 0 ? 0 : (c > kMax ? kMax : c);
-    if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(val[i]) >> 31) << 7);
-    code[i] = static_cast<uint8_t>(c);
+  const int32_t normal =
+      static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
+  const float t = y * kSubScale;
+  const float rs = (t + kRound) - kRound;
+  const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
+  int32_t c = y >= kMinNormal ? normal : sub;
+  c = c < 0 ? 0 : (c > kMax ? kMax : c);
+  if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(value) >> 31) << 7);
+  return static_cast<uint8_t>(c);
+}
+
+template <int M, bool SIGNED>
+__attribute__((always_inline)) inline float encode_int8_block(const float* val, uint8_t* code, int64_t r, float known_max) {
+  float scale = known_max;  // max|val| if the step computed it (>= 0 or NaN), else < 0
+  if (scale < 0.f) {
+    uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
+    for (int64_t i = 0; i < r; ++i) {
+      const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
+      top = a > top ? a : top;
+    }
+    scale = bits_float(top);
+  }
+  const float safe = scale > 0.f ? scale : 1.f;
+  const float inv = 1.f / safe;
+  if (std::isinf(inv)) {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe, val[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv, val[i]);
+    }
   }
   return scale;
 }
 
 template <int M, bool SIGNED>
-void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
+__attribute__((always_inline)) inline void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
   constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
   for (int64_t i = 0; i < r; ++i) {
     const uint32_t c = SIGNED ? (code[i] & 127u) : code[i];
@@ -1223,7 +1231,7 @@ struct LowExtra {
 };
 
 template <typename P>
-void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m, float* v) {
+__attribute__((always_inline)) inline void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m, float* v) {
   if (x.moment == kMomentInt8) {
     decode_int8_block<3, true>(static_cast<const uint8_t*>(job.m) + b, x.m_scale[b / kLowBlock],
                                m, r);
@@ -1239,13 +1247,13 @@ void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, flo
 }
 
 template <typename P>
-void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
-                    const float* v, const float* root) {
+__attribute__((always_inline)) inline void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
+                    const float* v, const float* root, const float* maxes) {
   if (x.moment == kMomentInt8) {
     x.m_scale[b / kLowBlock] =
-        encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r);
+        encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r, maxes[0]);
     x.v_scale[b / kLowBlock] =
-        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r);
+        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r, maxes[1]);
   } else if (x.moment == kMomentBF16) {
     store_bf16(m, static_cast<uint16_t*>(job.m) + b, r, true, x.key_m, b);
     store_bf16(v, static_cast<uint16_t*>(job.v) + b, r, true, x.key_v, b);
@@ -1278,14 +1286,21 @@ double lowbit_sum_abs(const Job& job, int64_t begin, int64_t end) {
 constexpr int64_t kPrefetchBlocks = 4;
 
 template <typename P>
-inline void prefetch_ahead(const P* p, const P* g, int64_t at, int64_t end) {
+inline void prefetch_ahead(const P* p, const P* g, const void* m, const void* v,
+                           int64_t moment_size, int64_t at, int64_t end) {
   if (at >= end) return;
-  const int64_t bytes = std::min(kLowBlock, end - at) * static_cast<int64_t>(sizeof(P));
+  const int64_t n = std::min(kLowBlock, end - at);
   const char* pc = reinterpret_cast<const char*>(p + at);
   const char* gc = reinterpret_cast<const char*>(g + at);
-  for (int64_t o = 0; o < bytes; o += 64) {
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(P)); o += 64) {
     __builtin_prefetch(pc + o, 1);
     __builtin_prefetch(gc + o, 0);
+  }
+  const char* mc = static_cast<const char*>(m) + at * moment_size;
+  const char* vc = static_cast<const char*>(v) + at * moment_size;
+  for (int64_t o = 0; o < n * moment_size; o += 64) {
+    __builtin_prefetch(mc + o, 1);
+    __builtin_prefetch(vc + o, 1);
   }
 }
 
@@ -1299,6 +1314,15 @@ inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, in
     for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[b + i + k]);
     sum.add(OVec::loadu(buf));
   }
+}
+
+// The largest lane of x >= 0 (NaN if a lane is NaN).
+inline float lane_max(const Vectorized<float>& x) {
+  alignas(64) float buf[Vectorized<float>::size()];
+  x.store(buf);
+  float out = 0.f;
+  for (float y : buf) out = (y != y || out != out) ? y + out : (y > out ? y : out);
+  return out;
 }
 
 // adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
@@ -1332,10 +1356,10 @@ inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float
 template <int DECAY, bool PLAIN>
 inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
                        float* vf, float* rf, bool want_root, const Consts<Vectorized<float>>& cv,
-                       const Flags& f, AbsSum<Vectorized<float>>* sum) {
+                       const Flags& f, AbsSum<Vectorized<float>>* sum, float* maxes) {
   using OVec = Vectorized<float>;
   constexpr int64_t W = OVec::size();
-  OVec dummy(0.f);
+  OVec dummy(0.f), m_max(0.f), r_max(0.f);  // the lanes past a short block hold m = root = 0
   for (int64_t i = 0; i < kLowBlock; i += W) {
     OVec gv = OVec::loadu(g_in + i);
     if (f.scaled) {
@@ -1353,8 +1377,17 @@ inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_ou
     pv.store(p_out + i);
     mv.store(mf + i);
     vv.store(vf + i);
-    if (want_root) root.store(rf + i);
+    if (want_root) {
+      root.store(rf + i);
+      m_max = at::vec::maximum(m_max, mv.abs());  // NaN-propagating, as torch's amax
+      r_max = at::vec::maximum(r_max, root);
+    }
     if (sum != nullptr) sum->add(pv);
+  }
+  maxes[0] = maxes[1] = -1.f;
+  if (want_root) {
+    maxes[0] = lane_max(m_max);
+    maxes[1] = lane_max(r_max);
   }
 }
 
@@ -1374,24 +1407,27 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
   alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock], rf[kLowBlock];
   const bool root = x.moment == kMomentInt8;
+  const int64_t moment_size = root ? 1 : (x.moment == kMomentBF16 ? 2 : sizeof(P));
+  float maxes[2];  // this block's max|m| and max sqrt(v), from the step (int8)
   AbsSum<OVec> sum;
   for (int64_t b = begin; b < end; b += kLowBlock) {
     const int64_t r = std::min(kLowBlock, end - b);
-    prefetch_ahead(p, g, b + kPrefetchBlocks * kLowBlock, end);
-    decode_moments<P>(job, x, b, r, mf, vf);
+    prefetch_ahead(p, g, job.m, job.v, moment_size, b + kPrefetchBlocks * kLowBlock, end);
     if constexpr (std::is_same_v<P, float>) {
-      if (r == kLowBlock) {
+      if (r == kLowBlock) {  // the trip counts are constants here
+        decode_moments<P>(job, x, b, kLowBlock, mf, vf);
         step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, rf, root, cv, f,
-                                 want_sum ? &sum : nullptr);
-        encode_moments<P>(job, x, b, r, mf, vf, rf);
+                                 want_sum ? &sum : nullptr, maxes);
+        encode_moments<P>(job, x, b, kLowBlock, mf, vf, rf, maxes);
         continue;
       }
     }
+    decode_moments<P>(job, x, b, r, mf, vf);
     load_block(p + b, pf, r);
     load_block(g + b, gf, r);
-    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr);
+    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr, maxes);
     if (f.scaled) store_block(gf, g + b, r, false, 0, b);
-    encode_moments<P>(job, x, b, r, mf, vf, rf);
+    encode_moments<P>(job, x, b, r, mf, vf, rf, maxes);
     store_block(pf, p + b, r, p_sr, x.key_p, b);
     if (want_sum) add_stored(sum, p, b, r);
   }
