@@ -84,9 +84,12 @@ def test_fused_equals_working_copies_on_the_float32_kernel(fmt, decay, monkeypat
     assert opt.paths == {0: "fused"}
     ref = make_params(dtype)
     ref_opt = AdamHD(ref, foreach=False, **kw)  # its float step: the patched one below
-    plain = functional.adamhd_step
-    monkeypatch.setattr(functional, "adamhd_step",
-                        lambda tensors, hyper, foreach=False, **k: plain(tensors, hyper, fused=True))
+    plain = functional.adamhd_step  # the working copies' float step: the fp32 fused kernel
+
+    def on_kernel(tensors, hyper, foreach=False, **kw):
+        return plain(tensors, hyper, fused=True)
+
+    monkeypatch.setattr(functional, "adamhd_step", on_kernel)
     run(ref, ref_opt, 3)
     assert_equal_snapshots(snapshot(fused, opt), snapshot(ref, ref_opt))
     if options.get("state_dtype") == "int8":
