@@ -1670,6 +1670,576 @@ void decay_(at::TensorList params, at::TensorList p_ts, at::TensorList mus, at::
   }
 }
 
+// ==== adamhd::fused_lowbit_step_: low-bit moments in one pass (issue 19) =======================
+//
+// The step of adamhd.optim.adamhd.lowbit (state_dtype="bfloat16"/"int8", bf16_stochastic_round)
+// fused. Per block of kLowBlock = 256 elements (the int8 code's block), in one pass over memory:
+// p and g are read into float buffers, the moments are decoded into float buffers, the float
+// step of adamhd_update (the code fused_step_ runs, so the floats are those fused_step_ computes
+// on float32 working copies) updates them, and everything is written back in its storage format.
+// Storage of a tensor's moments, from exp_avg's dtype (exp_avg_sq's must be the same):
+//   uint8     the 8-bit block code of lowbit.py (encode_int8): m as sign + 4 exponent + 3
+//             mantissa bits of m/max|m|, v as 4 + 4 bits of sqrt(v)/max sqrt(v) (sqrt correctly
+//             rounded), one float32 scale per block in exp_avg_scales / exp_avg_sq_scales (listed
+//             for the uint8 tensors only, in order);
+//   bfloat16  stochastic rounding on every write (lowbit.bf16_round_stochastic);
+//   otherwise the parameter's dtype (float32, or float16), rounded to nearest.
+// Parameters: float32, bfloat16 (param_sr: rounded stochastically, else to nearest), float16.
+// The rounding noise is lowbit.py's counter-based hash (rounding_key, noise16): the same bits as
+// the reference path's, for any thread count. The adaptive threshold's sum|p| is taken over the
+// float values of the stored p with float32 blocking (lowbit_sum_abs), so a bf16 tensor's
+// statistic equals the one fused_step_ computes on its float32 working copy.
+
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kLowBlock = 256;
+enum LowMoment : int { kMomentPlain = 0, kMomentBF16 = 1, kMomentInt8 = 2 };
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x2C1B3C6Du;
+  return x ^ (x >> 16);
+}
+
+// lowbit.rounding_key: (seed, position, stream, step) -> the key of one tensor's noise
+uint32_t low_rounding_key(uint32_t seed, int64_t position, uint32_t stream, int64_t step) {
+  uint32_t key = mix32(seed + 0x632BE5ABu * static_cast<uint32_t>(position + 1));
+  key = mix32(key ^ (0x1B873593u * (stream + 1)));
+  return mix32(key + 0x5BD1E995u * static_cast<uint32_t>(step));
+}
+
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+
+inline float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+// bf16 bits of x: stochastic (16 noise bits of element `first + i`), or to nearest (noise off)
+void store_bf16(const float* x, uint16_t* out, int64_t r, bool stochastic, uint32_t key,
+                int64_t first) {
+  const uint32_t base = static_cast<uint32_t>(first) + key;
+  for (int64_t i = 0; i < r; ++i) {
+    const uint32_t u = float_bits(x[i]);
+    const uint32_t add = stochastic ? (mix32(base + static_cast<uint32_t>(i)) & 0xFFFFu)
+                                    : (0x7FFFu + ((u >> 16) & 1u));
+    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  }
+}
+
+// float values of a block of T (float, BFloat16, Half); zero past r
+template <typename T>
+inline void load_block(const T* src, float* dst, int64_t r) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const auto* s = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < r; ++i) dst[i] = bits_float(static_cast<uint32_t>(s[i]) << 16);
+  } else {
+    for (int64_t i = 0; i < r; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+  for (int64_t i = r; i < kLowBlock; ++i) dst[i] = 0.f;
+}
+
+// a block of T from float values: to nearest (bf16: stochastically with `sr`)
+template <typename T>
+inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t key,
+                        int64_t first) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    store_bf16(src, reinterpret_cast<uint16_t*>(dst), r, sr, key, first);
+  } else {
+    for (int64_t i = 0; i < r; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
+// The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits. Written so
+// that the compiler vectorises the loops (integer max, selects by masks, no branches). `val`:
+// m (SIGNED), or sqrt(v) (the caller takes the root). y = |val| * (1/scale), as lowbit.py scales
+// (by the reciprocal, one division per block; by division where 1/scale overflows).
+// The code of y = |value|/scale in [0, 1] (and value's sign if SIGNED).
+template <int M, bool SIGNED>
+inline uint8_t code_of(float y, float value) {
+  constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
+  constexpr float kSubScale = static_cast<float>(1 << (14 + M));
+  constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
+  constexpr int32_t kMax = 15 << M;
+  const int32_t normal =
+      static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
+  const float t = y * kSubScale;
+  const float rs = (t + kRound) - kRound;
+  const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
+  int32_t c = y >= kMinNormal ? normal : sub;
+  c = c < 0 ? 0 : (c > kMax ? kMax : c);
+  if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(value) >> 31) << 7);
+  return static_cast<uint8_t>(c);
+}
+
+template <int M, bool SIGNED>
+__attribute__((always_inline)) inline float encode_int8_block(const float* val, uint8_t* code, int64_t r, float known_max) {
+  float scale = known_max;  // max|val| if the step computed it (>= 0 or NaN), else < 0
+  if (scale < 0.f) {
+    uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
+    for (int64_t i = 0; i < r; ++i) {
+      const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
+      top = a > top ? a : top;
+    }
+    scale = bits_float(top);
+  }
+  const float safe = scale > 0.f ? scale : 1.f;
+  const float inv = 1.f / safe;
+  if (std::isinf(inv)) {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe, val[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv, val[i]);
+    }
+  }
+  return scale;
+}
+
+template <int M, bool SIGNED>
+__attribute__((always_inline)) inline void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
+  constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
+  for (int64_t i = 0; i < r; ++i) {
+    const uint32_t c = SIGNED ? (code[i] & 127u) : code[i];
+    const uint32_t normal = (c + (112u << M)) << (23 - M);
+    const uint32_t sub = float_bits(static_cast<float>(c) * kSubStep);
+    const uint32_t is_normal = 0u - static_cast<uint32_t>(c >= (1u << M));  // all ones or 0
+    const float value = bits_float((normal & is_normal) | (sub & ~is_normal)) * scale;
+    if constexpr (SIGNED) {
+      out[i] = bits_float(float_bits(value) ^ ((static_cast<uint32_t>(code[i]) >> 7) << 31));
+    } else {
+      out[i] = value * value;
+    }
+  }
+  for (int64_t i = r; i < kLowBlock; ++i) out[i] = 0.f;
+}
+
+// What a low-bit job carries besides Job (Job::max_v points here: no amsgrad in this op)
+struct LowExtra {
+  int moment;         // LowMoment
+  bool param_sr;      // bf16 parameters rounded stochastically
+  float* m_scale;     // int8: one scale per block
+  float* v_scale;
+  int64_t position;   // the parameter's index in the optimizer (the noise's key)
+  uint32_t key_m = 0, key_v = 0, key_p = 0;  // this step's keys
+};
+
+template <typename P>
+__attribute__((always_inline)) inline void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m, float* v) {
+  if (x.moment == kMomentInt8) {
+    decode_int8_block<3, true>(static_cast<const uint8_t*>(job.m) + b, x.m_scale[b / kLowBlock],
+                               m, r);
+    decode_int8_block<4, false>(static_cast<const uint8_t*>(job.v) + b, x.v_scale[b / kLowBlock],
+                                v, r);
+  } else if (x.moment == kMomentBF16) {
+    load_block(static_cast<const c10::BFloat16*>(job.m) + b, m, r);
+    load_block(static_cast<const c10::BFloat16*>(job.v) + b, v, r);
+  } else {
+    load_block(static_cast<const P*>(job.m) + b, m, r);
+    load_block(static_cast<const P*>(job.v) + b, v, r);
+  }
+}
+
+template <typename P>
+__attribute__((always_inline)) inline void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
+                    const float* v, const float* root, const float* maxes) {
+  if (x.moment == kMomentInt8) {
+    x.m_scale[b / kLowBlock] =
+        encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r, maxes[0]);
+    x.v_scale[b / kLowBlock] =
+        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r, maxes[1]);
+  } else if (x.moment == kMomentBF16) {
+    store_bf16(m, static_cast<uint16_t*>(job.m) + b, r, true, x.key_m, b);
+    store_bf16(v, static_cast<uint16_t*>(job.v) + b, r, true, x.key_v, b);
+  } else {
+    store_block(m, static_cast<P*>(job.m) + b, r, false, 0, b);
+    store_block(v, static_cast<P*>(job.v) + b, r, false, 0, b);
+  }
+}
+
+// sum|p| over [begin, end) of the float values of p, with sum_abs_range<float>'s blocking
+template <typename P>
+double lowbit_sum_abs(const Job& job, int64_t begin, int64_t end) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  const auto* p = static_cast<const P*>(job.p);
+  AbsSum<OVec> sum;
+  alignas(64) float buf[W];
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[i + k]);
+    sum.add(OVec::loadu(buf));
+  }
+  sum.flush();
+  for (; i < end; ++i) sum.total += std::abs(static_cast<double>(static_cast<float>(p[i])));
+  return sum.total;
+}
+
+// Software prefetch of p and g of the block at `at` (the compute between the blocks' memory
+// accesses otherwise leaves the memory idle: measured 1.3x faster on one thread).
+constexpr int64_t kPrefetchBlocks = 4;
+
+template <typename P>
+inline void prefetch_ahead(const P* p, const P* g, const void* m, const void* v,
+                           int64_t moment_size, int64_t at, int64_t end) {
+  if (at >= end) return;
+  const int64_t n = std::min(kLowBlock, end - at);
+  const char* pc = reinterpret_cast<const char*>(p + at);
+  const char* gc = reinterpret_cast<const char*>(g + at);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(P)); o += 64) {
+    __builtin_prefetch(pc + o, 1);
+    __builtin_prefetch(gc + o, 0);
+  }
+  const char* mc = static_cast<const char*>(m) + at * moment_size;
+  const char* vc = static_cast<const char*>(v) + at * moment_size;
+  for (int64_t o = 0; o < n * moment_size; o += 64) {
+    __builtin_prefetch(mc + o, 1);
+    __builtin_prefetch(vc + o, 1);
+  }
+}
+
+// sum|p| of the whole float vectors of the stored block p[b, b + r), added to `sum` in order
+template <typename P>
+inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, int64_t r) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  alignas(64) float buf[W];
+  for (int64_t i = 0; i + W <= r; i += W) {
+    for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[b + i + k]);
+    sum.add(OVec::loadu(buf));
+  }
+}
+
+// The largest lane of x >= 0 (NaN if a lane is NaN).
+inline float lane_max(const Vectorized<float>& x) {
+  alignas(64) float buf[Vectorized<float>::size()];
+  x.store(buf);
+  float out = 0.f;
+  for (float y : buf) out = (y != y || out != out) ? y + out : (y > out ? y : out);
+  return out;
+}
+
+// adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
+// operations in the same order (bit for bit: tested against fused_step_ on working copies), with
+// sqrt(v), which the update takes anyway, kept for v's 8-bit code: one square root per element
+// instead of two (the divider is what the low-bit step is bound by on one thread).
+template <int DECAY>
+inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float> g,
+                                           Vectorized<float>& m, Vectorized<float>& v,
+                                           Vectorized<float>& root,
+                                           const Consts<Vectorized<float>>& c, const Flags& f) {
+  using T = Vectorized<float>;
+  if (f.maximize) g = T(0) - g;
+  m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
+                 : at::vec::fmadd(c.weight1 - T(1), g - m, g);
+  v = v * c.beta2 + c.one_minus_beta2 * g * g;
+  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+  root = v.sqrt();
+  p = p + c.neg_step_size * m / (root / c.bc2_sqrt + c.eps);
+  if constexpr (DECAY == 2) {
+    const T q = p / c.one_plus_tau;
+    p = q + excess(q, c.neg_d, c.d) * c.tau;
+  }
+  return p;
+}
+
+// The float step of one block: p, g from `p_in`, `g_in` (float pointers: the tensor itself for
+// a whole float32 block, else the block's float buffers), m and v in their buffers; the new p to
+// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here); sqrt(v) to `rf` if
+// `want_root`. Adds the stored p to `sum`.
+template <int DECAY, bool PLAIN>
+inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
+                       float* vf, float* rf, bool want_root, const Consts<Vectorized<float>>& cv,
+                       const Flags& f, AbsSum<Vectorized<float>>* sum, float* maxes) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  OVec dummy(0.f), m_max(0.f), r_max(0.f);  // the lanes past a short block hold m = root = 0
+  for (int64_t i = 0; i < kLowBlock; i += W) {
+    OVec gv = OVec::loadu(g_in + i);
+    if (f.scaled) {
+      gv = gv / cv.grad_scale;
+      if (g_out != nullptr) gv.store(g_out + i);
+    }
+    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i), root(0.f);
+    OVec pv;
+    if constexpr (PLAIN) {
+      pv = plain_update_root<DECAY>(OVec::loadu(p_in + i), gv, mv, vv, root, cv, f);
+    } else {
+      pv = adamhd_update<DECAY, false, false>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
+      if (want_root) root = vv.sqrt();
+    }
+    pv.store(p_out + i);
+    mv.store(mf + i);
+    vv.store(vf + i);
+    if (want_root) {
+      root.store(rf + i);
+      m_max = at::vec::maximum(m_max, mv.abs());  // NaN-propagating, as torch's amax
+      r_max = at::vec::maximum(r_max, root);
+    }
+    if (sum != nullptr) sum->add(pv);
+  }
+  maxes[0] = maxes[1] = -1.f;
+  if (want_root) {
+    maxes[0] = lane_max(m_max);
+    maxes[1] = lane_max(r_max);
+  }
+}
+
+// The step over the elements [begin, end) of one tensor (begin a multiple of kLowBlock); returns
+// sum|p_new| (0 if !want_sum), with lowbit_sum_abs's blocking. A whole block of a float32 tensor
+// is read and written in place; otherwise through float buffers.
+template <typename P, int DECAY, bool PLAIN>
+double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  static_assert(kLowBlock % W == 0, "a block is whole vectors");
+  const LowExtra& x = *static_cast<const LowExtra*>(job.max_v);
+  auto* p = static_cast<P*>(job.p);
+  auto* g = static_cast<P*>(job.g);
+  const Flags& f = job.f;
+  const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
+  const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
+  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock], rf[kLowBlock];
+  const bool root = x.moment == kMomentInt8;
+  const int64_t moment_size = root ? 1 : (x.moment == kMomentBF16 ? 2 : sizeof(P));
+  float maxes[2];  // this block's max|m| and max sqrt(v), from the step (int8)
+  AbsSum<OVec> sum;
+  for (int64_t b = begin; b < end; b += kLowBlock) {
+    const int64_t r = std::min(kLowBlock, end - b);
+    prefetch_ahead(p, g, job.m, job.v, moment_size, b + kPrefetchBlocks * kLowBlock, end);
+    if constexpr (std::is_same_v<P, float>) {
+      if (r == kLowBlock) {  // the trip counts are constants here
+        decode_moments<P>(job, x, b, kLowBlock, mf, vf);
+        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, rf, root, cv, f,
+                                 want_sum ? &sum : nullptr, maxes);
+        encode_moments<P>(job, x, b, kLowBlock, mf, vf, rf, maxes);
+        continue;
+      }
+    }
+    decode_moments<P>(job, x, b, r, mf, vf);
+    load_block(p + b, pf, r);
+    load_block(g + b, gf, r);
+    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr, maxes);
+    if (f.scaled) store_block(gf, g + b, r, false, 0, b);
+    encode_moments<P>(job, x, b, r, mf, vf, rf, maxes);
+    store_block(pf, p + b, r, p_sr, x.key_p, b);
+    if (want_sum) add_stored(sum, p, b, r);
+  }
+  if (!want_sum) return 0.0;
+  sum.flush();
+  for (int64_t i = begin + (end - begin) / W * W; i < end; ++i) {
+    sum.total += std::abs(static_cast<double>(static_cast<float>(p[i])));
+  }
+  return sum.total;
+}
+
+template <typename P>
+void pick_lowbit(Job& job, int64_t decay_kind, bool plain) {
+  job.abs_fn = &lowbit_sum_abs<P>;
+#define ADAMHD_LOWBIT_CASE(D)                                                          \
+  if (decay_kind == D) job.fn = plain ? &lowbit_range<P, D, true> : &lowbit_range<P, D, false>;
+  ADAMHD_LOWBIT_CASE(0)
+  ADAMHD_LOWBIT_CASE(1)
+  ADAMHD_LOWBIT_CASE(2)
+#undef ADAMHD_LOWBIT_CASE
+}
+
+bool lowbit_param_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// The moment storage of parameter i (checked), all before anything changes.
+int check_lowbit_tensor(size_t i, const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
+                        const at::Tensor& v) {
+  TORCH_CHECK(p.device().is_cpu() && !p.is_sparse() && lowbit_param_dtype(p.scalar_type()),
+              "adamhd fused low-bit step: parameter ", i, " is ", p.scalar_type(), " on ",
+              p.device(), "; the kernel takes dense float32, bfloat16 or float16 CPU tensors");
+  TORCH_CHECK(g.device().is_cpu() && !g.is_sparse() && g.scalar_type() == p.scalar_type() &&
+                  g.sizes() == p.sizes(),
+              "adamhd fused low-bit step: the gradient of parameter ", i,
+              " must be a dense CPU tensor of its dtype and shape");
+  const at::ScalarType t = m.scalar_type();
+  TORCH_CHECK(t == at::kByte || t == at::kBFloat16 || t == p.scalar_type(),
+              "adamhd fused low-bit step: the moments of parameter ", i, " are ", t,
+              "; expected uint8 codes, bfloat16 or the parameter's dtype ", p.scalar_type());
+  for (const at::Tensor* s : {&m, &v}) {
+    TORCH_CHECK(s->device().is_cpu() && s->scalar_type() == t && s->sizes() == p.sizes() &&
+                    s->is_contiguous(),
+                "adamhd fused low-bit step: exp_avg and exp_avg_sq of parameter ", i,
+                " must be contiguous CPU tensors of one dtype and of its shape ", p.sizes());
+  }
+  if (t == at::kByte) return kMomentInt8;
+  return t == at::kBFloat16 ? kMomentBF16 : kMomentPlain;
+}
+
+void check_lowbit_scale(size_t i, const at::Tensor& s, int64_t numel) {
+  TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && s.is_contiguous() &&
+                  s.numel() == (numel + kLowBlock - 1) / kLowBlock,
+              "adamhd fused low-bit step: the scales of parameter ", i, " must be ",
+              (numel + kLowBlock - 1) / kLowBlock, " contiguous float32 CPU values, got ",
+              s.scalar_type(), " with ", s.numel());
+}
+
+
+// Per-tensor constants of the step, as fused_step_ sets them (Adam's update, no amsgrad), and
+// this step's noise keys.
+void lowbit_constants(Job& job, LowExtra& x, double step, double d, double lr, double beta1,
+                      double beta2, double eps, double tau, double scale, bool maximize,
+                      bool cautious, uint32_t seed) {
+  const double bc1 = 1.0 - std::pow(beta1, step);
+  const double weight1 = 1.0 - beta1;
+  const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
+  job.c = Consts<double>{weight1,  beta2, 1.0 - beta2, -(lr / bc1), bc2_sqrt, eps, tau,
+                         1.0 - tau, 1.0 + tau, d, -d, scale > 0 ? scale : 1.0, -lr, bc1,
+                         1.0, 1.0, 1.0 / bc1, 1.0 / bc2_sqrt, 1.0};
+  job.f = Flags{weight1 < 0.5, maximize, scale > 0, kAdam, cautious};
+  const int64_t count = std::isfinite(step) ? static_cast<int64_t>(step) : 0;
+  x.key_m = low_rounding_key(seed, x.position, 0, count);
+  x.key_v = low_rounding_key(seed, x.position, 1, count);
+  x.key_p = low_rounding_key(seed, x.position, 2, count);
+}
+
+void lowbit_run(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                at::TensorList exp_avg_sqs, at::TensorList steps, at::TensorList mus,
+                at::IntArrayRef positions, std::vector<LowExtra>& extra, double scale, double lr,
+                double beta1, double beta2, double eps, double weight_decay, int64_t decay_kind,
+                double delta, double delta_scale, double delta_beta, bool advance, bool maximize,
+                bool cautious, uint32_t seed, bool param_sr) {
+  const size_t n = params.size();
+  const double tau = lr * weight_decay;
+  std::vector<at::Tensor> p_work(n), g_work(n);
+  std::vector<Job> jobs(n);
+  std::vector<int64_t> all;
+  for (size_t i = 0; i < n; ++i) {
+    p_work[i] = params[i].contiguous();
+    g_work[i] = grads[i].contiguous();
+    Job& job = jobs[i];
+    job.p = p_work[i].data_ptr();
+    job.g = g_work[i].data_ptr();
+    job.m = exp_avgs[i].data_ptr();
+    job.v = exp_avg_sqs[i].data_ptr();
+    extra[i].position = positions[i];
+    extra[i].param_sr = param_sr;
+    job.max_v = &extra[i];
+    job.numel = params[i].numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(),
+                                    "adamhd_lowbit_pick", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        pick_lowbit<scalar_t>(job, decay_kind, !cautious);
+      }
+    });
+    all.push_back(static_cast<int64_t>(i));
+  }
+  std::vector<double> abs_sum(n, 0.0);
+  std::vector<char> stale(n, 0);
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
+  }
+  std::vector<double> part, part2(list_chunks(jobs, all).job.size(), 0.0);
+  auto set_constants = [&](int64_t i) {
+    Job& job = jobs[i];
+    if (stale[i]) abs_sum[i] = chunk_total(job, part);
+    const double step = read_step_and_increment(steps[i]);
+    double d = delta;
+    if (advance) {
+      const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
+      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
+    }
+    lowbit_constants(job, extra[i], step, d, lr, beta1, beta2, eps, tau, scale, maximize,
+                     cautious, seed);
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (!stale[i]) set_constants(static_cast<int64_t>(i));
+  }
+  two_phase(
+      jobs, all, stale, part,
+      [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); }, set_constants,
+      [&](const Job& job, int64_t b, int64_t e) {
+        part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
+      });
+  std::vector<double> new_sum(n, 0.0);
+  if (advance) sum_chunks(jobs, all, part2, new_sum);
+  for (size_t i = 0; i < n; ++i) {
+    if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
+    if (scale > 0 && !g_work[i].is_same(grads[i])) grads[i].copy_(g_work[i]);
+    if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
+  }
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
+  }
+}
+
+}  // namespace
+
+// One fused low-bit AdamHD step over lists of CPU tensors, in place (see this section's top; the
+// other arguments as fused_step_'s). positions: each parameter's index in the optimizer; seed:
+// rounding_seed; param_sr: bf16_stochastic_round.
+void fused_lowbit_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList exp_avg_scales,
+                        at::TensorList exp_avg_sq_scales, at::TensorList steps, at::TensorList mus,
+                        at::IntArrayRef positions, const std::optional<at::Tensor>& lr_tensor,
+                        const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& found_inf, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t decay_kind,
+                        double delta, double delta_scale, double delta_beta, bool adaptive,
+                        bool maximize, bool cautious, int64_t seed, bool param_sr) {
+  const size_t n = params.size();
+  TORCH_CHECK(decay_kind >= 0 && decay_kind <= 2, "adamhd fused low-bit step: bad decay kind ",
+              decay_kind);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL,
+              "adamhd fused low-bit step: seed must be in [0, 2**32), got ", seed);
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                  steps.size() == n && positions.size() == n,
+              "adamhd fused low-bit step: the lists of params, grads, exp_avgs, exp_avg_sqs, "
+              "steps and positions differ in length");
+  const bool advance = adaptive && decay_kind != 0;
+  TORCH_CHECK(!advance || mus.size() == n,
+              "adamhd fused low-bit step: the adaptive threshold needs one delta_mu per parameter");
+  std::vector<LowExtra> extra(n);
+  size_t n_int8 = 0;
+  for (size_t i = 0; i < n; ++i) {
+    extra[i].moment = check_lowbit_tensor(i, params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]);
+    TORCH_CHECK(steps[i].device().is_cpu() && steps[i].numel() == 1,
+                "adamhd fused low-bit step: the step of parameter ", i,
+                " must be a 1-element CPU tensor");
+    if (advance) {
+      TORCH_CHECK(mus[i].device().is_cpu() && mus[i].numel() == 1 &&
+                      (mus[i].scalar_type() == at::kFloat || mus[i].scalar_type() == at::kDouble),
+                  "adamhd fused low-bit step: delta_mu of parameter ", i,
+                  " must be a 1-element float32 or float64 CPU tensor");
+    }
+    if (extra[i].moment != kMomentInt8) continue;
+    TORCH_CHECK(n_int8 < exp_avg_scales.size() && n_int8 < exp_avg_sq_scales.size(),
+                "adamhd fused low-bit step: one exp_avg_scale and exp_avg_sq_scale per uint8 "
+                "moment are needed");
+    check_lowbit_scale(i, exp_avg_scales[n_int8], params[i].numel());
+    check_lowbit_scale(i, exp_avg_sq_scales[n_int8], params[i].numel());
+    extra[i].m_scale = exp_avg_scales[n_int8].data_ptr<float>();
+    extra[i].v_scale = exp_avg_sq_scales[n_int8].data_ptr<float>();
+    ++n_int8;
+  }
+  TORCH_CHECK(n_int8 == exp_avg_scales.size() && n_int8 == exp_avg_sq_scales.size(),
+              "adamhd fused low-bit step: ", exp_avg_scales.size(), " scales for ", n_int8,
+              " uint8 moments");
+  if (scalar_of(found_inf, 0.0) != 0.0) return;  // GradScaler found inf/nan: change nothing
+  lowbit_run(params, grads, exp_avgs, exp_avg_sqs, steps, mus, positions, extra,
+             scalar_of(grad_scale, 0.0), scalar_of(lr_tensor, lr), beta1, beta2, eps,
+             weight_decay, decay_kind, delta, delta_scale, delta_beta, advance, maximize,
+             cautious, static_cast<uint32_t>(seed), param_sr);
+}
+
 TORCH_LIBRARY(adamhd, m) {
   m.def(
       "fused_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
@@ -1685,11 +2255,19 @@ TORCH_LIBRARY(adamhd, m) {
       "decay_(Tensor(a!)[] params, Tensor[] p_ts, Tensor(b!)[] mus, Tensor[] ds, "
       "Tensor? tau_tensor, float tau, int form, float delta, float delta_scale, "
       "float delta_beta, bool adaptive, bool cautious) -> ()");
+  m.def(  // issue 19: low-bit moments (spec.LOWBIT_SCHEMA)
+      "fused_lowbit_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_scales, Tensor(f!)[] exp_avg_sq_scales, "
+      "Tensor(g!)[] steps, Tensor(h!)[] mus, int[] positions, Tensor? lr_tensor, "
+      "Tensor? grad_scale, Tensor? found_inf, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int decay_kind, float delta, float delta_scale, float delta_beta, "
+      "bool adaptive, bool maximize, bool cautious, int seed, bool param_sr) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(adamhd, CPU, m) {
   m.impl("fused_step_", &fused_step_);
   m.impl("decay_", &decay_);
+  m.impl("fused_lowbit_step_", &fused_lowbit_step_);
 }
 
 // The float vector forms of softplus_beta and atan2 (x >= 0) on float32 tensors (the scalar form

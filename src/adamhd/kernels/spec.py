@@ -61,11 +61,13 @@ SOFTPLUS_THRESHOLD = 20.0
 DIFFERENTIABLE = False
 #: AdamHD's ``state_dtype`` (moment storage, ``optim/adamhd/lowbit.py``) per kernel, and whether
 #: the kernel rounds bf16 parameters stochastically (``bf16_stochastic_round``)
-STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32",), "cuda": ("float32",)}
-BF16_STOCHASTIC_ROUND = {"cpu": False, "cuda": False}
+#: (the CPU kernel runs low-bit groups in its own op, ``LOWBIT_ARGS`` below)
+STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32", "bfloat16", "int8"),
+                                            "cuda": ("float32",)}
+BF16_STOCHASTIC_ROUND = {"cpu": True, "cuda": False}
 #: why a kernel lacks a state format (the reason ``fused=True`` reports)
-STATE_DTYPE_GAP = ("the fused kernels run full-precision moments only; bf16 and 8-bit moments "
-                   "and stochastic rounding run on the foreach and single-tensor paths "
+STATE_DTYPE_GAP = ("the Triton kernel runs full-precision moments only; bf16 and 8-bit moments "
+                   "and stochastic rounding run on the foreach and single-tensor paths there "
                    "(working copies, adamhd.optim.adamhd.lowbit)")
 
 
@@ -91,16 +93,20 @@ def decay_reason(decay: Any) -> str | None:
 
 
 def state_reason(group: Any, device_type: str | None = None) -> str | None:
-    """Why the kernels (of ``device_type``, else all) cannot keep a param group's moments in its
+    """Why the kernel of ``device_type`` (``None``: every kernel, as at construction, before the
+    parameters' devices are looked at) cannot keep a param group's moments in its
     ``state_dtype`` or round its bf16 parameters stochastically, or ``None``."""
     kinds = [device_type] if device_type in STATE_DTYPES else list(STATE_DTYPES)
     dtype = group.get("state_dtype", "float32")
+    reasons = []
     for kind in kinds:
         if dtype not in STATE_DTYPES[kind]:
-            return f"state_dtype={dtype!r} is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
-        if group.get("bf16_stochastic_round", False) and not BF16_STOCHASTIC_ROUND[kind]:
-            return f"bf16_stochastic_round is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
-    return None
+            reasons.append(f"state_dtype={dtype!r} is not in the fused {kind} kernel: "
+                           f"{STATE_DTYPE_GAP}")
+        elif group.get("bf16_stochastic_round", False) and not BF16_STOCHASTIC_ROUND[kind]:
+            reasons.append(f"bf16_stochastic_round is not in the fused {kind} kernel: "
+                           f"{STATE_DTYPE_GAP}")
+    return reasons[0] if len(reasons) == len(kinds) else None
 
 
 def update_reason(update: Any, device_type: str | None = None) -> str | None:
@@ -335,3 +341,84 @@ def decay_op_args(
     """The positional arguments of ``torch.ops.adamhd.decay_`` for one call."""
     call = DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
     return [arg.value(call) for arg in DECAY_ARGS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Low-bit moments: ``adamhd::fused_lowbit_step_`` (CPU; issue 19). A group whose ``state_dtype``
+# is not "float32" or with ``bf16_stochastic_round`` (``adamhd.optim.adamhd.lowbit.is_lowbit``)
+# takes this op instead of ``fused_step_``: Adam's update only (the low-bit options refuse the
+# other rules), no amsgrad; decay as ``fused_step_`` (both rules and forms, fixed or adaptive
+# threshold, cautious).
+# ------------------------------------------------------------------------------------------------
+
+#: parameter dtypes of the low-bit op (float64 parameters keep float64 moments: not there)
+LOWBIT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class LowbitCall:
+    """What one call of the low-bit op is built from: ``Call``'s fields, the group's states
+    (moments and int8 scales), each parameter's index in the optimizer, the group's options."""
+
+    tensors: AdamTensors
+    hyper: AdamStep
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
+    states: list[Any]
+    positions: list[int]
+    group: Any
+
+
+def _scales(c: LowbitCall, key: str) -> list[Tensor]:
+    return [s[f"{key}_scale"] for s in c.states if s[key].dtype == torch.uint8]
+
+
+def _base(c: LowbitCall) -> Call:
+    return Call(c.tensors, c.hyper, c.grad_scale, c.found_inf)
+
+
+def _from_args(name: str) -> Callable[[LowbitCall], Any]:
+    arg = next(a for a in ARGS if a.name == name)
+    return lambda c: arg.value(_base(c))
+
+
+LOWBIT_ARGS: tuple[Arg, ...] = (
+    Arg("Tensor(a!)[]", "params", _from_args("params")),
+    Arg("Tensor(b!)[]", "grads", _from_args("grads")),
+    Arg("Tensor(c!)[]", "exp_avgs", lambda c: [s["exp_avg"] for s in c.states]),
+    Arg("Tensor(d!)[]", "exp_avg_sqs", lambda c: [s["exp_avg_sq"] for s in c.states]),
+    Arg("Tensor(e!)[]", "exp_avg_scales", lambda c: _scales(c, "exp_avg")),
+    Arg("Tensor(f!)[]", "exp_avg_sq_scales", lambda c: _scales(c, "exp_avg_sq")),
+    Arg("Tensor(g!)[]", "steps", _from_args("steps")),
+    Arg("Tensor(h!)[]", "mus", _from_args("mus")),
+    Arg("int[]", "positions", lambda c: list(c.positions)),
+    *(Arg(a.type, a.name, _from_args(a.name)) for a in ARGS if a.name in (
+        "lr_tensor", "grad_scale", "found_inf", "lr", "beta1", "beta2", "eps", "weight_decay",
+        "decay_kind", "delta", "delta_scale", "delta_beta", "adaptive", "maximize", "cautious")),
+    Arg("int", "seed", lambda c: int(c.group.get("rounding_seed", 0))),
+    Arg("bool", "param_sr", lambda c: bool(c.group.get("bf16_stochastic_round", False))),
+)
+
+#: the low-bit op's schema, as ``adamhd_cpu.cpp`` defines it
+LOWBIT_SCHEMA = ("fused_lowbit_step_(" + ", ".join(f"{a.type} {a.name}" for a in LOWBIT_ARGS)
+                 + ") -> ()")
+
+
+def lowbit_reason(params: list[Tensor]) -> str | None:
+    """Why the low-bit op cannot take ``params`` (plain CPU tensors of ``LOWBIT_DTYPES``)."""
+    for p in params:
+        if type(p) not in (Tensor, torch.nn.Parameter) or p.device.type != "cpu":
+            return ("the fused low-bit kernel takes plain CPU tensors (low-bit states on CUDA or "
+                    "as DTensor shards run on the foreach and single-tensor paths)")
+        if p.dtype not in LOWBIT_DTYPES:
+            return (f"the fused low-bit CPU kernel does not take {p.dtype} parameters (float64 "
+                    "parameters keep float64 moments; use fused=None or False)")
+    return None
+
+
+def lowbit_op_args(tensors: AdamTensors, hyper: AdamStep, grad_scale: Tensor | None,
+                   found_inf: Tensor | None, states: list[Any], positions: list[int],
+                   group: Any) -> list[Any]:
+    """The positional arguments of ``torch.ops.adamhd.fused_lowbit_step_`` for one call."""
+    call = LowbitCall(tensors, hyper, grad_scale, found_inf, states, positions, group)
+    return [arg.value(call) for arg in LOWBIT_ARGS]
