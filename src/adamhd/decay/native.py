@@ -106,30 +106,6 @@ class StepDecay:
         mus = [state[MU_KEY] for state in states]
         return self.rule.thresholds(params, mus, one_kind, abs_means=abs_means)
 
-    def around_(
-        self,
-        params: list[Tensor],
-        states: list[dict[str, Any]],
-        lr: float | Tensor,
-        apply_update: Callable[[], None],
-        signs: list[Tensor] | None = None,
-        foreach: bool = True,
-    ) -> None:
-        """Decay ``params`` around ``apply_update()`` (see the module docstring)."""
-        rule = self.rule
-        if rule.cautious and signs is None:
-            raise ValueError("cautious decay needs the sign of the update (signs=)")
-        tau = decay_strength(lr, self.coefficient)
-        ds = self.thresholds(params, states, foreach)
-        masks = None
-        if rule.before_update:
-            rule.apply_(params, tau, ds, foreach, signs=signs if rule.cautious else None)
-        elif rule.cautious:
-            masks = rule.masks(signs, params, foreach)  # type: ignore[arg-type]
-        apply_update()
-        if not rule.before_update:
-            rule.apply_(params, tau, ds, foreach, masks)
-
 
 def decayed_update_(
     step_decay: StepDecay | None,
@@ -140,7 +116,7 @@ def decayed_update_(
     signs: list[Tensor] | None = None,
     foreach: bool = True,
 ) -> None:
-    """``apply_update()`` with the group's decay around it (``step_decay.around_``); just
+    """``apply_update()`` with the group's decay around it (see the module docstring); just
     ``apply_update()`` when ``step_decay`` is ``None`` (no decay this step).
 
     ``foreach``: the decay's ``torch._foreach_*`` ops (the default: the former
@@ -149,4 +125,16 @@ def decayed_update_(
     if step_decay is None:
         apply_update()
         return
-    step_decay.around_(params, states, lr, apply_update, signs, foreach)
+    rule = step_decay.rule
+    if rule.cautious and signs is None:
+        raise ValueError("cautious decay needs the sign of the update (signs=)")
+    tau = decay_strength(lr, step_decay.coefficient)
+    ds = step_decay.thresholds(params, states, foreach)
+    masks = None
+    if rule.before_update:
+        rule.apply_(params, tau, ds, foreach, signs=signs if rule.cautious else None)
+    elif rule.cautious:
+        masks = rule.masks(signs, params, foreach)  # type: ignore[arg-type]
+    apply_update()
+    if not rule.before_update:
+        rule.apply_(params, tau, ds, foreach, masks)
