@@ -78,6 +78,7 @@ class CheckedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self.check_group(merged)
+        self.check_decay(merged)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         if self.dtensor_reason is not None and any(is_dtensor(p) for p in params):
@@ -114,10 +115,13 @@ class CheckedOptimizer(Optimizer):
     cautious_decay_reason: ClassVar[str | None] = None
 
     def check_decay(self, group: dict[str, Any]) -> None:
-        """The group's decay keys (``ValueError`` naming the first bad one). Not inside
-        ``with_decoupled_decay``, whose rules own the keys (the base step sees
-        ``weight_decay=0``)."""
-        if self.native_decay and not getattr(self, "decay_by_wrapper", False):
+        """With ``native_decay``: ``weight_decay`` and the decay keys (``ValueError`` naming the
+        first bad one), after ``check_group``. Not inside ``with_decoupled_decay``, whose rules
+        own the keys (the base step sees ``weight_decay=0``)."""
+        if not self.native_decay:
+            return
+        finite_nonneg("weight_decay", group["weight_decay"])
+        if not getattr(self, "decay_by_wrapper", False):
             check_native_decay(group, self.name, self.cautious_decay_reason)
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
@@ -159,6 +163,7 @@ class CheckedOptimizer(Optimizer):
         self.check_grads()
         for group in self.param_groups:  # groups edited since construction: refused here
             self.check_group(group)
+            self.check_decay(group)
         work = [(g, ps) for g in self.param_groups if (ps := self.params_with_grad(g))]
         hypers = [self.group_hyper(g, **step_values) for g, _ in work]
         batches = [

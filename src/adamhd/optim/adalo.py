@@ -143,12 +143,10 @@ class AdaLo(CheckedOptimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         in_unit("betas[0]", betas[0])
         in_unit("betas[1]", betas[1])
-        finite_nonneg("weight_decay", group["weight_decay"])
         check("kappa", group["kappa"], lambda v: 0.0 < v < float("inf"), "a finite number > 0")
         finite_nonneg("eps", group["eps"])
         if group["mode"] not in MODES:
             raise ValueError(f"Invalid mode: {group['mode']!r} (one of {', '.join(MODES)})")
-        self.check_decay(group)
 
     @torch.no_grad()
     def step(

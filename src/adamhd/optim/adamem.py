@@ -134,8 +134,6 @@ class AdaptiveMemorySGD(CheckedOptimizer):
         check_lr(group)
         finite_nonneg("lam", group["lam"])
         in_unit("beta_max", group["beta_max"])
-        finite_nonneg("weight_decay", group["weight_decay"])
-        self.check_decay(group)
         for other in getattr(self, "param_groups", []):
             for key in ("lam", "beta_max"):
                 if other[key] != group[key]:

@@ -120,8 +120,6 @@ class AdaMomentum(CheckedOptimizer):
         finite_nonneg("eps", group["eps"])
         if group["eps"] == 0:
             raise ValueError("Invalid eps: eps=0 (need eps > 0: it is the floor of v)")
-        finite_nonneg("weight_decay", group["weight_decay"])
-        self.check_decay(group)
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]

@@ -158,8 +158,6 @@ class FCAdam(CheckedOptimizer):
         check_lr(group)
         check_betas(group)
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
-        self.check_decay(group)
         check("alpha", group["alpha"], lambda a: 0.0 < a <= 1.0, "0 < alpha <= 1")
         for key in ("history", "seed"):
             value = group[key]

@@ -136,8 +136,6 @@ class NSGDA(CheckedOptimizer):
         check_lr(group)
         in_unit("momentum", group["momentum"])
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
-        self.check_decay(group)
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
