@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
 
 from adamhd import NSGDA, AdaLo, AdaMomentum, FCAdam, with_decoupled_decay
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.optim._base import CheckedOptimizer
 from adamhd.optim.adamem import AdaptiveMemorySGD
 from tests.optim import common
 
@@ -217,6 +221,66 @@ def test_adalo_default_is_the_former_l2_bit_for_bit(dtype):
         q.mul_(1.0 - lr_t * wd)
         q.sub_(m * lr_t)
     assert torch.equal(p.detach(), q)
+
+
+def test_schedule_scaling_follows_the_lr_multiplier():
+    """``decay_scaling="schedule"``: ``tau = (lr_t/initial_lr)*weight_decay``; here lr halves
+    after construction, so the L2 factor is ``1 - 0.5*wd`` (NSGDA's update written here)."""
+    p0, grads = _setup((4, 3), n=1)
+    p = p0.clone().requires_grad_()
+    opt = NSGDA([p], lr=0.2, momentum=0.5, weight_decay=0.1, decay_scaling="schedule")
+    assert opt.param_groups[0]["initial_lr"] == 0.2
+    opt.param_groups[0]["lr"] = 0.1
+    _run(opt, p, grads)
+    m_hat = grads[0]  # (1 - mu)*g / (1 - mu)
+    want = p0 * (1 - 0.5 * 0.1) - 0.1 * m_hat / (torch.linalg.vector_norm(m_hat) + 1e-8)
+    torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)
+
+
+@dataclass(frozen=True)
+class SignHyper:
+    lr: float
+    step_decay: StepDecay | None
+
+
+class SignSGD(CheckedOptimizer):
+    """A new optimizer on the shared loop: ``hyper_type`` with a ``step_decay`` field (filled by
+    the base), per-tensor steps (``foreach=False``) as a single-tensor optimizer writes them."""
+
+    name = "SignSGD"
+    native_decay = True
+    hyper_type = SignHyper
+
+    def __init__(self, params, lr=0.1, weight_decay=0.0, *, maximize=False, **decay):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize,
+                                      **decay_options(self.name, decay)))
+
+    def check_group(self, group):
+        pass
+
+    def init_state(self, p, group):
+        return self.state[p]
+
+    def group_step(self, params, grads, states, hyper):
+        for p, g, state in zip(params, grads, states):
+            u = torch.sign(g)
+            decayed_update_(hyper.step_decay, [p], [state], hyper.lr,
+                            partial(p.add_, u, alpha=-hyper.lr), signs=[u], foreach=False)
+
+
+@pytest.mark.parametrize("rule_name", ["huber-explicit", "huber-adaptive-proximal-cautious"])
+def test_a_hyper_record_gets_its_step_decay_from_the_base(rule_name):
+    rule = RULES[rule_name]
+    p0, grads = _setup((6, 3))
+    p = p0.clone().requires_grad_()
+    opt = SignSGD([p], lr=0.05, weight_decay=1.5, **_keys(rule))
+    _run(opt, p, grads)
+    want, threshold = p0.clone(), RefThreshold(rule["delta"])
+    for g in grads:
+        u = torch.sign(g)
+        want = ref_decayed(want, want - 0.05 * u, u, 0.05 * 1.5, threshold(want), rule["form"],
+                           rule["cautious"])
+    torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------------
