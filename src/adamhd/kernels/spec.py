@@ -48,8 +48,13 @@ DECAY_FORMS = {"explicit": 1, "proximal": 2}
 CAUTIOUS_DECAY = True
 #: Adam directions (``update=``) and their code in the kernels
 UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
-#: ``UpdateRule`` options with a per-tensor reduction or extra state that the kernels run: none
-UPDATE_OPTIONS: tuple[str, ...] = ()
+#: ``UpdateRule`` options with a per-tensor reduction or extra state, per kernel: the CPU kernel
+#: runs them in the same op call (a reduction phase per tensor, then the update: ``option_step``
+#: in ``adamhd_cpu.cpp``); the Triton kernel runs none
+UPDATE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("cautious", "trust_ratio", "adanorm", "diffgrad"),
+    "cuda": (),
+}
 #: ``torch.nn.functional.softplus``'s default threshold: ``softplus(x) = x`` above it
 SOFTPLUS_THRESHOLD = 20.0
 #: torch's ``differentiable=True`` (autograd through the step): not in the kernels
@@ -98,15 +103,18 @@ def state_reason(group: Any, device_type: str | None = None) -> str | None:
     return None
 
 
-def update_reason(update: Any) -> str | None:
-    """Why the kernels cannot run the update rule record ``update``, or ``None``."""
+def update_reason(update: Any, device_type: str | None = None) -> str | None:
+    """Why the kernel of ``device_type`` cannot run the update rule record ``update``, or
+    ``None``; without ``device_type``: why no kernel can (``None`` if one can)."""
     if update.update not in UPDATE_KINDS:
         return f"the fused AdamHD kernels do not implement update={update.update!r}"
-    missing = [f for f in ("cautious", "trust_ratio", "adanorm", "diffgrad")
-               if getattr(update, f) and f not in UPDATE_OPTIONS]
-    if missing:
-        return f"the fused AdamHD kernels do not implement {update.describe()}"
-    return None
+    on = [f for f in ("cautious", "trust_ratio", "adanorm", "diffgrad") if getattr(update, f)]
+    kinds = [device_type] if device_type is not None else list(UPDATE_OPTIONS)
+    for kind in kinds:
+        if all(f in UPDATE_OPTIONS.get(kind, ()) for f in on):
+            return None
+    where = f"the fused {device_type} kernel" if device_type else "the fused AdamHD kernels"
+    return f"{where} does not implement {update.describe()}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,12 +157,14 @@ def update_args(hyper: AdamStep) -> tuple[int, float, float]:
 
 @dataclass(frozen=True)
 class Call:
-    """What one call of the op is built from."""
+    """What one call of the op is built from (``rule_states``: each parameter's optimizer state,
+    holding ``prev_grad``/``adanorm_e`` where the update rule keeps them)."""
 
     tensors: AdamTensors
     hyper: AdamStep
     grad_scale: Tensor | None
     found_inf: Tensor | None
+    rule_states: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,25 @@ class Arg:
 
 def _lr_tensor(c: Call) -> Tensor | None:
     return c.hyper.lr if isinstance(c.hyper.lr, Tensor) else None
+
+
+def _rule_state(flag: str, key: str) -> Callable[[Call], list[Tensor]]:
+    """The state list ``key`` of each parameter where the update rule has ``flag``, else []."""
+
+    def value(c: Call) -> list[Tensor]:
+        if not getattr(c.hyper.update, flag):
+            return []
+        if c.rule_states is None or any(key not in s for s in c.rule_states):
+            raise ValueError(f"{flag}=True needs each parameter's {key!r} (rule_states)")
+        return [s[key] for s in c.rule_states]
+
+    return value
+
+
+def _rules():
+    from adamhd.optim.adamhd import update_rules
+
+    return update_rules
 
 
 ARGS: tuple[Arg, ...] = (
@@ -199,6 +228,14 @@ ARGS: tuple[Arg, ...] = (
     Arg("float", "update_a", lambda c: update_args(c.hyper)[1]),
     Arg("float", "update_b", lambda c: update_args(c.hyper)[2]),
     Arg("bool", "cautious", lambda c: bool(c.hyper.decay.cautious)),
+    Arg("Tensor(h!)[]", "prev_grads", _rule_state("diffgrad", "prev_grad")),
+    Arg("Tensor(i!)[]", "adanorm_es", _rule_state("adanorm", "adanorm_e")),
+    Arg("bool", "cautious_update", lambda c: bool(c.hyper.update.cautious)),
+    Arg("bool", "trust_ratio", lambda c: bool(c.hyper.update.trust_ratio)),
+    Arg("bool", "adanorm", lambda c: bool(c.hyper.update.adanorm)),
+    Arg("bool", "diffgrad", lambda c: bool(c.hyper.update.diffgrad)),
+    Arg("float", "adanorm_gamma", lambda c: float(_rules().ADANORM_GAMMA)),
+    Arg("float", "cautious_floor", lambda c: float(_rules().CAUTIOUS_MIN_FRACTION)),
 )
 
 #: the op's schema, as ``adamhd_cpu.cpp`` defines it
@@ -206,10 +243,14 @@ SCHEMA = "fused_step_(" + ", ".join(f"{a.type} {a.name}" for a in ARGS) + ") -> 
 
 
 def op_args(
-    tensors: AdamTensors, hyper: AdamStep, grad_scale: Tensor | None, found_inf: Tensor | None
+    tensors: AdamTensors,
+    hyper: AdamStep,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    rule_states: list[dict[str, Any]] | None = None,
 ) -> list[Any]:
     """The positional arguments of ``torch.ops.adamhd.fused_step_`` for one call."""
-    call = Call(tensors, hyper, grad_scale, found_inf)
+    call = Call(tensors, hyper, grad_scale, found_inf, rule_states)
     return [arg.value(call) for arg in ARGS]
 
 

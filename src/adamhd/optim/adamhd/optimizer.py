@@ -274,8 +274,10 @@ class AdamHD(CheckedState, Optimizer):
         super().__init__(params, defaults)
         if fused:
             for group in self.param_groups:
+                rule = UpdateRule.from_group(group)
                 for p in group["params"]:
                     reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
+                    reason = reason or kernels.fused_update_reason(rule, p.device.type)
                     if reason is not None:
                         raise RuntimeError(f"fused=True cannot be honoured: {reason}")
             # The fused kernels read GradScaler's grad_scale/found_inf themselves.
@@ -334,7 +336,7 @@ class AdamHD(CheckedState, Optimizer):
         if (
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
-            and kernels.fused_update_reason(hyper.update) is None
+            and kernels.fused_update_reason(hyper.update, params[0].device.type) is None
             and not any_dtensor(params)
             and kernels.fused_is_default(params)
         ):
