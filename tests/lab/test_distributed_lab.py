@@ -68,7 +68,8 @@ def test_two_processes_match_one(mode, data, one_process):
     if mode == "fsdp":
         cmd.append("--fsdp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # a loaded 2-core machine took > 180 s once
+    # 600 s: a loaded 2-core machine once took more than 180 s
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("report:") == 1  # rank 0 alone reports
     results, rows, weights = outcome(out)
