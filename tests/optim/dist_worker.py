@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor.debug import CommDebugMode
 
 from tests.distributed import common
 from tests.distributed.worker import sharded_model
-from tests.optim.dist_configs import CONFIGS, make_optimizer, step
+from tests.optim.dist_configs import CONFIGS, SURVEY, make_optimizer, step
 
 
 def train(rank: int, world: int, name: str) -> dict:
@@ -30,11 +32,14 @@ def train(rank: int, world: int, name: str) -> dict:
         counts.append({str(op): n for op, n in comm.get_comm_counts().items()})
         opt.zero_grad()
     keys = sorted({k for s in opt.state.values() for k in s})  # the same gather order on all ranks
-    return {
+    result = {
         "weights": common.weights(model),
-        "state": {k: common.state_by_name(model, opt, k) for k in keys},
+        "state": {k: common.state_by_name(model, opt, k) for k in keys if k != "sign"},
         "comm_counts": counts,
     }
+    if "sign" in keys:  # SMMF: each rank packs its own shard's signs
+        result["signs"] = smmf_signs(model, opt, world)
+    return result
 
 
 def refusals() -> dict[str, str]:
@@ -50,8 +55,22 @@ def refusals() -> dict[str, str]:
     return out
 
 
+def smmf_signs(model: nn.Module, opt, world: int) -> dict[str, torch.Tensor]:
+    """SMMF's sign flags of every whole tensor: each rank's unpacked flags, gathered in order."""
+    from adamhd.optim.smmf import unpack_signs
+
+    out = {}
+    for name, p in model.named_parameters():
+        flags = unpack_signs(opt.state[p]["sign"], p.to_local().numel())
+        everyone = [None] * world
+        dist.all_gather_object(everyone, flags)
+        out[name] = torch.cat(everyone)
+    return out
+
+
 def collect(rank: int, world: int, out: Path) -> dict:
     results = {name: train(rank, world, name) for name in CONFIGS}
+    results["survey"] = {name: train(rank, world, name) for name in SURVEY}
     results["refusals"] = refusals()
     return results
 

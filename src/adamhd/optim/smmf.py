@@ -26,7 +26,8 @@ bytes per parameter for large tensors (AdamW: 8). ``weight_decay`` (default 0) i
 Sharded DTensor parameters split along dim 0 (FSDP2): each rank holds a range of the flattened
 tensor, so a window of the square view. The factors are kept whole on every rank; each rank adds
 its window's row and column sums and ``adamhd.distributed.all_reduce_partials`` completes them
-(one collective per tensor per step), so every rank computes one process's step. The packed
+(one collective per tensor per step on the loop path, one per group on the foreach path), so
+every rank computes one process's step. The packed
 signs are each rank's own (``n_local/8`` bytes, a plain tensor): a checkpoint of a sharded SMMF
 must be reloaded on the same sharding (per-rank ``state_dict``; ``torch.distributed.checkpoint``
 resharding of the signs is not supported). Other splits (tensor parallel) are refused.
@@ -189,17 +190,30 @@ def _window_sums(a: Tensor, w: _Window) -> list[Tensor]:
     return [rows, block.view(-1, k).sum(0)]
 
 
-def _compress(p: Tensor, state: dict[str, Tensor], m: Tensor, v: Tensor, w: _Window) -> None:
-    """Signs and rank-1 factors of the new ``M`` and ``V`` into the state (the factors of a
-    sharded tensor completed across ranks by one ``all_reduce_partials``)."""
+def _factor_sums(m: Tensor, v: Tensor, w: _Window) -> list[Tensor]:
+    """Row and column sums of ``|M|`` and ``V`` on the window (partial for a shard)."""
+    return _window_sums(m.abs(), w) + _window_sums(v, w)
+
+
+def _store(state: dict[str, Tensor], m: Tensor, sums: list[Tensor], w: _Window) -> None:
+    """The new signs and rank-1 factors (from the whole tensor's ``sums``) into the state."""
     state["sign"].copy_(pack_signs(m >= 0))
-    sums = _window_sums(m.abs(), w) + _window_sums(v, w)
-    if not w.whole:
-        sums = all_reduce_partials([p] * 4, sums)
     for key, (r, c) in (("m", sums[:2]), ("v", sums[2:])):
         r, c = _normalise(r, c, w.shape)
         state[f"row_{key}"].copy_(r)
         state[f"col_{key}"].copy_(c)
+
+
+def _compress(params: list[Tensor], states: list[dict[str, Tensor]], ms: list[Tensor],
+              vs: list[Tensor], windows: list[_Window]) -> None:
+    """Signs and factors of the new ``M`` and ``V`` of every tensor; the sums of sharded
+    tensors completed across ranks by one ``all_reduce_partials`` for all of them."""
+    sums = [_factor_sums(m, v, w) for m, v, w in zip(ms, vs, windows)]
+    owners = [p for p, w in zip(params, windows) if not w.whole for _ in range(4)]
+    parts = [x for s, w in zip(sums, windows) if not w.whole for x in s]
+    totals = iter(all_reduce_partials(owners, parts))
+    for state, m, s, w in zip(states, ms, sums, windows):
+        _store(state, m, s if w.whole else [next(totals) for _ in range(4)], w)
 
 
 def _betas(t: float, h: SMMFHyper) -> tuple[float, float]:
@@ -221,7 +235,7 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SMMFHyper) -> None:
     if h.weight_decay != 0.0:
         p_local.mul_(1.0 - h.lr * h.weight_decay)
     p_local.sub_((update * h.lr).reshape(p_local.shape).to(p.dtype))
-    _compress(p, state, m, v, w)
+    _compress([p], [state], [m], [v], [w])
 
 
 def _moments(g: Tensor, state: dict[str, Tensor], w: _Window, beta_m: float,
@@ -264,8 +278,7 @@ def _foreach(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
     for i in sorted(set(range(len(params))) - set(direct)):
         x = p_locals[i]
         x.sub_((ms[i] / denoms[i] * h.lr).reshape(x.shape).to(x.dtype))
-    for p, s, m, v, w in zip(params, states, ms, vs, windows):
-        _compress(p, s, m, v, w)
+    _compress(params, states, ms, vs, windows)
 
 
 def smmf(
