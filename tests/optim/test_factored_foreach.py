@@ -76,6 +76,25 @@ def test_foreach_equals_single_tensor_path(name, dtype):
         assert float(opt_m.state[multi[0]]["step"]) == STEPS
 
 
+def test_batches_split_by_elements():
+    from adamhd.optim._paths import batches
+
+    sizes = [torch.zeros(n) for n in (0, 5, 20, 3, 3, 0, 30, 1)]
+    assert batches(sizes, limit=10) == [[0, 1], [2], [3, 4, 5], [6], [7]]
+    assert batches(sizes) == [list(range(8))] and batches([]) == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_foreach_in_small_batches_equals_single(name, monkeypatch):
+    import adamhd.optim._paths as paths
+
+    monkeypatch.setattr(paths, "BATCH_ELEMENTS", 20)  # (5, 7) and (3, 4, 6) alone, the rest paired
+    single, _ = _train(name, False, torch.float64)
+    multi, _ = _train(name, True, torch.float64)
+    for a, b in zip(single, multi):
+        torch.testing.assert_close(b, a, **_close(torch.float64), msg=str(a.shape))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_foreach_checkpoint_round_trip_continues_the_same(name):
     whole, _ = _train(name, True, torch.float32, steps=STEPS)

@@ -36,8 +36,9 @@ Sharded DTensor (FSDP2, tensor-parallel) parameters: the factors are DTensors sp
 weight along the dims they keep (``R`` of an FSDP2 weight is sharded by rows, ``C`` replicated);
 ``C``, ``mean(R)``, ``rms(U)`` and ``rms(p)`` are completed across shards by
 ``adamhd.distributed.all_reduce_partials``, so every rank computes one process's step.
-Collectives per step: three per tensor on the loop path, three per group on the foreach path
-(``foreach=True``), which runs the elementwise work in ``torch._foreach_*`` calls.
+Collectives per step: three per tensor on the loop path, three per batch of tensors on the
+foreach path (``foreach=True``, batches of up to ``optim._paths.BATCH_ELEMENTS`` elements), which
+runs the elementwise work in ``torch._foreach_*`` calls.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from adamhd.optim._base import (
     new_step,
     stat_dtype,
 )
-from adamhd.optim._paths import use_foreach
+from adamhd.optim._paths import batches, use_foreach
 
 __all__ = ["Adafactor", "AdafactorHyper", "adafactor", "inverse_sqrt_factored", "rms"]
 
@@ -224,15 +225,17 @@ def adafactor(
     params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], h: AdafactorHyper
 ) -> None:
     """One Adafactor step over lists of tensors (the math; the class gathers the lists):
-    ``h.foreach`` runs the foreach path on the tensors grouped by their step count."""
+    ``h.foreach`` runs the foreach path on batches of tensors that share a step count."""
     if not h.foreach:
         for p, g, state in zip(params, grads, states):
             _one(p, g, state, h)
         return
     torch._foreach_add_([s["step"] for s in states], 1.0)
-    for index in _by_step(states).values():
-        _foreach([params[i] for i in index], [grads[i] for i in index],
-                 [states[i] for i in index], h)
+    for same_step in _by_step(states).values():
+        for batch in batches([params[i] for i in same_step]):
+            index = [same_step[k] for k in batch]
+            _foreach([params[i] for i in index], [grads[i] for i in index],
+                     [states[i] for i in index], h)
 
 
 def _by_step(states: list[dict[str, Tensor]]) -> dict[float, list[int]]:

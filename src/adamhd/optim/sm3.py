@@ -27,8 +27,8 @@ tests/optim/test_peers.py); its default is ``momentum=0`` and it adds an EMA var
 Sharded DTensor (FSDP2, tensor-parallel) parameters: ``a_d`` is a DTensor split like the weight
 along dim ``d`` and replicated otherwise; the slice maxima over a split dim are completed by
 ``adamhd.distributed.all_reduce_partials`` (``max``): one collective per tensor on the loop
-path, one per group on the foreach path (``foreach=True``: the elementwise work in
-``torch._foreach_*`` calls).
+path, one per batch of tensors on the foreach path (``foreach=True``: the elementwise work in
+``torch._foreach_*`` calls on batches of up to ``optim._paths.BATCH_ELEMENTS`` elements).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from adamhd.optim._base import (
     in_unit,
     stat_dtype,
 )
-from adamhd.optim._paths import use_foreach
+from adamhd.optim._paths import batches, use_foreach
 
 __all__ = ["SM3", "SM3Hyper", "sm3"]
 
@@ -174,7 +174,9 @@ def sm3(
 ) -> None:
     """One SM3 step over lists of tensors (the math; the class gathers the lists)."""
     if h.foreach:
-        _foreach(params, grads, states, h)
+        for index in batches(params):
+            _foreach([params[i] for i in index], [grads[i] for i in index],
+                     [states[i] for i in index], h)
         return
     for p, g, state in zip(params, grads, states):
         _one(p, g, state, h)
