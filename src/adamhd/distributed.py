@@ -186,3 +186,16 @@ def zeros_over(p: Tensor, kept_dims: Sequence[int], dtype: torch.dtype) -> Tenso
     ]
     return dtensor_zeros(shape, dtype=dtype, device_mesh=p.device_mesh,  # type: ignore[attr-defined]
                          placements=placements)
+
+
+def like_param(p: Tensor, local: Tensor) -> Tensor:
+    """``local`` (values of ``p``'s local shard, same shape) as a tensor of ``p``'s kind: a
+    DTensor with ``p``'s mesh and placements for a DTensor ``p`` (no copy, no communication),
+    else ``local`` itself. For elementwise rules applied to the DTensor ``p`` (the decay's
+    cautious mask takes the update's sign this way)."""
+    if not is_dtensor(p):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, p.device_mesh, p.placements,  # type: ignore[attr-defined]
+                              run_check=False, shape=p.shape, stride=p.stride())

@@ -25,6 +25,14 @@ SURVEY = {
         ("adafactor_fixed", Adafactor, dict(lr=0.05, relative_step=False, d=0.5)),
         ("sm3", SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.3)),
         ("smmf", SMMF, dict(lr=0.05, weight_decay=0.3, decay_rate=-0.8)),
+        # their weight_decay through the decay rules: adaptive Huber (whole-tensor mean|p|),
+        # cautious (the update's sign as a DTensor), proximal
+        ("adafactor_huber", Adafactor, dict(lr=0.05, weight_decay=0.3, decay="huber",
+                                            delta="adaptive", decay_form="proximal")),
+        ("sm3_huber", SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.3, decay="huber",
+                                delta="adaptive", cautious_decay=True)),
+        ("smmf_huber", SMMF, dict(lr=0.05, weight_decay=2.0, decay="huber", delta="adaptive",
+                                  cautious_decay=True)),
     )
     for path in ("single", "foreach")
 }

@@ -157,8 +157,9 @@ def test_checkpoint_without_foreach_key_loads(name):
 def test_smmf_refuses_a_split_other_than_rows(monkeypatch):
     """SMMF's square view needs each shard to be a range of the flattened tensor (FSDP2's
     Shard(0)); a tensor-parallel Shard(1) is refused when the group is added."""
-    import adamhd.optim.smmf as smmf_module
     from torch.distributed.tensor import Shard
+
+    import adamhd.optim.smmf as smmf_module
 
     p = torch.zeros(4, 6, requires_grad=True)
     p.placements = (Shard(1),)

@@ -45,12 +45,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adamhd.distributed import all_reduce_partials, is_dtensor, local_shard, zeros_over
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.distributed import (
+    all_reduce_partials,
+    is_dtensor,
+    like_param,
+    local_shard,
+    zeros_over,
+)
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -74,7 +82,7 @@ class AdafactorHyper:
     decay_rate: float
     relative_step: bool
     scale_parameter: bool
-    weight_decay: float
+    step_decay: StepDecay | None
     foreach: bool = False
 
 
@@ -153,9 +161,10 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: AdafactorHyper) -> N
     size = math.sqrt(max(p.numel(), 1))
     clip = (norm_u / size / h.d).clamp_(min=1.0)
     alpha = rho * (norm_p / size).clamp(min=h.eps2) if h.scale_parameter else rho
-    if h.weight_decay != 0.0:
-        p_local.mul_(1.0 - h.lr * h.weight_decay)
-    p_local.addcmul_(update.to(p.dtype), -alpha / clip)
+    step_update = update.to(p.dtype)
+    decayed_update_(h.step_decay, [p], [state], h.lr,
+                    partial(p_local.addcmul_, step_update, -alpha / clip),
+                    signs=[like_param(p, step_update)], foreach=False)
 
 
 def _foreach(
@@ -181,7 +190,7 @@ def _foreach(
         torch._foreach_mul_(inv, [g_stat[i] for i in plain])
         for i, u in zip(plain, inv):
             updates[i] = u
-    _foreach_apply(params, locals_, updates, rho, h)  # type: ignore[arg-type]
+    _foreach_apply(params, states, locals_, updates, rho, h)  # type: ignore[arg-type]
 
 
 def _foreach_factored(index, params, g2, states, one_minus_beta2, updates) -> None:
@@ -202,8 +211,9 @@ def _foreach_factored(index, params, g2, states, one_minus_beta2, updates) -> No
         updates[i] = inverse_sqrt_factored(factors[2 * k], factors[2 * k + 1], mean)
 
 
-def _foreach_apply(params, locals_, updates, rho, h: AdafactorHyper) -> None:
-    """``p -= alpha/clip * U`` (after the decay) for every tensor, the norms in one reduction."""
+def _foreach_apply(params, states, locals_, updates, rho, h: AdafactorHyper) -> None:
+    """``p -= alpha/clip * U`` (with the group's decay around it) for every tensor, the norms
+    in one reduction."""
     n = len(params)
     owners = params + params
     p_stat = [x.to(u.dtype) for x, u in zip(locals_, updates)]
@@ -214,11 +224,16 @@ def _foreach_apply(params, locals_, updates, rho, h: AdafactorHyper) -> None:
         alphas = [rho * (norm / size).clamp(min=h.eps2) for norm, size in zip(norms[n:], sizes)]
     else:
         alphas = [rho] * n
-    if h.weight_decay != 0.0:
-        torch._foreach_mul_(locals_, 1.0 - h.lr * h.weight_decay)
     coefs = [(-a / c).to(u.dtype) for a, c, u in zip(alphas, clips, updates)]
-    torch._foreach_mul_(updates, coefs)
-    torch._foreach_add_(locals_, [u.to(x.dtype) for u, x in zip(updates, locals_)])
+    torch._foreach_mul_(updates, coefs)  # -alpha/clip * U: the sign of -U
+    steps = [u.to(x.dtype) for u, x in zip(updates, locals_)]
+    signs = [like_param(p, s.neg()) for p, s in zip(params, steps)] if _cautious(h) else None
+    decayed_update_(h.step_decay, params, states, h.lr,
+                    partial(torch._foreach_add_, locals_, steps), signs=signs)
+
+
+def _cautious(h: AdafactorHyper) -> bool:
+    return h.step_decay is not None and h.step_decay.rule.cautious
 
 
 def adafactor(
@@ -256,13 +271,17 @@ class Adafactor(CheckedOptimizer):
         eps1, eps2, d, decay_rate: the paper's ``epsilon_1, epsilon_2, d`` and ``-c`` of
             ``beta2_t = 1 - t**-c``. Defaults 1e-30, 1e-3, 1.0, -0.8.
         relative_step, scale_parameter: see the formula. Defaults True.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay`` (as torch). Default 0.
+        weight_decay: decoupled decay coefficient, by default L2 ``p *= 1 - lr*weight_decay``
+            (as torch). Default 0.
         maximize: ascend instead of descend.
         foreach: ``torch._foreach_*`` path (``None``, the default: as torch chooses, foreach on
             CUDA); the same step to rounding.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default; Huber,
+            proximal, cautious with the sign of ``U``, ``decay_scaling``).
     """
 
     name = "Adafactor"
+    native_decay = True
     stat_keys = ("exp_avg_sq_row", "exp_avg_sq_col")
     hyper_type = AdafactorHyper
 
@@ -280,10 +299,12 @@ class Adafactor(CheckedOptimizer):
         scale_parameter: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, eps1=eps1, eps2=eps2, d=d, decay_rate=decay_rate,
                         weight_decay=weight_decay, relative_step=relative_step,
-                        scale_parameter=scale_parameter, maximize=maximize, foreach=foreach)
+                        scale_parameter=scale_parameter, maximize=maximize, foreach=foreach,
+                        **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
@@ -292,7 +313,6 @@ class Adafactor(CheckedOptimizer):
         finite_nonneg("eps2", group["eps2"])
         check("d", group["d"], lambda v: 0.0 < v < math.inf, "a finite number > 0")
         check("decay_rate", group["decay_rate"], lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
-        finite_nonneg("weight_decay", group["weight_decay"])
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
@@ -306,8 +326,8 @@ class Adafactor(CheckedOptimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def group_hyper(self, group: dict[str, Any]) -> AdafactorHyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)})
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> AdafactorHyper:
+        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

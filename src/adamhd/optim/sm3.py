@@ -34,12 +34,20 @@ path, one per batch of tensors on the foreach path (``foreach=True``: the elemen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adamhd.distributed import all_reduce_partials, is_dtensor, local_shard, zeros_over
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.distributed import (
+    all_reduce_partials,
+    is_dtensor,
+    like_param,
+    local_shard,
+    zeros_over,
+)
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -58,7 +66,7 @@ class SM3Hyper:
     lr: float
     momentum: float
     eps: float
-    weight_decay: float
+    step_decay: StepDecay | None
     foreach: bool = False
 
 
@@ -110,9 +118,9 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SM3Hyper) -> None:
         m = local_shard(state["momentum_buffer"])
         m.lerp_(update.to(m.dtype), 1.0 - h.momentum)
         update = m
-    if h.weight_decay != 0.0:
-        p_local.mul_(1.0 - h.lr * h.weight_decay)
-    p_local.sub_((update * h.lr).to(p.dtype))
+    step = (update * h.lr).to(p.dtype)
+    decayed_update_(h.step_decay, [p], [state], h.lr, partial(p_local.sub_, step),
+                    signs=[like_param(p, step)], foreach=False)
 
 
 def _foreach(
@@ -131,10 +139,11 @@ def _foreach(
         torch._foreach_lerp_(ms, [u.to(m.dtype) for u, m in zip(updates, ms)], 1.0 - h.momentum)
         updates = ms
     p_locals = [local_shard(p) for p in params]
-    if h.weight_decay != 0.0:
-        torch._foreach_mul_(p_locals, 1.0 - h.lr * h.weight_decay)
-    steps = torch._foreach_mul(updates, h.lr)
-    torch._foreach_sub_(p_locals, [s.to(p.dtype) for s, p in zip(steps, p_locals)])
+    steps = [s.to(p.dtype) for s, p in zip(torch._foreach_mul(updates, h.lr), p_locals)]
+    cautious = h.step_decay is not None and h.step_decay.rule.cautious
+    signs = [like_param(p, s) for p, s in zip(params, steps)] if cautious else None
+    decayed_update_(h.step_decay, params, states, h.lr,
+                    partial(torch._foreach_sub_, p_locals, steps), signs=signs)
 
 
 def _foreach_accumulate(params, states, g2) -> list[Tensor]:
@@ -190,13 +199,17 @@ class SM3(CheckedOptimizer):
         lr: learning rate. Default 0.1.
         momentum: on the preconditioned update, 0 <= momentum < 1. Default 0.9.
         eps: under the square root. Default 1e-30.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient, by default L2 ``p *= 1 - lr*weight_decay``.
+            Default 0.
         maximize: ascend instead of descend.
         foreach: ``torch._foreach_*`` path (``None``, the default: as torch chooses, foreach on
             CUDA); the same step to rounding.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default; Huber,
+            proximal, cautious with the sign of the update, ``decay_scaling``).
     """
 
     name = "SM3"
+    native_decay = True
     stat_keys = ("accumulator",) + tuple(f"accumulator_{d}" for d in range(16))
     hyper_type = SM3Hyper
 
@@ -210,16 +223,16 @@ class SM3(CheckedOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         in_unit("momentum", group["momentum"])
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         momentum = group["momentum"]
@@ -235,8 +248,8 @@ class SM3(CheckedOptimizer):
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def group_hyper(self, group: dict[str, Any]) -> SM3Hyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)})
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> SM3Hyper:
+        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

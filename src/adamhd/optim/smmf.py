@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adamhd.distributed import all_reduce_partials, is_dtensor, local_shard
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.distributed import all_reduce_partials, is_dtensor, like_param, local_shard
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -69,7 +71,7 @@ class SMMFHyper:
     eps: float
     decay_rate: float
     growth_rate: float
-    weight_decay: float
+    step_decay: StepDecay | None
     foreach: bool = False
 
 
@@ -234,9 +236,9 @@ def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SMMFHyper) -> None:
     m.lerp_(g, 1.0 - beta_m)
     v.lerp_(g.square(), 1.0 - beta_v)
     update = m / (v.sqrt() + h.eps)
-    if h.weight_decay != 0.0:
-        p_local.mul_(1.0 - h.lr * h.weight_decay)
-    p_local.sub_((update * h.lr).reshape(p_local.shape).to(p.dtype))
+    step = (update * h.lr).reshape(p_local.shape).to(p.dtype)
+    decayed_update_(h.step_decay, [p], [state], h.lr, partial(p_local.sub_, step),
+                    signs=[like_param(p, step)], foreach=False)
     _compress([p], [state], [m], [v], [w])
 
 
@@ -277,17 +279,25 @@ def _foreach(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
     ms, vs = [m for m, _ in moments], [v for _, v in moments]
     denoms = torch._foreach_sqrt(vs)
     torch._foreach_add_(denoms, h.eps)
-    if h.weight_decay != 0.0:
-        torch._foreach_mul_(p_locals, 1.0 - h.lr * h.weight_decay)
+    cautious = h.step_decay is not None and h.step_decay.rule.cautious
+    signs = [like_param(p, m.view(x.shape)) for p, m, x in zip(params, ms, p_locals)]
+    decayed_update_(h.step_decay, params, states, h.lr,
+                    partial(_apply_foreach, p_locals, ms, denoms, h.lr),
+                    signs=signs if cautious else None)
+    _compress(params, states, ms, vs, windows)
+
+
+def _apply_foreach(p_locals: list[Tensor], ms: list[Tensor], denoms: list[Tensor],
+                   lr: float) -> None:
+    """``p -= lr * M / (sqrt(V) + eps)``: one ``addcdiv`` on float32 contiguous weights."""
     direct = [i for i, (x, m) in enumerate(zip(p_locals, ms))
               if x.dtype == m.dtype and x.is_contiguous()]
     if direct:
         torch._foreach_addcdiv_([p_locals[i].view(ms[i].shape) for i in direct],
-                                [ms[i] for i in direct], [denoms[i] for i in direct], -h.lr)
-    for i in sorted(set(range(len(params))) - set(direct)):
+                                [ms[i] for i in direct], [denoms[i] for i in direct], -lr)
+    for i in sorted(set(range(len(p_locals))) - set(direct)):
         x = p_locals[i]
-        x.sub_((ms[i] / denoms[i] * h.lr).reshape(x.shape).to(x.dtype))
-    _compress(params, states, ms, vs, windows)
+        x.sub_((ms[i] / denoms[i] * lr).reshape(x.shape).to(x.dtype))
 
 
 def smmf(
@@ -320,14 +330,18 @@ class SMMF(CheckedOptimizer):
         eps: added to ``sqrt(V)``. Default 1e-8.
         decay_rate: ``beta_v = 1 - t**decay_rate``, in [-1, 0]. Default -0.5.
         growth_rate: ``beta_m = beta * growth_rate**(t-1)``, in (0, 1]. Default 0.999.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient, by default L2 ``p *= 1 - lr*weight_decay``.
+            Default 0.
         maximize: ascend instead of descend.
         foreach: the foreach path (``None``, the default: as torch chooses, foreach on CUDA):
             the moments in fewer passes and the update in ``torch._foreach_*`` calls; the
             same step to rounding.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default; Huber,
+            proximal, cautious with the sign of ``M``, ``decay_scaling``).
     """
 
     name = "SMMF"
+    native_decay = True
     stat_keys = ("row_m", "col_m", "row_v", "col_v")
     hyper_type = SMMFHyper
 
@@ -343,10 +357,11 @@ class SMMF(CheckedOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, beta=beta, eps=eps, decay_rate=decay_rate,
                         growth_rate=growth_rate, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach)
+                        foreach=foreach, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
@@ -355,7 +370,6 @@ class SMMF(CheckedOptimizer):
         finite_nonneg("eps", group["eps"])
         check("decay_rate", group["decay_rate"], lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
         check("growth_rate", group["growth_rate"], lambda v: 0.0 < v <= 1.0, "0 < value <= 1")
-        finite_nonneg("weight_decay", group["weight_decay"])
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
@@ -378,8 +392,8 @@ class SMMF(CheckedOptimizer):
                 raise RuntimeError(reason)
         super().add_param_group({**param_group, "params": params})
 
-    def group_hyper(self, group: dict[str, Any]) -> SMMFHyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)})
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> SMMFHyper:
+        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
