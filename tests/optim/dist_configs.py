@@ -20,21 +20,21 @@ CONFIGS = {
 #: signs are each rank's own, so the tests compare them unpacked (``test_distributed.py``)
 SURVEY = {
     f"{name}_{path}": (cls, {**kwargs, "foreach": path == "foreach"})
-    for name, cls, kwargs in (
-        ("adafactor", Adafactor, dict(lr=0.05, weight_decay=0.3)),
-        ("adafactor_fixed", Adafactor, dict(lr=0.05, relative_step=False, d=0.5)),
-        ("sm3", SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.3)),
-        ("smmf", SMMF, dict(lr=0.05, weight_decay=0.3, decay_rate=-0.8)),
+    for name, cls, kwargs, paths in (
+        ("adafactor", Adafactor, dict(lr=0.05, weight_decay=0.3), ("single", "foreach")),
+        ("adafactor_fixed", Adafactor, dict(lr=0.05, relative_step=False, d=0.5), ("foreach",)),
+        ("sm3", SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.3), ("single", "foreach")),
+        ("smmf", SMMF, dict(lr=0.05, weight_decay=0.3, decay_rate=-0.8), ("single", "foreach")),
         # their weight_decay through the decay rules: adaptive Huber (whole-tensor mean|p|),
         # cautious (the update's sign as a DTensor), proximal
         ("adafactor_huber", Adafactor, dict(lr=0.05, weight_decay=0.3, decay="huber",
-                                            delta="adaptive", decay_form="proximal")),
+                                            delta="adaptive", decay_form="proximal"), ("single",)),
         ("sm3_huber", SM3, dict(lr=0.05, momentum=0.5, weight_decay=0.3, decay="huber",
-                                delta="adaptive", cautious_decay=True)),
+                                delta="adaptive", cautious_decay=True), ("foreach",)),
         ("smmf_huber", SMMF, dict(lr=0.05, weight_decay=2.0, decay="huber", delta="adaptive",
-                                  cautious_decay=True)),
+                                  cautious_decay=True), ("single",)),
     )
-    for path in ("single", "foreach")
+    for path in paths
 }
 
 
