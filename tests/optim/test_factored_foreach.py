@@ -166,3 +166,31 @@ def test_smmf_refuses_a_split_other_than_rows(monkeypatch):
     monkeypatch.setattr(smmf_module, "is_dtensor", lambda t: t is p)
     with pytest.raises(RuntimeError, match=r"Shard\(0\) on one mesh dimension"):
         SMMF([p])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_smmf_stacked_small_tensors_equal_the_loop(dtype):
+    """Small float32 tensors of one square shape run stacked on SMMF's foreach path (float64
+    ones per tensor): both equal the loop, signs (9 elements: a padded byte) and factors too."""
+    shapes = [(3, 3)] * 5 + [(16,)] * 3 + [(9,), (5, 7)]
+    gen = torch.Generator().manual_seed(5)
+    p0 = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=dtype) for s in shapes] for _ in range(4)]
+    runs = []
+    for foreach in (False, True):
+        params = [p.clone().requires_grad_() for p in p0]
+        opt = SMMF(params, lr=0.05, weight_decay=0.1, foreach=foreach)
+        for gs in grads:
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            opt.step()
+        runs.append((params, opt))
+    (single, opt_s), (multi, opt_m) = runs
+    for a, b in zip(single, multi):
+        torch.testing.assert_close(b, a, **_close(dtype))
+        for key, value in opt_s.state[a].items():
+            if key == "sign":
+                assert torch.equal(unpack_signs(opt_m.state[b][key], a.numel()),
+                                   unpack_signs(value, a.numel()))
+            else:
+                torch.testing.assert_close(opt_m.state[b][key], value, **_close(dtype))
