@@ -128,6 +128,20 @@ def option_contenders(lr: float, wd: float) -> list[Contender]:
     return out
 
 
+def survey_contenders(lr: float, wd: float) -> list[Contender]:
+    """Adafactor, SM3 and SMMF on the single-tensor and the foreach path (issue 20), to read
+    against torch's foreach AdamW in the same table."""
+    from adamhd import SM3, SMMF, Adafactor
+
+    return [
+        Contender(f"{cls.__name__} {path}",
+                  lambda ps, cls=cls, path=path: cls(ps, lr=lr, weight_decay=wd,
+                                                     foreach=path == "foreach"),
+                  "adamhd")
+        for cls in (Adafactor, SM3, SMMF) for path in ("single", "foreach")
+    ]
+
+
 def _compiled(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """``opt`` with its ``step`` replaced by ``torch.compile(opt.step)``."""
     opt.step = torch.compile(opt.step)  # type: ignore[method-assign]
@@ -159,6 +173,8 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         out += _path_contenders(path, args, lr, wd)
     if args.kernel_options and fused_ok:
         out += option_contenders(lr, wd)
+    if args.survey:
+        out += survey_contenders(lr, wd)
     if args.external:
         out += _external_contenders(lr, wd)
     return out
@@ -551,6 +567,8 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
                    help="tensors of 16 elements in the 'tiny' set (default %(default)s)")
     p.add_argument("--kernel-options", action="store_true",
                    help="add the fused kernel's options (cautious, l2, atan2, softplus)")
+    p.add_argument("--survey", action="store_true",
+                   help="add Adafactor, SM3 and SMMF on their single and foreach paths")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile(opt.step) of torch's fused AdamW and AdamHD's default")
     p.add_argument("--paths", type=choices_of(paths), default="single,foreach,fused",

@@ -2,8 +2,9 @@
 
 ``local_sums`` holds one number per parameter, computed on the local shard (or on the whole tensor
 for a plain one). ``whole_sums`` adds the shards' numbers of every ``DTensor`` parameter across
-the ranks: one ``all_reduce`` of a stacked vector per (mesh, sharded mesh dimension), so one per
-step for FSDP2 whatever the number of parameters. Plain tensors are returned as they are. The
+the ranks through ``adamhd.distributed.all_reduce_partials``: one ``all_reduce`` of a stacked
+vector per (mesh, sharded mesh dimension), so one per step for FSDP2 whatever the number of
+parameters. Plain tensors are returned as they are. The
 statistics of Stable Weight Decay (``adamhd.decay.stable``) and CPR (``adamhd.decay.cpr``) use it.
 """
 
@@ -13,14 +14,14 @@ import torch
 from torch import Tensor
 
 from adamhd.decay.threshold import statistic_dtype
-from adamhd.distributed import _sharded_mesh_dims, is_dtensor
+from adamhd.distributed import all_reduce_partials, local_shard
 
 __all__ = ["local", "sum_squares", "sums", "whole_sums"]
 
 
 def local(p: Tensor) -> Tensor:
     """The local shard of a ``DTensor`` (the tensor itself otherwise), detached."""
-    return (p.to_local() if is_dtensor(p) else p).detach()  # type: ignore[attr-defined]
+    return local_shard(p).detach()
 
 
 def sum_squares(tensors: list[Tensor]) -> list[Tensor]:
@@ -47,19 +48,6 @@ def _norms(xs: list[Tensor], order: int) -> list[Tensor]:
 
 
 def whole_sums(params: list[Tensor], local_sums: list[Tensor]) -> list[Tensor]:
-    """``local_sums`` (one 0-dim tensor per parameter) summed over the shards of each parameter."""
-    out = list(local_sums)
-    buckets: dict[tuple, list[int]] = {}
-    for i, p in enumerate(params):
-        if is_dtensor(p):
-            dims = _sharded_mesh_dims(p)
-            if dims:
-                key = (p.device_mesh, dims, local_sums[i].device)  # type: ignore[attr-defined]
-                buckets.setdefault(key, []).append(i)
-    for (mesh, mesh_dims, _), indices in buckets.items():
-        stacked = torch.stack([local_sums[i].to(torch.float64) for i in indices])
-        for mesh_dim in mesh_dims:
-            torch.distributed.all_reduce(stacked, group=mesh.get_group(mesh_dim))
-        for i, total in zip(indices, stacked.unbind(0)):
-            out[i] = total
-    return out
+    """``local_sums`` (one float64 0-dim tensor per parameter) summed over the shards of each
+    parameter by the package's one cross-shard reduction (``all_reduce_partials``)."""
+    return all_reduce_partials(params, list(local_sums))

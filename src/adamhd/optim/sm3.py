@@ -22,18 +22,32 @@ pytorch_optimizer's SM3 (4.1.0) computes the same step, momentum included (it al
 preconditioned update; float64 runs with ``momentum=0.9`` agree to 2e-16,
 tests/optim/test_peers.py); its default is ``momentum=0`` and it adds an EMA variant
 (``beta``); this class keeps the paper's accumulation (``beta=0``). ``weight_decay`` (default
-0) is decoupled L2, ``p *= 1 - lr*wd``. Sharded DTensor (FSDP2) parameters are rejected: the
-slice maxima span shards.
+0) is decoupled L2, ``p *= 1 - lr*wd``.
+
+Sharded DTensor (FSDP2, tensor-parallel) parameters: ``a_d`` is a DTensor split like the weight
+along dim ``d`` and replicated otherwise; the slice maxima over a split dim are completed by
+``adamhd.distributed.all_reduce_partials`` (``max``): one collective per tensor on the loop
+path, one per batch of tensors on the foreach path (``foreach=True``: the elementwise work in
+``torch._foreach_*`` calls on batches of up to ``optim._paths.BATCH_ELEMENTS`` elements).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.distributed import (
+    all_reduce_partials,
+    is_dtensor,
+    like_param,
+    local_shard,
+    zeros_over,
+)
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -42,6 +56,7 @@ from adamhd.optim._base import (
     in_unit,
     stat_dtype,
 )
+from adamhd.optim._paths import batches, use_foreach
 
 __all__ = ["SM3", "SM3Hyper", "sm3"]
 
@@ -51,7 +66,8 @@ class SM3Hyper:
     lr: float
     momentum: float
     eps: float
-    weight_decay: float
+    step_decay: StepDecay | None
+    foreach: bool = False
 
 
 def _accumulator_keys(p: Tensor) -> list[str]:
@@ -62,35 +78,115 @@ def _broadcast(acc: Tensor, dim: int, ndim: int) -> Tensor:
     return acc.reshape([-1 if d == dim else 1 for d in range(ndim)])
 
 
-def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SM3Hyper) -> None:
-    g = g.to(stat_dtype(p))
-    if p.dim() >= 2:
-        accs = [state[k] for k in _accumulator_keys(p)]
-        nu = _broadcast(accs[0], 0, p.dim())
-        for d, acc in enumerate(accs[1:], start=1):
-            nu = torch.minimum(nu, _broadcast(acc, d, p.dim()))
-        nu = nu + g.square()
-        for d, acc in enumerate(accs):
-            others = [i for i in range(p.dim()) if i != d]
-            acc.copy_(nu.amax(dim=others) if nu.numel() else acc)
+def _cover_min(accs: list[Tensor], ndim: int) -> Tensor:
+    """``min_d a_d[i_d]`` over the tensor's index space (the accumulators broadcast)."""
+    nu = _broadcast(accs[0], 0, ndim)
+    for d, acc in enumerate(accs[1:], start=1):
+        nu = torch.minimum(nu, _broadcast(acc, d, ndim))
+    return nu
+
+
+def _slice_maxima(p: Tensor, nu: Tensor, accs: list[Tensor]) -> list[Tensor]:
+    """``max`` of ``nu`` (``p``'s local shard) over all dims but ``d``, for each ``d``: local
+    maxima, completed across shards by ``all_reduce_partials`` (``max``) where a reduced dim is
+    split. An empty local shard contributes zeros (``nu >= 0``); an empty tensor keeps ``accs``."""
+    others = [tuple(i for i in range(p.dim()) if i != d) for d in range(p.dim())]
+    if nu.numel():
+        local = [nu.amax(dim=o) for o in others]
+    elif is_dtensor(p):
+        local = [torch.zeros_like(acc) for acc in accs]
     else:
-        acc = state["accumulator"]
+        return accs
+    return all_reduce_partials([p] * p.dim(), local, others, op="max")
+
+
+def _one(p: Tensor, g: Tensor, state: dict[str, Tensor], h: SM3Hyper) -> None:
+    g = local_shard(g).to(stat_dtype(p))
+    p_local = local_shard(p)
+    if p.dim() >= 2:
+        accs = [local_shard(state[k]) for k in _accumulator_keys(p)]
+        nu = _cover_min(accs, p.dim())
+        nu = nu + g.square()
+        for acc, new in zip(accs, _slice_maxima(p, nu, accs)):
+            acc.copy_(new)
+    else:
+        acc = local_shard(state["accumulator"])
         acc.add_(g.square())
         nu = acc
     update = g / (nu + h.eps).sqrt()
     if h.momentum:
-        m = state["momentum_buffer"]
+        m = local_shard(state["momentum_buffer"])
         m.lerp_(update.to(m.dtype), 1.0 - h.momentum)
         update = m
-    if h.weight_decay != 0.0:
-        p.mul_(1.0 - h.lr * h.weight_decay)
-    p.sub_((update * h.lr).to(p.dtype))
+    step = (update * h.lr).to(p.dtype)
+    decayed_update_(h.step_decay, [p], [state], h.lr, partial(p_local.sub_, step),
+                    signs=[like_param(p, step)], foreach=False)
+
+
+def _foreach(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], h: SM3Hyper
+) -> None:
+    """The step of ``_one`` with the elementwise work in ``torch._foreach_*`` calls and the slice
+    maxima of all tensors in one reduction."""
+    g_stat = [local_shard(g).to(stat_dtype(p)) for p, g in zip(params, grads)]
+    g2 = torch._foreach_mul(g_stat, g_stat)
+    nus = _foreach_accumulate(params, states, g2)
+    denom = torch._foreach_add(nus, h.eps)
+    torch._foreach_sqrt_(denom)
+    updates = torch._foreach_div(g_stat, denom)
+    if h.momentum:
+        ms = [local_shard(s["momentum_buffer"]) for s in states]
+        torch._foreach_lerp_(ms, [u.to(m.dtype) for u, m in zip(updates, ms)], 1.0 - h.momentum)
+        updates = ms
+    p_locals = [local_shard(p) for p in params]
+    steps = [s.to(p.dtype) for s, p in zip(torch._foreach_mul(updates, h.lr), p_locals)]
+    cautious = h.step_decay is not None and h.step_decay.rule.cautious
+    signs = [like_param(p, s) for p, s in zip(params, steps)] if cautious else None
+    decayed_update_(h.step_decay, params, states, h.lr,
+                    partial(torch._foreach_sub_, p_locals, steps), signs=signs)
+
+
+def _foreach_accumulate(params, states, g2) -> list[Tensor]:
+    """``nu`` of every tensor, the accumulators updated (the maxima of all in one reduction)."""
+    nus: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    matrices = [i for i, p in enumerate(params) if p.dim() >= 2]
+    vectors = [i for i, p in enumerate(params) if p.dim() < 2]
+    if vectors:
+        accs = [local_shard(states[i]["accumulator"]) for i in vectors]
+        torch._foreach_add_(accs, [g2[i] for i in vectors])
+        for i, acc in zip(vectors, accs):
+            nus[i] = acc
+    if not matrices:
+        return nus
+    accs = {i: [local_shard(states[i][k]) for k in _accumulator_keys(params[i])] for i in matrices}
+    for i in matrices:
+        nus[i] = _cover_min(accs[i], params[i].dim())
+    torch._foreach_add_([nus[i] for i in matrices], [g2[i] for i in matrices])
+    owners, partials, dims, targets = [], [], [], []
+    for i in matrices:
+        p, nu = params[i], nus[i]
+        for d, acc in enumerate(accs[i]):
+            others = tuple(k for k in range(p.dim()) if k != d)
+            if nu.numel() or is_dtensor(p):
+                owners.append(p)
+                dims.append(others)
+                partials.append(nu.amax(dim=others) if nu.numel() else torch.zeros_like(acc))
+                targets.append(acc)
+    maxima = all_reduce_partials(owners, partials, dims, op="max")
+    if targets:
+        torch._foreach_copy_(targets, maxima)
+    return nus
 
 
 def sm3(
     params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], h: SM3Hyper
 ) -> None:
     """One SM3 step over lists of tensors (the math; the class gathers the lists)."""
+    if h.foreach:
+        for index in batches(params):
+            _foreach([params[i] for i in index], [grads[i] for i in index],
+                     [states[i] for i in index], h)
+        return
     for p, g, state in zip(params, grads, states):
         _one(p, g, state, h)
 
@@ -103,13 +199,18 @@ class SM3(CheckedOptimizer):
         lr: learning rate. Default 0.1.
         momentum: on the preconditioned update, 0 <= momentum < 1. Default 0.9.
         eps: under the square root. Default 1e-30.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient, by default L2 ``p *= 1 - lr*weight_decay``.
+            Default 0.
         maximize: ascend instead of descend.
+        foreach: ``torch._foreach_*`` path (``None``, the default: as torch chooses, foreach on
+            CUDA); the same step to rounding.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default; Huber,
+            proximal, cautious with the sign of the update, ``decay_scaling``).
     """
 
     name = "SM3"
+    native_decay = True
     stat_keys = ("accumulator",) + tuple(f"accumulator_{d}" for d in range(16))
-    dtensor_reason = "its slice maxima span shards"
     hyper_type = SM3Hyper
 
     def __init__(
@@ -121,30 +222,39 @@ class SM3(CheckedOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize)
+                        maximize=maximize, foreach=foreach, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         in_unit("momentum", group["momentum"])
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         momentum = group["momentum"]
         state = self.state[p]
         if not state:
-            kw = dict(dtype=stat_dtype(p), device=p.device)
+            dtype = stat_dtype(p)
             if p.dim() >= 2:
                 for d, key in enumerate(_accumulator_keys(p)):
-                    state[key] = torch.zeros(p.shape[d], **kw)
+                    state[key] = zeros_over(p, [d], dtype)
             else:
-                state["accumulator"] = torch.zeros(p.shape, **kw)
+                state["accumulator"] = zeros_over(p, list(range(p.dim())), dtype)
         if momentum and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> SM3Hyper:
+        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
 
     def group_step(self, params, grads, states, hyper) -> None:
         sm3(params, grads, states, hyper)

@@ -6,7 +6,8 @@ float64 tensors), shaped (``keepdim``) to broadcast against the tensor.
 
 DTensors (FSDP2 ``fully_shard``, tensor parallelism): each rank sums its local shard; a mesh
 dimension whose ``Shard(d)`` splits a reduced dim ``d`` needs those partial sums added across
-ranks. All such partial sums of one call travel in one flat buffer: one ``all_reduce`` per
+ranks. All such partial sums of one call travel in one flat buffer through the package's one
+cross-shard reduction (``adamhd.distributed.all_reduce_partials``): one ``all_reduce`` per
 (mesh, sharded mesh dimension), so one per call under FSDP2. Rows of a dim-0-sharded tensor are
 whole on their rank, so row statistics of FSDP2 parameters need no communication at all.
 """
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from adamhd.decay.threshold import statistic_dtype
-from adamhd.distributed import is_dtensor
+from adamhd.distributed import all_reduce_partials, local_shard
 
 Kind = Literal["mean", "norm", "rms"]
 
@@ -44,9 +45,7 @@ def unit_dims(t: Tensor, rows: bool) -> tuple[int, ...]:
 stat_dtype = statistic_dtype  # the one policy (adamhd.decay.threshold): float64 or float32
 
 
-def local(t: Tensor) -> Tensor:
-    """The local shard of a DTensor (a view: writing it writes the DTensor), else ``t``."""
-    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
+local = local_shard  # the local shard of a DTensor (a view), else the tensor itself
 
 
 def _local_sum(x: Tensor, dims: tuple[int, ...], square: bool) -> Tensor:
@@ -63,39 +62,16 @@ def _local_sum(x: Tensor, dims: tuple[int, ...], square: bool) -> Tensor:
     return torch.linalg.vector_norm(x, 2, dim=dims or None, keepdim=True, dtype=dtype).square()
 
 
-def _mesh_dims_to_reduce(t: Tensor, dims: tuple[int, ...]) -> tuple[int, ...]:
-    """Mesh dimensions whose shards split one of ``dims`` (their partial sums must be added)."""
-    out = []
-    for mesh_dim, placement in enumerate(t.placements):  # type: ignore[attr-defined]
-        if placement.is_partial():
-            raise RuntimeError(
-                "adamhd.transforms cannot take statistics of a Partial DTensor; redistribute "
-                "it to Shard or Replicate first"
-            )
-        if placement.is_shard() and placement.dim % max(t.dim(), 1) in dims:
-            out.append(mesh_dim)
-    return tuple(out)
-
-
 def statistics(requests: list[Request]) -> list[Tensor]:
     """Each request's statistic, equal on every rank, shaped to broadcast against its local
-    shard. Sharded partial sums are added with one all-reduce per (mesh, mesh dimension)."""
-    sums: list[Tensor] = []
-    pending: dict[tuple, list[int]] = {}
-    for i, req in enumerate(requests):
-        dims = unit_dims(req.tensor, req.rows)
-        sums.append(_local_sum(local(req.tensor).detach(), dims, req.kind != "mean"))
-        if is_dtensor(req.tensor):
-            mesh_dims = _mesh_dims_to_reduce(req.tensor, dims)
-            if mesh_dims:
-                key = (req.tensor.device_mesh, mesh_dims, sums[i].device, sums[i].dtype)
-                pending.setdefault(key, []).append(i)
-    for (mesh, mesh_dims, _, _), indices in pending.items():
-        flat = torch.cat([sums[i].reshape(-1) for i in indices])
-        for mesh_dim in mesh_dims:
-            torch.distributed.all_reduce(flat, group=mesh.get_group(mesh_dim))
-        for i, part in zip(indices, flat.split([sums[i].numel() for i in indices])):
-            sums[i] = part.view_as(sums[i])
+    shard. Sharded partial sums are added by ``all_reduce_partials`` (one all-reduce per mesh,
+    mesh dimension, device and dtype)."""
+    dims = [unit_dims(req.tensor, req.rows) for req in requests]
+    sums = [
+        _local_sum(local(req.tensor).detach(), d, req.kind != "mean")
+        for req, d in zip(requests, dims)
+    ]
+    sums = all_reduce_partials([req.tensor for req in requests], sums, dims)
     return [_finish(req, s) for req, s in zip(requests, sums)]
 
 
