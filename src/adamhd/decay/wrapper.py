@@ -68,6 +68,7 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from adamhd.decay.chunks import sweep
 from adamhd.decay.cpr import CPR_DEFAULTS, CPR_STATE_KEYS, CPRDecay, check_cpr_options
+from adamhd.decay.fused_chain import chain_reason, chain_step
 from adamhd.decay.options import DECAY_DEFAULTS, DECAY_RULES, check_decay_options, rule_from_group
 from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
 from adamhd.decay.stable import check_stable_base, mean_v_hat, stable_coefficient
@@ -117,6 +118,7 @@ class _DecoupledDecay:
     _decay_base: type[Optimizer]
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
     _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
+    _fused_chain = True  # False: no one-call Adam + decay step (adamhd.decay.fused_chain)
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -178,6 +180,10 @@ class _DecoupledDecay:
                 self._base_step(**base_kwargs)
             return loss
         coefficients = self._coefficients()  # may raise
+        if self._fused_chain and chain_reason(self) is None:
+            with torch.no_grad():
+                chain_step(self, coefficients, MU_KEY)
+            return loss
         with torch.no_grad():
             plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
             plans = [plan for plan in plans if plan is not None]
