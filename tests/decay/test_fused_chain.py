@@ -21,7 +21,7 @@ from adamhd.kernels import cpu
 from tests.decay.reference64 import Threshold64, cautious_mask64, explicit64, proximal64
 
 F64 = torch.float64
-SHAPES = [(), (7,), (33, 17), (70001,)]  # a scalar, short, 2-D, several kernel chunks
+SHAPES = [(), (7,), (33, 17), (33000,)]  # a scalar, short, 2-D, two kernel chunks
 RULES = {
     "l2": dict(decay="l2"),
     "fixed": dict(delta=0.3),
@@ -417,3 +417,29 @@ def test_closure_and_hooks_run_once(chained):
     loss = opt.step(closure)
     assert seen == ["pre", "closure", "post"] and len(chained) == 1
     assert loss.item() == pytest.approx((make()[1] ** 2).sum().item())
+
+
+def test_cautious_mask_where_the_update_rounds_away(chained):
+    """Where Adam's update is below half an ulp of p (p_new == p_t in float32), the chain decides
+    the mask by sign(u) (exp_avg's sign, as AdamHD and arXiv 2510.12402 define it); the unfused
+    wrapper sees a zero displacement and decays. Elsewhere they agree."""
+    runs = {}
+    for chain in (True, False):
+        p = torch.nn.Parameter(torch.tensor([-1.0, 1.0]))
+        opt = with_decoupled_decay(torch.optim.Adam)(
+            [p], lr=1e-3, weight_decay=0.5, decay="l2", cautious_decay=True, fused=True)
+        opt._fused_chain = chain
+        p.grad = torch.ones(2)
+        opt.step()  # u ~ 1 > 0: p[0] < 0 is exempt, p[1] decays
+        after_one = p.detach().clone()
+        p.grad = torch.full((2,), -0.89999)  # m = 0.1 + 0.1*(g - 0.1) ~ 1e-6 > 0, |lr*u| ~ 6e-9
+        opt.step()
+        assert opt.state[p]["exp_avg"].gt(0).all()
+        runs[chain] = (after_one, p.detach().clone())
+    (one, chain_p), (ref_one, unfused_p) = runs[True], runs[False]
+    tau = 1e-3 * 0.5
+    torch.testing.assert_close(one, ref_one)
+    assert chain_p[0] == one[0]  # sign(u) > 0 > p: no decay, and the update rounds away
+    torch.testing.assert_close(unfused_p[0], ref_one[0] * (1 - tau))  # displacement 0: decays
+    torch.testing.assert_close(chain_p[1], unfused_p[1])  # both decay where u*p > 0
+    assert len(chained) == 2
