@@ -47,6 +47,9 @@ weights before the step)::
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
 
+* With ``torch.optim.Adam``/``AdamW`` and ``fused=True`` on CPU the whole step is one call of
+  AdamHD's fused kernel on the base's own state (``adamhd.decay.fused_chain``; same state_dict).
+
 Instances and classes pickle: each class is reachable as
 ``adamhd.decay.wrapper.classes.<encoded base name>`` and created again on unpickling.
 """
