@@ -45,10 +45,18 @@ def _budgets(text: str) -> list[float]:
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> None:
+    """The options every training command takes (compare, sweep, leaderboard): training, data,
+    output; `kind` "compare" adds its own (one lr, one weight decay or budget, a grid, FSDP,
+    a second domain)."""
+    _add_training_options(p.add_argument_group("training"), kind)
+    _add_data_options(p.add_argument_group("data"), kind)
+    _add_output_options(p.add_argument_group("output"), kind)
+
+
+def _add_training_options(g, kind: str) -> None:
     from adamhd.lab.model import MODEL_SIZES
     from adamhd.lab.train import DTYPES
 
-    g = p.add_argument_group("training")
     g.add_argument("--seeds", type=positive_int, default=DEFAULTS["seeds"],
                    help="number of seeds (0..N-1) per entrant and setting (default: %(default)s)")
     g.add_argument("--steps", type=positive_int, default=DEFAULTS["steps"],
@@ -60,19 +68,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> No
     g.add_argument("--context", type=positive_int, default=DEFAULTS["context"],
                    help="tokens per sequence (default: %(default)s)")
     if kind == "compare":
-        g.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"],
-                       help="peak learning rate, the same for every entrant (default: %(default)s)")
-        wd = g.add_mutually_exclusive_group()
-        wd.add_argument("--weight-decay", type=nonneg_float, default=None,
-                        help="decay coefficient, the same for every entrant (default: the one "
-                             "giving --decay-budget)")
-        wd.add_argument("--decay-budget", type=nonneg_float, default=None,
-                        help="ask for a regime: weight_decay is solved so that the sum over the "
-                             "run of lr_t x weight_decay is this (default: "
-                             f"{DEFAULTS['decay_budget']:g})")
-        g.add_argument("--grid-budgets", type=_budgets, default=DEFAULTS["grid_budgets"],
-                       help="extra decay budgets, each a weight_decay point trained on the same "
-                            "seeds for 'best vs best' ('none': no grid; default: %(default)s)")
+        _add_compare_decay_options(g)
     g.add_argument("--warmup", type=nonneg_int, default=None,
                    help="warmup steps, at most --steps (default: 10%% of --steps)")
     g.add_argument("--eval-every", type=positive_int, default=None,
@@ -89,7 +85,26 @@ def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> No
     g.add_argument("--jobs", type=positive_int, default=DEFAULTS["jobs"],
                    help="runs trained at once, each in its own worker process "
                         "(default: %(default)s)")
-    d = p.add_argument_group("data")
+
+
+def _add_compare_decay_options(g) -> None:
+    """compare's one lr, one weight decay (or decay budget) and its grid of budgets."""
+    g.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"],
+                   help="peak learning rate, the same for every entrant (default: %(default)s)")
+    wd = g.add_mutually_exclusive_group()
+    wd.add_argument("--weight-decay", type=nonneg_float, default=None,
+                    help="decay coefficient, the same for every entrant (default: the one "
+                         "giving --decay-budget)")
+    wd.add_argument("--decay-budget", type=nonneg_float, default=None,
+                    help="ask for a regime: weight_decay is solved so that the sum over the "
+                         "run of lr_t x weight_decay is this (default: "
+                         f"{DEFAULTS['decay_budget']:g})")
+    g.add_argument("--grid-budgets", type=_budgets, default=DEFAULTS["grid_budgets"],
+                   help="extra decay budgets, each a weight_decay point trained on the same "
+                        "seeds for 'best vs best' ('none': no grid; default: %(default)s)")
+
+
+def _add_data_options(d, kind: str) -> None:
     d.add_argument("--data", default="shakespeare",
                    help="'shakespeare' (default), a UTF-8 .txt file or folder of .txt files, "
                         "or hf:NAME[:CONFIG] (needs the `datasets` package)")
@@ -104,7 +119,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, kind: str = "compare") -> No
                    help="vocabulary size of the BPE tokenizer (default: %(default)s)")
     d.add_argument("--cache-dir", default="runs/.cache",
                    help="where tokenised data is cached (default: %(default)s)")
-    o = p.add_argument_group("output")
+
+
+def _add_output_options(o, kind: str) -> None:
     o.add_argument("--out", default=f"runs/{kind}" if kind != "compare" else DEFAULTS["out"],
                    help="output folder (default: %(default)s)")
     o.add_argument("--resume", action="store_true",
@@ -245,32 +262,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adamhd", description="Test AdamHD's claims against AdamW on your own machine.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, description, add_options, defaults in _commands():
+        p = sub.add_parser(name, help=help_text, description=description)
+        add_options(p)
+        p.set_defaults(**defaults)
 
-    p = sub.add_parser("compare", help="pre-train a small GPT with each optimizer and report",
-                       description="Pre-train a GPT-2-style model with each entrant on each "
-                                   "seed, then write report.md / report.html in --out.")
+    from adamhd.lab.tune_cli import add_parsers as add_tune_parsers
+
+    add_tune_parsers(sub)  # `adamhd tune`, `adamhd tune-report`
+    _add_bench_parsers(sub)
+    return parser
+
+
+def _commands() -> list[tuple]:
+    """The lab's commands: (name, help, description, the options' builder, the defaults)."""
+    return [
+        ("compare", "pre-train a small GPT with each optimizer and report",
+         "Pre-train a GPT-2-style model with each entrant on each seed, then write report.md / "
+         "report.html in --out.",
+         _compare_options, dict(func=cmd_compare)),
+        ("report", "rebuild the report of a compare / sweep folder",
+         "Rebuild report.md / report.html (compare) or sweep.md / sweep.html (sweep, merging "
+         "the folders of its shards).",
+         _report_options, dict(func=cmd_report)),
+        ("sweep", "grid over weight_decay (or decay budget), lr, AdamHD options",
+         "Train every point of the grid on every seed (for each entrant, the keys it accepts), "
+         "then report the sensitivity to weight_decay and best vs best.",
+         _sweep_options, dict(func=cmd_sweep)),
+        ("leaderboard", "every registered entrant at its best lr, ranked",
+         "Train every entrant (default: all registered) at each lr of a small grid on the same "
+         "seeds, then rank each at its best lr: final loss, paired difference from adamw, "
+         "steps to adamw's final loss, state bytes, step time, sparsity.",
+         _leaderboard_options,
+         dict(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None, seeds=2)),
+    ]
+
+
+def _compare_options(p) -> None:
     p.add_argument("--optimizers", default=DEFAULTS["optimizers"],
                    help="comma-separated entrants, the first is the baseline; overrides as "
                         "name:key=value,key=value, e.g. adamw,adamhd:delta_scale=2.0; 'all': "
                         "every registered entrant (default: %(default)s)")
     _add_run_options(p, kind="compare")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="rebuild the report of a compare / sweep folder",
-                       description="Rebuild report.md / report.html (compare) or sweep.md / "
-                                   "sweep.html (sweep, merging the folders of its shards).")
+
+def _report_options(p) -> None:
     p.add_argument("dir", nargs="+", help="the --out folder(s)")
     p.add_argument("--out", default=None,
                    help="where a merged sweep report goes (default: the first folder)")
     p.add_argument("--sweep", action="append", default=None, metavar="DIR",
                    help="for a comparison: the folder(s) of a sweep with the same corpus and "
                         "training budget, for 'best vs best' (default: DIR/sweep if present)")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("sweep", help="grid over weight_decay (or decay budget), lr, AdamHD options",
-                       description="Train every point of the grid on every seed (for each "
-                                   "entrant, the keys it accepts), then report the sensitivity "
-                                   "to weight_decay and best vs best.")
+
+def _sweep_options(p) -> None:
     p.add_argument("--optimizers", default="adamw,adamhd", help="entrants (default: %(default)s)")
     p.add_argument("--lr", type=list_of(positive_float), default=[DEFAULTS["lr"]],
                    help="comma-separated learning rates (default: %(default)s)")
@@ -293,13 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the points as Ray tasks (ray.init(): a cluster from RAY_ADDRESS, "
                         "else a local one; needs `pip install ray`)")
     _add_run_options(p, kind="sweep")
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("leaderboard", help="every registered entrant at its best lr, ranked",
-                       description="Train every entrant (default: all registered) at each lr "
-                                   "of a small grid on the same seeds, then rank each at its "
-                                   "best lr: final loss, paired difference from adamw, steps to "
-                                   "adamw's final loss, state bytes, step time, sparsity.")
+
+def _leaderboard_options(p) -> None:
     p.add_argument("--optimizers", default="all",
                    help="entrants, adamw first (default: all registered)")
     p.add_argument("--lr", type=list_of(positive_float), default=[1e-3, 3e-3, 1e-2],
@@ -312,17 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/N, as for sweep")
     p.add_argument("--ray", action="store_true", help="as for sweep")
     _add_run_options(p, kind="leaderboard")
-    p.set_defaults(func=cmd_sweep, delta_scale=None, delta_beta=None, decay_form=None,
-                   seeds=2)
 
-    from adamhd.lab.tune_cli import add_parsers as add_tune_parsers
 
-    add_tune_parsers(sub)  # `adamhd tune`, `adamhd tune-report`
-
-    # ------------------------------------------------------------------------------------------
-    # Extension point: `adamhd bench ...` lives in the module `adamhd.bench` (owned elsewhere).
-    # If that module exists and defines add_parser(subparsers), it registers its own
-    # subcommand(s) here, setting `func` on its parser(s) as the commands above do.
+def _add_bench_parsers(sub) -> None:
+    """Extension point: `adamhd bench ...` lives in the module `adamhd.bench`. If that module
+    exists and defines add_parser(subparsers), it registers its own subcommand(s) here, setting
+    `func` on its parser(s) as the commands above do."""
     try:
         bench = importlib.import_module("adamhd.bench")
     except ModuleNotFoundError as exc:
@@ -331,8 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         if hasattr(bench, "add_parser"):
             bench.add_parser(sub)
-    # ------------------------------------------------------------------------------------------
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

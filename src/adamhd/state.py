@@ -24,7 +24,7 @@ Optimizers that are not subclasses (wrappers) can call the functions directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, ClassVar, Literal
@@ -43,6 +43,7 @@ __all__ = [
     "check_optimizer_state",
     "check_state_dict",
     "fill_missing_group_keys",
+    "restore_after_load",
     "restore_statistics",
     "statistic_dtype",
 ]
@@ -196,21 +197,46 @@ def fill_missing_group_keys(
     return {**state_dict, "param_groups": groups}
 
 
+#: what ``restore_after_load`` asks of each loaded state tensor: the dtype it must have
+#: (``key``, the saved value, its parameter -> a dtype; ``None``: leave torch's cast)
+DtypeRule = Callable[[str, Tensor, Tensor], "torch.dtype | None"]
+
+
+def restore_after_load(
+    optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any], dtype_of: DtypeRule
+) -> None:
+    """After torch's ``load_state_dict``, which casts every floating state tensor but ``step`` to
+    its parameter's dtype: the tensors for which ``dtype_of(key, saved, p)`` names a dtype are
+    made again from the saved values in that dtype (a copy, on the device torch's load chose).
+    The one restore of the library: ``CheckedState``, ``CheckedOptimizer`` and
+    ``with_decoupled_decay`` each pass their rule."""
+    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    for saved_id, p in zip(saved_ids, params):
+        saved = state_dict["state"].get(saved_id)
+        if not isinstance(saved, Mapping):
+            continue
+        state = optimizer.state[p]
+        for key, value in saved.items():
+            if not isinstance(value, Tensor) or key not in state:
+                continue
+            dtype = dtype_of(key, value, p)
+            if dtype is not None:
+                state[key] = value.detach().to(device=state[key].device, dtype=dtype, copy=True)
+
+
+def statistics_rule(keys: Iterable[str]) -> DtypeRule:
+    """``dtype_of`` for ``restore_after_load``: ``statistic_dtype(p)`` for ``keys``."""
+    chosen = frozenset(keys)
+    return lambda key, value, p: statistic_dtype(p) if key in chosen else None
+
+
 def restore_statistics(
     optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any], spec: StateSpec
 ) -> None:
     """After torch's load: statistics back to ``statistic_dtype(p)``, from the loaded values."""
     keys = [key for key, entry in spec.items() if entry.dtype == "statistic"]
-    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
-    for saved_id, p in zip(saved_ids, params):
-        saved = state_dict["state"].get(saved_id, {})
-        for key in keys:
-            if isinstance(saved.get(key), Tensor) and key in optimizer.state[p]:
-                device = optimizer.state[p][key].device  # where torch's load put it
-                optimizer.state[p][key] = saved[key].to(
-                    device=device, dtype=statistic_dtype(p), copy=True
-                )
+    restore_after_load(optimizer, state_dict, statistics_rule(keys))
 
 
 class CheckedState:

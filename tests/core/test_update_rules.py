@@ -286,9 +286,13 @@ def test_bad_options_raise_before_anything_changes(kwargs, pattern):
 @pytest.mark.parametrize(
     "rule", [dict(update="atan2", cautious=True), dict(trust_ratio=True)], ids=name
 )
-def test_fused_true_raises_and_fused_none_avoids_the_kernels(rule):
-    """Options with a per-tensor statistic are not in the kernels (elementwise ones are:
-    tests/kernels/test_fused_options.py)."""
+def test_fused_true_raises_and_fused_none_avoids_the_kernels(rule, monkeypatch):
+    """Options with a per-tensor statistic taken out of the kernel table (the CPU kernel runs
+    them: tests/kernels/test_fused_update_options.py) make fused=True raise and fused=None take
+    another path."""
+    from adamhd.kernels import spec
+
+    monkeypatch.setitem(spec.UPDATE_OPTIONS, "cpu", ())
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(RuntimeError, match="fused=True cannot be honoured.*update="):
         AdamHD([p], fused=True, **rule)

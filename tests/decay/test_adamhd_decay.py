@@ -129,11 +129,13 @@ def test_schedule_initial_lr_is_the_construction_lr_and_a_scheduler_keeps_it():
 
 
 def test_an_option_the_kernels_lack_and_the_fused_path(monkeypatch):
-    """fused=True with an option the kernels lack (trust_ratio) raises; fused=None takes another
-    path for that group only (cautious_decay itself is in the kernels: tests/kernels).
+    """fused=True with an option the kernels lack (trust_ratio, taken out of the kernel table
+    here: the CPU kernel runs it, tests/kernels) raises; fused=None takes another path for that
+    group only (cautious_decay itself is in the kernels: tests/kernels).
 
     The kernels are replaced by a recorder (this tests the choice, not the kernels, and needs no
     kernel build)."""
+    monkeypatch.setitem(kernels.spec.UPDATE_OPTIONS, "cpu", ())
     p = torch.randn(8, requires_grad=True)
     with pytest.raises(RuntimeError, match="trust_ratio"):
         AdamHD([p], trust_ratio=True, fused=True)

@@ -49,8 +49,8 @@ def test_cautious_decay_takes_the_fused_path_by_default(cpu_kernel):
 @pytest.mark.parametrize("options,path", [
     (dict(update="atan2"), "fused"),
     (dict(update="softplus", cautious_decay=True), "fused"),
-    (dict(update="atan2", cautious=True), "foreach"),
-    (dict(trust_ratio=True), "foreach"),
+    (dict(update="atan2", cautious=True), "fused"),
+    (dict(trust_ratio=True, diffgrad=True), "fused"),
 ])
 def test_elementwise_update_rules_take_the_fused_path_by_default(cpu_kernel, options, path):
     p = torch.nn.Parameter(torch.randn(5))

@@ -23,9 +23,13 @@ def test_eligibility_follows_the_table(monkeypatch):
     huber = HuberDecay(delta=1.0)
     assert fused_rule_reason(huber) is None and fused_rule_reason(L2Decay()) is None
     assert fused_update_reason(UpdateRule(update="atan2")) is None
-    assert "trust_ratio" in fused_update_reason(UpdateRule(trust_ratio=True))
-    monkeypatch.setattr(spec, "UPDATE_OPTIONS", ("trust_ratio",))
-    assert fused_update_reason(UpdateRule(trust_ratio=True)) is None
+    rule = UpdateRule(trust_ratio=True, diffgrad=True)
+    assert fused_update_reason(rule) is None and fused_update_reason(rule, "cpu") is None
+    assert "trust_ratio" in fused_update_reason(rule, "cuda")
+    monkeypatch.setitem(spec.UPDATE_OPTIONS, "cpu", ("trust_ratio",))
+    assert fused_update_reason(UpdateRule(trust_ratio=True), "cpu") is None
+    assert "diffgrad" in fused_update_reason(rule, "cpu")
+    assert "diffgrad" in fused_update_reason(rule)
     monkeypatch.setattr(spec, "UPDATE_KINDS", {"adam": 0})
     assert "atan2" in fused_update_reason(UpdateRule(update="atan2"))
     monkeypatch.setattr(spec, "DECAY_RULES", ("l2",))
@@ -51,6 +55,25 @@ def test_op_args_follow_the_records():
     assert args["decay_kind"] == 1 and args["delta"] == math.inf and args["adaptive"] is True
     assert (args["update_kind"], args["update_a"], args["update_b"]) == (2, 7.0, 20.0)
     assert args["lr"] == 0.1 and args["lr_tensor"] is None and len(args) == len(spec.ARGS)
+    assert args["prev_grads"] == [] and args["adanorm_es"] == [] and not args["adanorm"]
+
+
+def test_op_args_carry_the_update_options_and_their_state():
+    from adamhd.hyper import AdamStep, AdamTensors
+    from adamhd.update_rules import ADANORM_GAMMA, CAUTIOUS_MIN_FRACTION
+
+    p, e, prev = torch.ones(3), torch.zeros(()), torch.zeros(3)
+    t = AdamTensors([p], [p], [p], [p], [], [torch.zeros(())], [])
+    h = AdamStep(decay=HuberDecay(delta=0.5), lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8,
+                 weight_decay=0.5, update=UpdateRule(cautious=True, adanorm=True))
+    args = dict(zip((a.name for a in spec.ARGS),
+                    spec.op_args(t, h, None, None, [{"adanorm_e": e, "prev_grad": prev}])))
+    assert args["adanorm_es"] == [e] and args["prev_grads"] == []
+    assert args["cautious_update"] and args["adanorm"] and not args["trust_ratio"]
+    assert not args["diffgrad"] and not args["cautious"]  # cautious decay is off
+    assert (args["adanorm_gamma"], args["cautious_floor"]) == (ADANORM_GAMMA, CAUTIOUS_MIN_FRACTION)
+    with pytest.raises(ValueError, match="adanorm_e"):
+        spec.op_args(t, h, None, None, None)
 
 
 def test_tensor_record_selects_positions_and_keeps_empty_lists_empty():

@@ -126,3 +126,30 @@ def test_argument_ranges(argv, message, tmp_path, works_dir, capsys):
     line = error_of(argv, capsys)
     assert message in line and line.startswith("adamhd")
     assert not (tmp_path / "o").exists()
+
+
+def test_lab_json_files_name_the_file_the_line_and_what_is_wrong(tmp_path):
+    from adamhd.lab.files import LabFileError, read_json, read_jsonl
+
+    rows = tmp_path / "m.jsonl"
+    rows.write_text('{"kind": "eval", "step": 1}\n\n{"kind": "train", "step": 2}\n')
+    assert read_jsonl(rows, ("kind",)) == [{"kind": "eval", "step": 1},
+                                           {"kind": "train", "step": 2}]
+    rows.write_text('{"kind": "eval"}\n\n[1, 2]\n')
+    with pytest.raises(LabFileError, match=r"m\.jsonl: line 3: expected a JSON object, found list"):
+        read_jsonl(rows)
+    rows.write_text('{"kind": "eval"}\n{"step": 2}\n')
+    with pytest.raises(LabFileError, match=r"m\.jsonl: line 2: missing key\(s\) 'kind'$"):
+        read_jsonl(rows, ("kind",))
+    rows.write_bytes(b'{"kind": "caf\xe9"}\n')
+    with pytest.raises(LabFileError, match=r"m\.jsonl: not UTF-8 text"):
+        read_jsonl(rows)
+    meta = tmp_path / "c.json"
+    meta.write_text("[]")
+    with pytest.raises(LabFileError, match=r"c\.json: expected a JSON object, found list"):
+        read_json(meta)
+    meta.write_text('{"a": 1}')
+    assert read_json(meta, ("a",)) == {"a": 1}
+    with pytest.raises(LabFileError, match=r"c\.json: missing key\(s\) 'b'; it was written by "
+                                           "another version, or edited"):
+        read_json(meta, ("a", "b"))

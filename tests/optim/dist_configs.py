@@ -12,6 +12,8 @@ CONFIGS = {
     "nsgda_loop": (NSGDA, dict(lr=0.05, momentum=0.8, foreach=False)),
     "adalo": (AdaLo, dict(lr=5.0, betas=(0.8, 0.9), weight_decay=0.3)),
     "nsgda_huber": (with_decoupled_decay(NSGDA), dict(lr=0.05, weight_decay=0.3, decay="huber")),
+    "nsgda_native_huber": (NSGDA, dict(lr=0.05, weight_decay=0.3, decay="huber",
+                                       cautious_decay=True)),
     "adamomentum": (AdaMomentum, dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.3)),
     "amos_cautious": (Amos, dict(lr=0.05, beta=0.9, cautious_decay=True)),
 }

@@ -55,6 +55,8 @@ def test_nsgda_one_all_reduce_per_step(results):
     assert all(c == {"c10d.allreduce_": 1} for c in results["amos_cautious"]["comm_counts"])
     # wrapped with adaptive Huber decay: one more for the threshold's mean|p| (decayed group)
     assert all(c == {"c10d.allreduce_": 2} for c in results["nsgda_huber"]["comm_counts"][1:])
+    # native adaptive Huber decay: the same, the threshold's mean|p| from the first step on
+    assert all(c == {"c10d.allreduce_": 2} for c in results["nsgda_native_huber"]["comm_counts"])
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "standalone"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,3 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(func=module.command)
+
+
+def standalone(name: str, description: str, add_arguments, command,
+               argv: list[str] | None = None) -> int:
+    """``python -m adamhd.bench.<module>``: parse ``argv`` with the options of ``adamhd bench
+    <name>`` and run its command."""
+    parser = argparse.ArgumentParser(prog=f"adamhd bench {name}", description=description)
+    add_arguments(parser)
+    return command(parser.parse_args(argv))

@@ -41,36 +41,30 @@ def gpt_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 4096) -> list[T
 
 def contenders(external: bool = True) -> dict[str, Factory]:
     """The optimizers timed; ``external``: with torchao's and bitsandbytes' when installed."""
-    from adamhd import (
-        NSGDA,
-        SM3,
-        SMMF,
-        Adafactor,
-        AdaLo,
-        AdamHD,
-        AdaMomentum,
-        AdaptiveMemorySGD,
-        Amos,
-        FCAdam,
-    )
+    import adamhd as hd
 
     out: dict[str, Factory] = {
         BASELINE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
-        "AdamHD (default path)": lambda ps: AdamHD(ps, lr=1e-3),
-        "AdamHD foreach": lambda ps: AdamHD(ps, lr=1e-3, foreach=True),
-        "AdamHD state_dtype=bfloat16": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="bfloat16"),
-        "AdamHD state_dtype=int8": lambda ps: AdamHD(ps, lr=1e-3, state_dtype="int8"),
-        "NSGDA": lambda ps: NSGDA(ps, lr=1e-3),
-        "AdaLo": lambda ps: AdaLo(ps),
-        "Adafactor": lambda ps: Adafactor(ps),
+        "AdamHD (default path)": lambda ps: hd.AdamHD(ps, lr=1e-3),
+        "AdamHD foreach": lambda ps: hd.AdamHD(ps, lr=1e-3, foreach=True),
+        "AdamHD state_dtype=bfloat16": lambda ps: hd.AdamHD(ps, lr=1e-3, state_dtype="bfloat16"),
+        "AdamHD state_dtype=int8": lambda ps: hd.AdamHD(ps, lr=1e-3, state_dtype="int8"),
+        "AdamHD state_dtype=bfloat16 foreach": lambda ps: hd.AdamHD(ps, lr=1e-3,
+                                                                     state_dtype="bfloat16",
+                                                                     foreach=True),
+        "AdamHD state_dtype=int8 foreach": lambda ps: hd.AdamHD(ps, lr=1e-3, state_dtype="int8",
+                                                                 foreach=True),
+        "NSGDA": lambda ps: hd.NSGDA(ps, lr=1e-3),
+        "AdaLo": lambda ps: hd.AdaLo(ps),
+        "Adafactor": lambda ps: hd.Adafactor(ps),
         "torch Adafactor": lambda ps: torch.optim.Adafactor(ps),
-        "SMMF": lambda ps: SMMF(ps),
-        "SM3": lambda ps: SM3(ps),
-        "AdaMomentum": lambda ps: AdaMomentum(ps),
-        "FCAdam (K=10)": lambda ps: FCAdam(ps),
-        "Amos": lambda ps: Amos(ps),
-        "AM-SGD": lambda ps: AdaptiveMemorySGD(ps, lr=1e-3),
+        "SMMF": lambda ps: hd.SMMF(ps),
+        "SM3": lambda ps: hd.SM3(ps),
+        "AdaMomentum": lambda ps: hd.AdaMomentum(ps),
+        "FCAdam (K=10)": lambda ps: hd.FCAdam(ps),
+        "Amos": lambda ps: hd.Amos(ps),
+        "AM-SGD": lambda ps: hd.AdaptiveMemorySGD(ps, lr=1e-3),
         "torch SGD momentum foreach": lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9,
                                                                  foreach=True),
     }
@@ -195,10 +189,9 @@ def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adamhd bench memory",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return command(parser.parse_args(argv))
+    from adamhd.bench import standalone
+
+    return standalone("memory", __doc__.splitlines()[0], add_arguments, command, argv)
 
 
 if __name__ == "__main__":

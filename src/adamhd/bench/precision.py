@@ -146,10 +146,9 @@ def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adamhd bench precision",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return command(parser.parse_args(argv))
+    from adamhd.bench import standalone
+
+    return standalone("precision", __doc__.splitlines()[0], add_arguments, command, argv)
 
 
 if __name__ == "__main__":

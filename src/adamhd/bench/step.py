@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import math
 import os
@@ -37,8 +38,11 @@ import torch
 from torch import Tensor
 
 from adamhd.argtypes import choices_of, list_of, nonneg_int, positive_float, positive_int
+from adamhd.bench.wrappers import CLOCKS
 
 BYTES_PER_PARAM = 28  # fp32: read p, g, m, v; write p, m, v
+#: the plain fused AdamHD row (the default step) that the "x AdamHD fused" column divides by
+PLAIN_FUSED = "AdamHD fused adaptive explicit"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,77 +134,87 @@ def _compiled(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return opt
 
 
+PATH_KWARGS = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+               "fused": dict(fused=True)}
+
+
 def contenders(args: argparse.Namespace) -> list[Contender]:
-    from adamhd import AdamHD
+    """Everything ``args`` asks to time: torch's AdamW paths, AdamHD's paths x thresholds x forms
+    (and options), the kernel's options, the compiled steps, the external AdamWs."""
     from adamhd.kernels import fused_unsupported_reason
 
     lr, wd = 1e-4, 0.1
-    torch_paths = {"single": dict(foreach=False), "foreach": dict(foreach=True),
-                   "fused": dict(fused=True)}
-    out = [
-        Contender(f"torch AdamW {path}",
-                  lambda ps, kw=torch_paths[path]: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
-                                                                     **kw),
-                  "torch")
-        for path in args.torch
-    ]
+    out = [Contender(f"torch AdamW {path}",
+                     lambda ps, kw=PATH_KWARGS[path]: torch.optim.AdamW(ps, lr=lr,
+                                                                       weight_decay=wd, **kw),
+                     "torch")
+           for path in args.torch]
     if args.compile:
-        out.append(Contender(
-            "torch AdamW fused compiled",
-            lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
-            "torch",
-        ))
-        out.append(Contender(
-            "AdamHD default compiled",
-            lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)),
-            "adamhd",
-            prime=True,
-        ))
-    paths = args.paths
+        out += _compiled_contenders(lr, wd)
     fused_ok = fused_unsupported_reason(torch.zeros(1)) is None
-    for path in paths:
+    for path in args.paths:
         if path == "fused" and not fused_ok:
             print(f"skipping AdamHD fused: {fused_unsupported_reason(torch.zeros(1))}")
             continue
-        kw = {"single": dict(foreach=False), "foreach": dict(foreach=True),
-              "fused": dict(fused=True)}[path]
-        for delta in args.deltas:
-            delta_value: float | str = delta if delta == "adaptive" else float(delta)
-            for form in args.forms:
-                name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
-                name += f" {form}"
-
-                def make(ps, kw=kw, delta_value=delta_value, form=form):
-                    return AdamHD(ps, lr=lr, weight_decay=wd, delta=delta_value,
-                                  decay_form=form, **kw)
-
-                out.append(Contender(name, make, "adamhd",
-                                     prime=path == "fused" and delta == "adaptive"))
-        for option in (o for o in args.options.split(",") if o):
-            out.append(_option_contender(path, kw, option, lr, wd))
+        out += _path_contenders(path, args, lr, wd)
     if args.kernel_options and fused_ok:
         out += option_contenders(lr, wd)
     if args.external:
-        try:
-            import heavyball
+        out += _external_contenders(lr, wd)
+    return out
 
-            out.append(Contender(
-                "heavyball AdamW",
-                lambda ps: heavyball.AdamW(ps, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
-                "external",
-            ))
+
+def _compiled_contenders(lr: float, wd: float) -> list[Contender]:
+    from adamhd import AdamHD
+
+    return [
+        Contender("torch AdamW fused compiled",
+                  lambda ps: _compiled(torch.optim.AdamW(ps, lr=lr, weight_decay=wd, fused=True)),
+                  "torch"),
+        Contender("AdamHD default compiled",
+                  lambda ps: _compiled(AdamHD(ps, lr=lr, weight_decay=wd)), "adamhd", prime=True),
+    ]
+
+
+def _path_contenders(path: str, args: argparse.Namespace, lr: float,
+                     wd: float) -> list[Contender]:
+    """AdamHD on one path: each threshold x decay form, then each ``--options`` item."""
+    from adamhd import AdamHD
+
+    kw = PATH_KWARGS[path]
+    out = []
+    for delta in args.deltas:
+        delta_value: float | str = delta if delta == "adaptive" else float(delta)
+        for form in args.forms:
+            name = f"AdamHD {path} {'adaptive' if delta == 'adaptive' else 'd=' + delta}"
+            name += f" {form}"
+
+            def make(ps, kw=kw, delta_value=delta_value, form=form):
+                return AdamHD(ps, lr=lr, weight_decay=wd, delta=delta_value,
+                              decay_form=form, **kw)
+
+            out.append(Contender(name, make, "adamhd",
+                                 prime=path == "fused" and delta == "adaptive"))
+    for option in (o for o in args.options.split(",") if o):
+        out.append(_option_contender(path, kw, option, lr, wd))
+    return out
+
+
+def _external_contenders(lr: float, wd: float) -> list[Contender]:
+    """Other libraries' AdamW, where installed (one missing or broken is reported, not fatal)."""
+    makers = {
+        "heavyball": lambda lib, ps: lib.AdamW(ps, lr=lr, weight_decay=wd, betas=(0.9, 0.999)),
+        "pytorch_optimizer": lambda lib, ps: lib.AdamW(ps, lr=lr, weight_decay=wd),
+    }
+    out = []
+    for module, make in makers.items():
+        try:
+            lib = importlib.import_module(module)
         except Exception as exc:  # not installed or broken: reported, not fatal
-            print(f"heavyball not available: {exc!r}")
-        try:
-            import pytorch_optimizer
-
-            out.append(Contender(
-                "pytorch_optimizer AdamW",
-                lambda ps: pytorch_optimizer.AdamW(ps, lr=lr, weight_decay=wd),
-                "external",
-            ))
-        except Exception as exc:
-            print(f"pytorch_optimizer not available: {exc!r}")
+            print(f"{module} not available: {exc!r}")
+            continue
+        out.append(Contender(f"{module} AdamW", lambda ps, lib=lib, make=make: make(lib, ps),
+                             "external"))
     return out
 
 
@@ -227,7 +241,9 @@ def _option_contender(path: str, kw: dict, option: str, lr: float, wd: float) ->
     def make(ps):
         return AdamHD(ps, lr=lr, weight_decay=wd, **options, **kw)
 
-    return Contender(f"AdamHD {path} adaptive explicit {option}", make, "adamhd")
+    # fused: primed as the plain fused row (its cached sum|p| survives only its own writes)
+    return Contender(f"AdamHD {path} adaptive explicit {option}", make, "adamhd",
+                     prime=path == "fused")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,75 +308,110 @@ def _share_moments(opt: torch.optim.Optimizer, shared: dict[tuple, Tensor]) -> N
                 s[key] = shared.setdefault((id(p), key, s[key].dtype), s[key])
 
 
-def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
-                  log: Callable[[str], None]) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
-    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+class _ParamSet:
+    """A fixed random parameter set and its gradients (seed 0), ``set_grads`` before each step
+    (some optimizers, heavyball, set ``p.grad = None`` after a step)."""
 
-    def set_grads() -> None:  # some optimizers (heavyball) set p.grad = None after a step
-        for p, g in zip(params, grads):
+    def __init__(self, shapes: list[tuple[int, ...]]):
+        gen = torch.Generator().manual_seed(0)
+        self.params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+        self.grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in self.params]
+        self.set_grads()
+        self.numel = sum(p.numel() for p in self.params)
+
+    def set_grads(self) -> None:
+        for p, g in zip(self.params, self.grads):
             p.grad = g
 
-    set_grads()
-    numel = sum(p.numel() for p in params)
-    log(f"[{set_name}] {len(params)} tensors, {numel / 1e6:.1f}M parameters")
+    def clear(self) -> None:
+        self.params.clear()
+        self.grads.clear()
 
+
+def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.Namespace,
+                  log: Callable[[str], None]) -> dict:
+    ps = _ParamSet(shapes)
+    log(f"[{set_name}] {len(ps.params)} tensors, {ps.numel / 1e6:.1f}M parameters")
     shared: dict[tuple, Tensor] = {}
     entries = contenders(args)
     for c in entries:
-        try:
-            c.optimizer = c.make(params)
-            step = c.optimizer.step
-
-            def fresh_step(step=step) -> None:
-                set_grads()
-                step()
-
-            t = time.perf_counter()
-            fresh_step()  # creates the state (and builds/compiles kernels)
-            state = _state_tensors(c.optimizer)
-            c.state_bytes_per_param = sum(x.numel() * x.element_size() for x in state) / numel
-            if not state:  # keeps its state outside optimizer.state (heavyball): unknown
-                c.state_bytes_per_param = math.nan
-            if c.prime:
-                fresh_step()
-            set_grads()
-            c.peak_extra_bytes_per_param = peak_extra_bytes(step) / numel
-            if c.family != "external":
-                _share_moments(c.optimizer, shared)
-            log(f"  ready {c.name} ({time.perf_counter() - t:.1f}s)")
-        except Exception as exc:
-            c.error = f"{type(exc).__name__}: {exc}"
-            c.optimizer = None
-            log(f"  failed {c.name}: {c.error}")
+        _ready(c, ps, shared, log)
         gc.collect()
+    _timed_rounds([c for c in entries if c.optimizer is not None], ps, args.rounds,
+                  getattr(args, "clock", "wall"), log)
+    rows = _result_rows(entries, ps.numel, len(shapes))
+    for c in entries:
+        c.optimizer = None
+    ps.clear()
+    shared.clear()
+    gc.collect()
+    return {"param_set": set_name, "tensors": len(shapes), "parameters": ps.numel, "rows": rows}
 
-    live = [c for c in entries if c.optimizer is not None]
-    for r in range(args.rounds):
+
+def _ready(c: Contender, ps: _ParamSet, shared: dict[tuple, Tensor],
+           log: Callable[[str], None]) -> None:
+    """Build ``c``'s optimizer and take its first step (state, kernels); measure its state and
+    peak memory; its moments then share one set of buffers with the others'. A failure is
+    kept as the contender's error."""
+    try:
+        c.optimizer = c.make(ps.params)
+        step = c.optimizer.step
+
+        def fresh_step(step=step) -> None:
+            ps.set_grads()
+            step()
+
+        t = time.perf_counter()
+        fresh_step()  # creates the state (and builds/compiles kernels)
+        state = _state_tensors(c.optimizer)
+        c.state_bytes_per_param = sum(x.numel() * x.element_size() for x in state) / ps.numel
+        if not state:  # keeps its state outside optimizer.state (heavyball): unknown
+            c.state_bytes_per_param = math.nan
+        if c.prime:
+            fresh_step()
+        ps.set_grads()
+        c.peak_extra_bytes_per_param = peak_extra_bytes(step) / ps.numel
+        if c.family != "external":
+            _share_moments(c.optimizer, shared)
+        log(f"  ready {c.name} ({time.perf_counter() - t:.1f}s)")
+    except Exception as exc:
+        c.error = f"{type(exc).__name__}: {exc}"
+        c.optimizer = None
+        log(f"  failed {c.name}: {c.error}")
+
+
+def _timed_rounds(live: list[Contender], ps: _ParamSet, rounds: int, clock: str,
+                  log: Callable[[str], None]) -> None:
+    """One timed step per contender per round (on `clock`, see --clock), the order rotated each
+    round."""
+    now = CLOCKS[clock]
+    for r in range(rounds):
         order = live[r % len(live):] + live[: r % len(live)]
         for c in order:
             assert c.optimizer is not None
             if c.prime:
-                set_grads()
+                ps.set_grads()
                 c.optimizer.step()
-            set_grads()
-            t = time.perf_counter()
+            ps.set_grads()
+            t = now()
             c.optimizer.step()
-            c.times.append(time.perf_counter() - t)
-        log(f"  round {r + 1}/{args.rounds} done")
+            c.times.append(now() - t)
+        log(f"  round {r + 1}/{rounds} done")
 
-    def median_ms(name: str) -> float:
-        for c in entries:
-            if c.name == name and c.times:
-                return statistics.median(c.times) * 1e3
-        return math.nan
 
-    fused_ms = median_ms("torch AdamW fused")
-    foreach_ms = median_ms("torch AdamW foreach")
+def _median_ms(c: Contender) -> float:
+    return statistics.median(c.times) * 1e3 if c.times else math.nan
+
+
+def _result_rows(entries: list[Contender], numel: int, tensors: int) -> list[dict]:
+    """One row per contender: times, bandwidth, ratios to torch's AdamW, memory, error."""
+    by_name = {c.name: _median_ms(c) for c in reversed(entries) if c.times}
+    fused_ms = by_name.get("torch AdamW fused", math.nan)
+    foreach_ms = by_name.get("torch AdamW foreach", math.nan)
+    plain_ms = by_name.get(PLAIN_FUSED, math.nan)
     rows = []
     for c in entries:
-        ms = statistics.median(c.times) * 1e3 if c.times else math.nan
+        ms = _median_ms(c)
         rows.append({
             "name": c.name,
             "family": c.family,
@@ -370,19 +421,14 @@ def run_param_set(set_name: str, shapes: list[tuple[int, ...]], args: argparse.N
             "gb_per_s": numel * BYTES_PER_PARAM / (ms / 1e3) / 1e9 if c.times else math.nan,
             "ratio_to_torch_fused": ms / fused_ms,
             "ratio_to_torch_foreach": ms / foreach_ms,
-            "us_per_tensor": ms * 1e3 / len(shapes),
+            "ratio_to_adamhd_fused": ms / plain_ms,
+            "us_per_tensor": ms * 1e3 / tensors,
             "state_bytes_per_param": c.state_bytes_per_param,
             "peak_extra_bytes_per_param": c.peak_extra_bytes_per_param,
             "times_ms": [t * 1e3 for t in c.times],
             "error": c.error,
         })
-    for c in entries:
-        c.optimizer = None
-    params.clear()
-    grads.clear()
-    shared.clear()
-    gc.collect()
-    return {"param_set": set_name, "tensors": len(shapes), "parameters": numel, "rows": rows}
+    return rows
 
 
 def format_table(result: dict, copy_gbs: float) -> str:
@@ -391,18 +437,19 @@ def format_table(result: dict, copy_gbs: float) -> str:
         f"{result['tensors']} tensors (copy bandwidth {copy_gbs:.1f} GB/s)",
         "",
         "| contender | median ms | range ms | us/tensor | GB/s | % of copy | x torch fused "
-        "| x torch foreach | state B/param | peak extra B/param |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x torch foreach | x AdamHD fused | state B/param | peak extra B/param |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         if r["error"]:
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | | | | |")
             continue
         lines.append(
             f"| {r['name']} | {r['median_ms']:.2f} | {r['min_ms']:.2f}-{r['max_ms']:.2f} | "
             f"{r['us_per_tensor']:.2f} | {r['gb_per_s']:.1f} | "
             f"{100 * r['gb_per_s'] / copy_gbs:.0f}% | {r['ratio_to_torch_fused']:.2f} | "
-            f"{r['ratio_to_torch_foreach']:.2f} | {r['state_bytes_per_param']:.2f} | "
+            f"{r['ratio_to_torch_foreach']:.2f} | {r.get('ratio_to_adamhd_fused', math.nan):.2f} | "
+            f"{r['state_bytes_per_param']:.2f} | "
             f"{r['peak_extra_bytes_per_param']:.1f} |"
         )
     return "\n".join(lines)
@@ -521,6 +568,9 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip heavyball / pytorch_optimizer even if installed")
     p.add_argument("--threads", type=nonneg_int, default=0,
                    help="torch threads (default: torch's)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall, or cpu: the calling thread's CPU time (with --threads 1: a step "
+                        "without the time other jobs hold the core; default %(default)s)")
     p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_step)
 

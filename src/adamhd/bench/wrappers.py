@@ -222,9 +222,9 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``adamhd bench decay`` as a function: parse ``argv``, time, print the table."""
-    parser = argparse.ArgumentParser(prog="adamhd bench decay", description=__doc__)
-    _add_arguments(parser)
-    return _cmd(parser.parse_args(argv))
+    from adamhd.bench import standalone
+
+    return standalone("decay", __doc__, _add_arguments, _cmd, argv)
 
 
 if __name__ == "__main__":

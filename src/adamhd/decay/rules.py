@@ -131,7 +131,11 @@ def huber_explicit_(
     the decay runs, without a weight-sized mask. ``d = inf`` without a mask is the L2 limit and is
     written as AdamW writes it, ``p*(1 - tau)``.
     """
-    sweep(TensorDecay.of("explicit", tau, d, p.dtype), p, mask, signs)
+    decay = TensorDecay.of("explicit", tau, d, p.dtype)
+    if decay.l2_factor is not None and mask is None and signs is None:
+        decay(p)  # one in-place multiply: no temporary to keep chunk-sized
+        return
+    sweep(decay, p, mask, signs)
 
 
 def huber_proximal_(

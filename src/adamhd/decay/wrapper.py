@@ -84,6 +84,7 @@ from adamhd.decay.strength import (
 from adamhd.decay.threshold import mean_abs, mu_dtype
 from adamhd.distributed import whole_mean_abs
 from adamhd.kernels import fused_decay_, fused_decay_reason
+from adamhd.state import restore_after_load
 
 __all__ = ["classes", "with_decoupled_decay"]
 
@@ -122,6 +123,9 @@ class _DecoupledDecay:
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
     _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
     _fused_chain = True  # False: no one-call Adam + decay step (adamhd.decay.fused_chain)
+    # the decay keys are this wrapper's: a base with native decay (adamhd.decay.native) neither
+    # checks nor applies them (its step sees weight_decay=0)
+    decay_by_wrapper = True
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -320,13 +324,8 @@ class _DecoupledDecay:
         float32/float64, and the base's float32/float64 scalar statistics of bf16/fp16 weights
         (NAdam's ``mu_product``) to their saved dtype: torch casts floating state to each
         parameter's dtype."""
-        saved = _saved_scalars(self.param_groups, state_dict)  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
-        for (p, key), value in saved.items():
-            dtype = mu_dtype(p) if key in STAT_KEYS else value.dtype
-            self.state[p][key] = value.detach().to(  # type: ignore[attr-defined]
-                dtype=dtype, device=self.state[p][key].device, copy=True  # type: ignore
-            )
+        restore_after_load(self, state_dict, _restored_dtype)  # type: ignore[arg-type]
 
 
 def _apply(plan: _GroupDecay) -> None:
@@ -459,27 +458,14 @@ def _base_weight_decay_off(groups: list[dict[str, Any]]) -> Iterator[None]:
             group["weight_decay"] = value
 
 
-def _saved_scalars(
-    groups: list[dict[str, Any]], state_dict: dict[str, Any]
-) -> dict[tuple[Tensor, str], Tensor]:
-    """``STAT_KEYS`` entries of each parameter in ``state_dict`` (ids matched as torch matches
-    them), and the base's 0-dim float32/float64 statistics (not ``step``) of bf16/fp16 tensors."""
-    saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-    params = [p for g in groups for p in g["params"]]
-    by_id = dict(zip(saved_ids, params))
-    out = {}
-    for i, entry in state_dict["state"].items():
-        p = by_id.get(i)
-        if p is None or not isinstance(entry, dict):
-            continue
-        for key, value in entry.items():
-            if key in STAT_KEYS or (key != "step" and _wider_scalar(value, p)):
-                out[(p, key)] = value
-    return out
-def _wider_scalar(value: Any, p: Tensor) -> bool:
-    return (isinstance(value, Tensor) and value.dim() == 0
-            and value.dtype in (torch.float32, torch.float64)
-            and p.dtype in (torch.bfloat16, torch.float16))
+def _restored_dtype(key: str, value: Tensor, p: Tensor) -> torch.dtype | None:
+    """``STAT_KEYS`` in ``mu_dtype(p)``; the base's 0-dim float32/float64 statistics (not
+    ``step``) of bf16/fp16 weights in their saved dtype."""
+    if key in STAT_KEYS:
+        return mu_dtype(p)
+    wider = (value.dim() == 0 and value.dtype in (torch.float32, torch.float64)
+             and p.dtype in (torch.bfloat16, torch.float16))
+    return value.dtype if key != "step" and wider else None
 
 
 def _check_options(base: type, group: dict[str, Any]) -> None:

@@ -158,13 +158,14 @@ def fused_state_reason(group: Any) -> str | None:
     return spec.state_reason(group)
 
 
-def fused_update_reason(update: Any) -> str | None:
-    """Why the fused kernels cannot run the update rule record ``update``
-    (``adamhd.optim.adamhd.update_rules.UpdateRule``), or ``None``: they run what
-    ``adamhd.kernels.spec`` lists (``update="adam"``, ``"atan2"``, ``"softplus"``), not the
-    options with a per-tensor reduction or extra state (``cautious``, ``trust_ratio``,
-    ``adanorm``, ``diffgrad``)."""
-    return spec.update_reason(update)
+def fused_update_reason(update: Any, device_type: str | None = None) -> str | None:
+    """Why the fused kernel for ``device_type`` (without it: every fused kernel) cannot run the
+    update rule record ``update`` (``adamhd.optim.adamhd.update_rules.UpdateRule``), or ``None``.
+    They run what ``adamhd.kernels.spec`` lists: ``update="adam"``, ``"atan2"``, ``"softplus"``;
+    the options with a per-tensor reduction or extra state (``cautious``, ``trust_ratio``,
+    ``adanorm``, ``diffgrad``) on CPU only. Without ``device_type``: ``None`` where some kernel
+    runs it."""
+    return spec.update_reason(update, device_type)
 
 
 def prepare(params: list[Tensor], fused: bool | None) -> None:
@@ -261,14 +262,18 @@ def fused_adamhd(
     *,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    rule_states: list[dict[str, Any]] | None = None,
 ) -> None:
-    """One fused step of a group's lists (the fields of ``AdamTensors``, in order)."""
+    """One fused step of a group's lists (the fields of ``AdamTensors``, in order);
+    ``rule_states``: each parameter's state dict where the update rule keeps state
+    (``prev_grad`` for ``diffgrad``, ``adanorm_e`` for ``adanorm``)."""
     from adamhd.optim.adamhd.step import AdamTensors
 
     tensors = AdamTensors(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
     )
-    fused_step(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf)
+    fused_step(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf,
+               rule_states=rule_states)
 
 
 def fused_step(
@@ -277,6 +282,7 @@ def fused_step(
     *,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    rule_states: list[dict[str, Any]] | None = None,
 ) -> None:
     """``fused_adamhd`` on the record: one call per device (CPU op or Triton launch)."""
     params = tensors.params
@@ -288,20 +294,32 @@ def fused_step(
     if reason is not None:
         raise RuntimeError(f"fused AdamHD step impossible: {reason}")
     if torch.compiler.is_compiling():  # traced once; the op checks every tensor at run time
+        _check_update(hyper, [params[0].device.type])
         if params[0].device.type == "cpu":
-            _fused_cpu(tensors, hyper, grad_scale, found_inf)
+            _fused_cpu(tensors, hyper, grad_scale, found_inf, rule_states)
         else:
             _fused_triton(tensors, hyper, grad_scale, found_inf)
         return
     plan = _plan(params)
     if plan.reason is not None:
         raise RuntimeError(f"fused AdamHD step impossible: {plan.reason}")
+    if not hyper.update.elementwise:  # every device's kernel must run the options: check first
+        _check_update(hyper, [params[index[0]].device.type for index in plan.by_device])
     for index in plan.by_device:
-        part = tensors if len(plan.by_device) == 1 else tensors.select(index)
+        single = len(plan.by_device) == 1
+        part = tensors if single else tensors.select(index)
+        states = rule_states if single or rule_states is None else [rule_states[i] for i in index]
         if plan.device_type == "cpu" or part.params[0].device.type == "cpu":
-            _fused_cpu(part, hyper, grad_scale, found_inf)
+            _fused_cpu(part, hyper, grad_scale, found_inf, states)
         else:
             _fused_triton(part, hyper, grad_scale, found_inf)
+
+
+def _check_update(hyper: AdamStep, device_types: list[str]) -> None:
+    for device_type in device_types:
+        reason = spec.update_reason(hyper.update, device_type)
+        if reason is not None:
+            raise RuntimeError(f"fused AdamHD step impossible: {reason}")
 
 
 def _fused_triton(tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
@@ -317,10 +335,12 @@ def _cpu_op():
     return torch.ops.adamhd.fused_step_
 
 
-def _fused_cpu(tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
+def _fused_cpu(
+    tensors: AdamTensors, hyper: AdamStep, grad_scale, found_inf, rule_states=None
+) -> None:
     """One call of the C++ op for the whole list: no per-tensor Python work, no host sync. Its
     arguments are ``adamhd.kernels.spec.ARGS``."""
-    _cpu_op()(*spec.op_args(tensors, hyper, grad_scale, found_inf))
+    _cpu_op()(*spec.op_args(tensors, hyper, grad_scale, found_inf, rule_states))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <mutex>
@@ -199,9 +200,62 @@ inline Vectorized<float> log1p_unit(const Vectorized<float>& w) {
   return x + at::vec::fmadd(e, V(0.693359375f), y);
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// log1p(exp(-y)) for float vectors with y >= 0, without exp or log (issue 20): on [0, 16), 16
+// unit intervals, on interval k a degree-6 polynomial in t = y - k - 1/2 (Chebyshev interpolation
+// at 7 nodes, in float64, coefficients rounded to float; kSoftplusPoly[d][k] is the coefficient
+// of t^d), picked by one in-register permute per coefficient. Absolute error at most 6.1e-8
+// (float32 evaluation on a grid of 2e6 points); at y >= 16 the value, below 1.2e-7, is taken as
+// 0. The softplus made of it, (y + this)/beta, is within 1.2e-7 relative of the exact one
+// (tests/kernels/test_fused_update_options.py measures the bound on the op).
+alignas(64) constexpr float kSoftplusPoly[7][16] = {
+    {0.474076986f, 0.201413274f, 0.078889735f, 0.0297504179f,
+     0.0110477451f, 0.00407844316f, 0.00150231016f, 0.000552931451f,
+     0.000203447678f, 7.48490274e-05f, 2.75360708e-05f, 1.0130042e-05f,
+     3.72664613e-06f, 1.3709581e-06f, 5.04347554e-07f, 1.85539122e-07f},
+    {-0.377540797f, -0.182425529f, -0.0758581534f, -0.0293122269f,
+     -0.0109869437f, -0.00407013856f, -0.00150118268f, -0.000552778831f,
+     -0.000203427044f, -7.48462553e-05f, -2.75356997e-05f, -1.01299947e-05f,
+     -3.72664044e-06f, -1.37095765e-06f, -5.04347554e-07f, -1.85539164e-07f},
+    {0.117501847f, 0.0745732412f, 0.0350518562f, 0.0142265102f,
+     0.00543311471f, 0.00202678586f, 0.00074946438f, 0.000276236562f,
+     0.000101692807f, 3.74203155e-05f, 1.37674679e-05f, 5.06494462e-06f,
+     1.86331283e-06f, 6.85477744e-07f, 2.52173606e-07f, 9.27695396e-08f},
+    {-0.00958870631f, -0.015788259f, -0.00991222914f, -0.00446428824f,
+     -0.00177119847f, -0.000670062436f, -0.000249056582f, -9.19712256e-05f,
+     -3.38816171e-05f, -1.24707576e-05f, -4.58860268e-06f, -1.68817007e-06f,
+     -6.21058973e-07f, -2.28476964e-07f, -8.40522674e-08f, -3.0921143e-08f},
+    {-0.00401446922f, 0.000652696006f, 0.00169247657f, 0.0009832012f,
+     0.000423243619f, 0.000164788144f, 6.18920094e-05f, 2.29427042e-05f,
+     8.46378862e-06f, 3.11685812e-06f, 1.14706199e-06f, 4.2203925e-07f,
+     1.55267514e-07f, 5.71208005e-08f, 2.10137134e-08f, 7.73053266e-09f},
+    {0.00083996536f, 0.000622660329f, -7.1283037e-05f, -0.000146004459f,
+     -7.73696447e-05f, -3.21412881e-05f, -1.23480841e-05f, -4.61486479e-06f,
+     -1.70756107e-06f, -6.2951267e-07f, -2.31765753e-07f, -8.52863593e-08f,
+     -3.13784163e-08f, -1.15439223e-08f, -4.24683266e-09f, -1.5623306e-09f},
+    {0.00018519639f, -0.000162164724f, -5.09607089e-05f, 9.20830371e-06f,
+     1.03640477e-05f, 4.9790151e-06f, 2.00205955e-06f, 7.60229568e-07f,
+     2.82915181e-07f, 1.04519145e-07f, 3.85101373e-08f, 1.41751704e-08f,
+     5.21584775e-09f, 1.91895122e-09f, 7.05962788e-10f, 2.59711891e-10f},
+};
+
+inline Vectorized<float> log1p_exp_neg(const Vectorized<float>& y) {
+  const __m512 yc = _mm512_min_ps(y, _mm512_set1_ps(15.999999f));
+  const __m512i k = _mm512_cvttps_epi32(yc);
+  const __m512 t = _mm512_sub_ps(yc, _mm512_add_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0.5f)));
+  __m512 acc = _mm512_permutexvar_ps(k, _mm512_load_ps(kSoftplusPoly[6]));
+  for (int d = 5; d >= 0; --d) {
+    acc = _mm512_fmadd_ps(acc, t, _mm512_permutexvar_ps(k, _mm512_load_ps(kSoftplusPoly[d])));
+  }
+  const __mmask16 far = _mm512_cmp_ps_mask(y, _mm512_set1_ps(16.f), _CMP_GE_OQ);
+  return _mm512_mask_blend_ps(far, acc, _mm512_setzero_ps());
+}
+#endif
+
 // torch.nn.functional.softplus(x, beta, threshold) for x >= 0: x where beta*x > threshold, else
-// log1p(exp(beta*x))/beta = (beta*x + log1p(exp(-beta*x)))/beta. Float vectors: inline (torch's
-// 20-ulp exp, log1p_unit); a library call per vector cost 3x the whole memory-bound step.
+// log1p(exp(beta*x))/beta = (beta*x + log1p(exp(-beta*x)))/beta. Float vectors: inline, with the
+// table above on AVX512 (else torch's 20-ulp exp and log1p_unit); a library call per vector cost
+// 3x the whole memory-bound step.
 template <typename T>
 inline T vsoftplus(const T& x, const T& beta, const T& inv_beta, const T& threshold) {
   const T bx = x * beta;
@@ -209,10 +263,36 @@ inline T vsoftplus(const T& x, const T& beta, const T& inv_beta, const T& thresh
     return bx > threshold ? x : std::log1p(std::exp(bx)) / beta;
   } else if constexpr (std::is_same_v<T, Vectorized<float>>) {
     const T small = vminimum(bx, threshold);
+#if defined(CPU_CAPABILITY_AVX512)
+    return select(bx > threshold, x, (small + log1p_exp_neg(small)) * inv_beta);
+#else
     return select(bx > threshold, x, (small + log1p_unit((T(0.f) - small).exp_u20())) * inv_beta);
+#endif
   } else {
     return select(bx > threshold, x, vminimum(bx, threshold).exp().log1p() / beta);
   }
+}
+
+// as torch.lerp(m, x, w): fmadd(w, x - m, m) for small w (lerp_low), else fmadd(w - 1, x - m, x)
+template <typename T>
+inline T torch_lerp(const T& m, const T& x, const T& w, bool lerp_low) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return lerp_low ? std::fma(w, x - m, m) : std::fma(w - T(1), x - m, x);
+  } else {
+    return lerp_low ? at::vec::fmadd(w, x - m, m) : at::vec::fmadd(w - T(1), x - m, x);
+  }
+}
+
+// The decays of adamhd.decay: explicit on p_t, proximal on q = p after the update.
+template <typename T>
+inline T explicit_decayed(const T& p, const Consts<T>& c) {
+  return p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+}
+
+template <typename T>
+inline T proximal_decayed(const T& q, const Consts<T>& c) {
+  const T x = q / c.one_plus_tau;
+  return x + excess(x, c.neg_d, c.d) * c.tau;
 }
 
 // The step p += -lr * u for the update rule, given m and the second moment (v or max_v).
@@ -239,19 +319,13 @@ inline T add_update(const T& p, const T& m, const T& second, const Consts<T>& c,
 template <int DECAY, bool AMSGRAD, bool PLAIN, typename T>
 inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const Flags& f) {
   if (f.maximize) g = T(0) - g;
-  // as torch.lerp: fmadd(w, g - m, m) for small w, else fmadd(w - 1, g - m, g)
-  if constexpr (std::is_floating_point_v<T>) {
-    m = f.lerp_low ? std::fma(c.weight1, g - m, m) : std::fma(c.weight1 - T(1), g - m, g);
-  } else {
-    m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
-                   : at::vec::fmadd(c.weight1 - T(1), g - m, g);
-  }
+  m = torch_lerp(m, g, c.weight1, f.lerp_low);
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
   if constexpr (AMSGRAD) max_v = vmaximum(max_v, v);
   const T& second = AMSGRAD ? max_v : v;
   const T p_t = p;
   if constexpr (DECAY == 1) {
-    const T decayed = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+    const T decayed = explicit_decayed(p, c);
     p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
   if constexpr (PLAIN) {
@@ -260,8 +334,7 @@ inline T adamhd_update(T p, T g, T& m, T& v, T& max_v, const Consts<T>& c, const
     p = add_update(p, m, second, c, f);
   }
   if constexpr (DECAY == 2) {
-    const T x = p / c.one_plus_tau;
-    const T decayed = x + excess(x, c.neg_d, c.d) * c.tau;
+    const T decayed = proximal_decayed(p, c);
     p = (!PLAIN && f.cautious) ? select(same_sign_or_zero(m, p_t), decayed, p) : decayed;
   }
   return p;
@@ -582,14 +655,16 @@ struct CacheEntry {
 };
 
 std::mutex g_cache_mutex;
-std::unordered_map<const c10::TensorImpl*, CacheEntry> g_cache;
+using SumTable = std::unordered_map<const c10::TensorImpl*, CacheEntry>;
+SumTable g_cache;
+SumTable g_sq_cache;  // sum p^2 as the option step left p (the trust ratio's ||p_t||)
 size_t g_cache_sweep_at = 256;
 
 int64_t version_of(const at::Tensor& p) { return p.is_inference() ? -1 : p._version(); }
 
-bool cached_sum(const at::Tensor& p, double* out) {
-  auto it = g_cache.find(p.unsafeGetTensorImpl());
-  if (it == g_cache.end()) return false;
+bool cached_sum(const at::Tensor& p, double* out, const SumTable& table = g_cache) {
+  auto it = table.find(p.unsafeGetTensorImpl());
+  if (it == table.end()) return false;
   const CacheEntry& e = it->second;
   if (e.impl.expired() || e.version != version_of(p) || e.data != p.data_ptr() ||
       e.numel != p.numel())
@@ -598,15 +673,15 @@ bool cached_sum(const at::Tensor& p, double* out) {
   return true;
 }
 
-void store_sum(const at::Tensor& p, double sum) {
+void store_sum(const at::Tensor& p, double sum, SumTable& table = g_cache) {
   CacheEntry entry{c10::weak_intrusive_ptr<c10::TensorImpl>(p.getIntrusivePtr()), version_of(p),
                    p.data_ptr(), p.numel(), sum};
-  g_cache.insert_or_assign(p.unsafeGetTensorImpl(), std::move(entry));
-  if (g_cache.size() >= g_cache_sweep_at) {  // drop the entries of dead tensors now and then
-    for (auto it = g_cache.begin(); it != g_cache.end();) {
-      it = it->second.impl.expired() ? g_cache.erase(it) : std::next(it);
+  table.insert_or_assign(p.unsafeGetTensorImpl(), std::move(entry));
+  if (table.size() >= g_cache_sweep_at) {  // drop the entries of dead tensors now and then
+    for (auto it = table.begin(); it != table.end();) {
+      it = it->second.impl.expired() ? table.erase(it) : std::next(it);
     }
-    g_cache_sweep_at = std::max<size_t>(256, 2 * g_cache.size());
+    g_cache_sweep_at = std::max<size_t>(256, 2 * table.size());
   }
 }
 
@@ -716,6 +791,505 @@ struct Operands {
   bool direct;
 };
 
+
+// ---- per-tensor update options in the fused step (issue 20 item 2) ----------------------------
+//
+// cautious, trust_ratio, adanorm and diffgrad of adamhd.optim.adamhd.update_rules (the order and
+// math of rule_step.rules_adamhd), in the same op call and parallel region as the step. Per
+// tensor, up to two reduction phases, then the update:
+//   R1 (adanorm, or a stale sum|p_t|):  sum g^2 (g unscaled), sum|p_t| (the adaptive threshold)
+//   R2 (cautious or trust_ratio):       the moments and u recomputed, not stored:
+//                                       count(u*g > 0), sum (u*mask)^2, sum p_t^2 (unless the
+//                                       last step left it in g_sq_cache, checked as sum|p|)
+//   U:                                  moments, u, u*mask*factor, decay, p; all stored (and
+//                                       sum p_new^2 with the trust ratio)
+// with factor = trust_ratio / max(kept, floor). AdaNorm's m takes g*max(1, e/||g||); diffGrad's
+// m_hat takes sigmoid(|g_prev - g|) and needs no reduction (one more read and write: prev_grad).
+// The phases of a tensor are dealt one after the other, tensor by tensor (as two_phase does with
+// two), so a tensor smaller than the cache is read from memory once.
+
+struct OptionFlags {
+  bool cautious;  // the update's mask u*g > 0 (cautious decay is Flags::cautious)
+  bool trust;
+  bool adanorm;
+  bool diffgrad;
+  bool amsgrad;
+};
+
+// sigmoid(x) = 1/(1 + exp(-x)) for x >= 0 (float vectors: torch's 20-ulp exp, inline)
+template <typename T>
+inline T sigmoid_nonneg(const T& x) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return T(1) / (T(1) + std::exp(-x));
+  } else if constexpr (std::is_same_v<T, Vectorized<float>>) {
+    return T(1.f) / (T(1.f) + (T(0.f) - x).exp_u20());
+  } else {
+    return T(1) / (T(1) + (T(0) - x).exp());
+  }
+}
+
+// One element's m, v, max_v advanced and its direction u (before the mask and the factors).
+// g: unscaled, negated for maximize; m_scale: AdaNorm's factor on g for m.
+template <typename T>
+inline T option_direction(const T& g, const T& prev, T& m, T& v, T& max_v, const Consts<T>& c,
+                          const T& m_scale, const Flags& f, const OptionFlags& o) {
+  m = torch_lerp(m, o.adanorm ? g * m_scale : g, c.weight1, f.lerp_low);
+  v = v * c.beta2 + c.one_minus_beta2 * g * g;
+  if (o.amsgrad) max_v = vmaximum(max_v, v);
+  const T& second = o.amsgrad ? max_v : v;
+  T m_hat = m * c.inv_bc1;  // the rule divides by the scalars: within an ulp
+  if (o.diffgrad) m_hat = m_hat * sigmoid_nonneg(vabs(prev - g));
+  const T sqrt_v_hat = vsqrt(second) * c.inv_bc2_sqrt;
+  if (f.update == kAtan2) return atan2_nonneg_x(m_hat, sqrt_v_hat * c.update_b) * c.update_a;
+  if (f.update == kSoftplus) {
+    return m_hat / vsoftplus(sqrt_v_hat, c.update_a, c.inv_update_a, c.update_b);
+  }
+  return m_hat / (sqrt_v_hat + c.eps);
+}
+
+// The cautious mask 1[u*g > 0] from the signs of m and g, 1 or 0: u has m's sign (m_hat = m/bc1
+// times diffGrad's sigmoid >= 1/2, over a positive denominator; atan2 with x >= 0), so it needs
+// only m, not v. It differs from the product u*g > 0 of update_rules.agreement_mask only where
+// that product underflows to 0 (|u*g| < 1.4e-45 in float32) or u is NaN with m not (an inf
+// gradient); the weight is NaN then either way.
+template <typename T>
+inline T agreement(const T& m, const T& g) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return ((m > T(0) && g > T(0)) || (m < T(0) && g < T(0))) ? T(1) : T(0);
+  } else {
+    const T zero(0);
+    return T::blendv(zero, T(1), ((m > zero) & (g > zero)) | ((m < zero) & (g < zero)));
+  }
+}
+
+// Phase R2 (PHASE 2: acc += mask, (u*mask)^2) or U (PHASE 3: returns the new p; m, v,
+// max_v and prev hold their new values) of one element.
+template <int PHASE, int DECAY, typename T>
+inline T option_element(T p, T g, T& m, T& v, T& max_v, T& prev, const Consts<T>& c,
+                        const T& m_scale, const T& u_scale, const Flags& f, const OptionFlags& o,
+                        T* acc) {
+  if (f.maximize) g = T(0) - g;
+  if (PHASE == 2 && !o.trust) {  // the kept fraction only: m, not u
+    m = torch_lerp(m, o.adanorm ? g * m_scale : g, c.weight1, f.lerp_low);
+    acc[0] = acc[0] + agreement(m, g);
+    return p;
+  }
+  const T u = option_direction(g, prev, m, v, max_v, c, m_scale, f, o);
+  prev = g;
+  const T mask = o.cautious ? agreement(m, g) : T(1);
+  const T w = o.cautious ? u * mask : u;
+  if constexpr (PHASE == 2) {
+    acc[0] = acc[0] + mask;
+    acc[1] = acc[1] + w * w;  // acc[2]: sum p_t^2, added by option_range (SqSum)
+    return p;
+  } else {
+    const T step = w * u_scale;
+    const T p_t = p;
+    if constexpr (DECAY == 1) {
+      p = f.cautious ? select(same_sign_or_zero(step, p_t), explicit_decayed(p, c), p)
+                     : explicit_decayed(p, c);
+    }
+    p = p + c.neg_lr * step;
+    if constexpr (DECAY == 2) {
+      p = f.cautious ? select(same_sign_or_zero(step, p_t), proximal_decayed(p, c), p)
+                     : proximal_decayed(p, c);
+    }
+    return p;
+  }
+}
+
+// A tensor's pointers beyond Job's, and its factors, set between the phases.
+struct OptionJob {
+  void* prev = nullptr;  // diffgrad: the previous gradient
+  double m_scale = 1.0;  // AdaNorm: max(1, e/||g||), rounded to the weights' dtype
+  double u_scale = 1.0;  // trust ratio / max(kept fraction, floor)
+  double grad_scale = 0.0;  // GradScaler's scale (0: none); R1 runs before Job::c is set
+  bool sq_known = false;    // trust ratio: sum p_t^2 cached by the last step (R2 skips p)
+};
+
+// sum x^2 of vectors, flushed to double every kSumBlock vectors: R2's sum p_t^2 and U's
+// sum p_new^2 (the next step's) add the same values in the same order, so a cached value equals
+// a recomputed one bit for bit.
+template <typename OVec>
+struct SqSum {
+  double total = 0.0;
+  OVec acc = OVec(0);
+  int64_t in_acc = 0;
+  inline void add(const OVec& x) {
+    acc = acc + x * x;
+    if (++in_acc == kSumBlock) flush();
+  }
+  inline void flush() {
+    total += hsum(acc);
+    acc = OVec(0);
+    in_acc = 0;
+  }
+};
+
+// Vector sums of up to three quantities, flushed to double every kSumBlock vectors.
+template <typename OVec>
+struct Sums3 {
+  OVec acc[3] = {OVec(0), OVec(0), OVec(0)};
+  double total[3] = {0.0, 0.0, 0.0};
+  int64_t n = 0;
+  inline void tick() {
+    if (++n == kSumBlock) flush();
+  }
+  inline void flush() {
+    for (int k = 0; k < 3; ++k) {
+      total[k] += hsum(acc[k]);
+      acc[k] = OVec(0);
+    }
+    n = 0;
+  }
+};
+
+// Phase PHASE (1: R1, 2: R2, 3: U) over the elements [begin, end) of one tensor; out[0..2] as in
+// the table above (U: out[0] = sum|p_new| if want_sum, with run_range's blocking).
+template <typename scalar_t, int PHASE, int DECAY>
+void option_range(const Job& job, const OptionJob& oj, const OptionFlags& o, int64_t begin,
+                  int64_t end, bool want_abs, bool want_sum, double* out) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using OVec = Vectorized<opmath_t>;
+  using SVec = Vectorized<scalar_t>;
+  constexpr int kParts = std::is_same_v<scalar_t, opmath_t> ? 1 : 2;
+  constexpr int64_t W = SVec::size();
+  auto load = [](const scalar_t* x, OVec* r) {
+    if constexpr (kParts == 1) {
+      r[0] = OVec::loadu(x);
+    } else {
+      std::tie(r[0], r[1]) = at::vec::convert_to_float<scalar_t>(SVec::loadu(x));
+    }
+  };
+  auto store = [](scalar_t* x, const OVec* r) {
+    if constexpr (kParts == 1) {
+      r[0].store(x);
+    } else {
+      at::vec::convert_from_float<scalar_t>(r[0], r[1]).store(x);
+    }
+  };
+  auto* p = static_cast<scalar_t*>(job.p);
+  auto* g = static_cast<scalar_t*>(job.g);
+  auto* m = static_cast<scalar_t*>(job.m);
+  auto* v = static_cast<scalar_t*>(job.v);
+  auto* max_v = static_cast<scalar_t*>(job.max_v);
+  auto* prev = static_cast<scalar_t*>(oj.prev);
+  const Flags& f = job.f;
+  const Consts<opmath_t> cs = broadcast<opmath_t>(job.c);
+  const Consts<OVec> cv = broadcast<OVec>(cs);
+  const opmath_t ms(oj.m_scale), us(oj.u_scale);
+  const OVec msv(ms), usv(us);
+  Sums3<OVec> sums;
+  AbsSum<OVec> abs;
+  SqSum<OVec> sq;  // R2: sum p_t^2 (unless cached); U: sum p_new^2 (trust ratio)
+  const bool read_p2 = PHASE == 2 && o.trust && !oj.sq_known;
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    OVec pv[kParts], gv[kParts], mv[kParts], vv[kParts], xv[kParts], hv[kParts];
+    if constexpr (PHASE == 1) {
+      if (o.adanorm) {
+        load(g + i, gv);
+        for (int k = 0; k < kParts; ++k) {
+          if (oj.grad_scale > 0) gv[k] = gv[k] / OVec(opmath_t(oj.grad_scale));
+          sums.acc[0] = sums.acc[0] + gv[k] * gv[k];
+        }
+        sums.tick();
+      }
+      if (want_abs) {
+        load(p + i, pv);
+        for (int k = 0; k < kParts; ++k) abs.add(pv[k]);
+      }
+      continue;
+    }
+    load(g + i, gv);
+    if (f.scaled) {
+      for (int k = 0; k < kParts; ++k) gv[k] = gv[k] / cv.grad_scale;
+      if (PHASE == 3) store(g + i, gv);
+    }
+    if (PHASE == 3 || read_p2) {
+      load(p + i, pv);
+      if (read_p2) {
+        for (int k = 0; k < kParts; ++k) sq.add(pv[k]);
+      }
+    } else {
+      for (int k = 0; k < kParts; ++k) pv[k] = OVec(0);
+    }
+    load(m + i, mv);
+    if (PHASE == 3 || o.trust) {  // R2 for cautious alone reads g and m only
+      load(v + i, vv);
+      if (o.amsgrad) load(max_v + i, xv);
+      if (o.diffgrad) load(prev + i, hv);
+    }
+    for (int k = 0; k < kParts; ++k) {
+      pv[k] = option_element<PHASE, DECAY>(pv[k], gv[k], mv[k], vv[k], xv[k], hv[k], cv, msv,
+                                           usv, f, o, sums.acc);
+    }
+    if constexpr (PHASE == 2) {
+      sums.tick();
+    } else {
+      store(p + i, pv);
+      store(m + i, mv);
+      store(v + i, vv);
+      if (o.amsgrad) store(max_v + i, xv);
+      if (o.diffgrad) store(prev + i, hv);
+      if (want_sum || o.trust) {  // the stored (rounded) values, as run_range
+        OVec r[kParts];
+        load(p + i, r);
+        for (int k = 0; k < kParts; ++k) {
+          if (want_sum) abs.add(r[k]);
+          if (o.trust) sq.add(r[k]);
+        }
+      }
+    }
+  }
+  sums.flush();
+  abs.flush();
+  sq.flush();
+  for (; i < end; ++i) {  // scalar tail, same math
+    opmath_t pv = p[i], gv = g[i], mv = m[i], vv = v[i];
+    opmath_t xv = o.amsgrad ? opmath_t(max_v[i]) : opmath_t(0);
+    opmath_t hv = o.diffgrad ? opmath_t(prev[i]) : opmath_t(0);
+    if constexpr (PHASE == 1) {
+      if (oj.grad_scale > 0) gv = gv / opmath_t(oj.grad_scale);
+      if (o.adanorm) sums.total[0] += static_cast<double>(gv) * static_cast<double>(gv);
+      if (want_abs) abs.total += std::abs(static_cast<double>(p[i]));
+      continue;
+    }
+    if (f.scaled) {
+      gv = gv / cs.grad_scale;
+      if (PHASE == 3) g[i] = static_cast<scalar_t>(gv);
+    }
+    opmath_t acc[3] = {0, 0, 0};
+    if (read_p2) sq.total += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+    pv = option_element<PHASE, DECAY>(pv, gv, mv, vv, xv, hv, cs, ms, us, f, o, acc);
+    if constexpr (PHASE == 2) {
+      for (int k = 0; k < 2; ++k) sums.total[k] += static_cast<double>(acc[k]);
+    } else {
+      p[i] = static_cast<scalar_t>(pv);
+      m[i] = static_cast<scalar_t>(mv);
+      v[i] = static_cast<scalar_t>(vv);
+      if (o.amsgrad) max_v[i] = static_cast<scalar_t>(xv);
+      if (o.diffgrad) prev[i] = static_cast<scalar_t>(hv);
+      if (want_sum) abs.total += std::abs(static_cast<double>(p[i]));
+      if (o.trust) sq.total += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+    }
+  }
+  if constexpr (PHASE == 1) {
+    out[0] = sums.total[0];
+    out[1] = abs.total;
+  } else if constexpr (PHASE == 2) {
+    out[0] = sums.total[0];
+    out[1] = sums.total[1];
+    out[2] = sq.total;
+  } else {
+    out[0] = abs.total;
+    out[1] = sq.total;
+  }
+}
+
+using OptionFn = void (*)(const Job&, const OptionJob&, const OptionFlags&, int64_t, int64_t,
+                          bool, bool, double*);
+
+template <typename scalar_t>
+std::array<OptionFn, 3> option_functions(int64_t decay_kind) {
+#define ADAMHD_OPTION_CASE(D)                                                              \
+  if (decay_kind == D)                                                                     \
+    return {&option_range<scalar_t, 1, D>, &option_range<scalar_t, 2, D>,                  \
+            &option_range<scalar_t, 3, D>};
+  ADAMHD_OPTION_CASE(0)
+  ADAMHD_OPTION_CASE(1)
+  ADAMHD_OPTION_CASE(2)
+#undef ADAMHD_OPTION_CASE
+  TORCH_CHECK(false, "adamhd fused step: bad decay kind ", decay_kind);
+}
+
+// Several phases per tensor in one parallel region (two_phase with a list of phases per tensor):
+// the items are dealt tensor by tensor, phase by phase; an item of phase pos waits (yielding)
+// until every chunk of the tensor's phase pos - 1 is done and finish(j, that phase) has run (the
+// thread that does a phase's last chunk calls it). Items are taken in dealing order, so the
+// earliest unfinished item never waits: no deadlock.
+struct PhaseItem {
+  int32_t job;
+  int32_t pos;
+  int64_t begin;
+};
+
+template <typename Run, typename Fin>
+void run_phases(const std::vector<Job>& jobs, const std::vector<int64_t>& which,
+                const std::vector<std::vector<int>>& phases, int64_t elements, const Run& run,
+                const Fin& finish) {
+  std::vector<PhaseItem> items;
+  std::vector<std::atomic<int64_t>> left(jobs.size());
+  std::vector<std::atomic<int>> done(jobs.size());
+  for (int64_t j : which) {
+    const int last = static_cast<int>(phases[j].size()) - 1;
+    for (int pos = 0; pos <= last; ++pos) {
+      for (int64_t b = 0; b < jobs[j].numel; b += kChunk)
+        items.push_back({static_cast<int32_t>(j), pos, b});
+    }
+    left[j].store(chunks_of(jobs[j].numel));
+    done[j].store(0);
+    if (jobs[j].numel == 0) {  // no chunk: its reductions are empty sums
+      for (int pos = 0; pos < last; ++pos) finish(j, phases[j][pos]);
+      done[j].store(last);
+    }
+  }
+  auto exec = [&](const PhaseItem& it) {
+    const std::vector<int>& ph = phases[it.job];
+    const Job& job = jobs[it.job];
+    while (done[it.job].load(std::memory_order_acquire) < it.pos) std::this_thread::yield();
+    run(static_cast<int64_t>(it.job), ph[it.pos], it.begin,
+        std::min(it.begin + kChunk, job.numel));
+    if (it.pos + 1 < static_cast<int>(ph.size()) && left[it.job].fetch_sub(1) == 1) {
+      finish(static_cast<int64_t>(it.job), ph[it.pos]);
+      left[it.job].store(chunks_of(job.numel));
+      done[it.job].store(it.pos + 1, std::memory_order_release);
+    }
+  };
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  if (threads <= 1 || elements < 2 * kChunk || at::in_parallel_region()) {
+    for (const PhaseItem& it : items) exec(it);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) exec(items[k]);
+  });
+}
+
+// AdaNorm: e <- gamma*e + (1 - gamma)*||g|| in e's dtype (update_rules.adanorm_scale_); returns
+// max(1, e/||g||), 1 where ||g|| = 0, rounded to the weights' dtype (the rule multiplies g by it
+// in that dtype).
+double adanorm_factor(const at::Tensor& e, double sum_sq, double gamma, at::ScalarType dtype) {
+  double s = 1.0;
+  if (e.scalar_type() == at::kFloat) {
+    float* ep = e.data_ptr<float>();
+    const float norm = static_cast<float>(std::sqrt(sum_sq));
+    *ep = *ep * static_cast<float>(gamma) + static_cast<float>(1.0 - gamma) * norm;
+    if (*ep > norm && norm > 0.f) s = static_cast<double>(*ep / norm);
+  } else {
+    double* ep = e.data_ptr<double>();
+    const double norm = std::sqrt(sum_sq);
+    *ep = *ep * gamma + (1.0 - gamma) * norm;
+    if (*ep > norm && norm > 0.0) s = *ep / norm;
+  }
+  if (dtype == at::kBFloat16) return static_cast<double>(static_cast<float>(c10::BFloat16(s)));
+  if (dtype == at::kHalf) return static_cast<double>(static_cast<float>(c10::Half(s)));
+  if (dtype == at::kFloat) return static_cast<double>(static_cast<float>(s));
+  return s;
+}
+
+// The factor on u*mask: trust ratio ||p_t||/||u|| (1 where either is 0 or not finite) over
+// max(kept fraction, floor) (cautious). sums: count(mask), sum (u*mask)^2, sum p_t^2.
+double update_factor(const double* sums, int64_t numel, const OptionFlags& o, double floor) {
+  double kept = 1.0;
+  if (o.cautious) {
+    kept = std::max(sums[0] / static_cast<double>(std::max<int64_t>(numel, 1)), floor);
+  }
+  double ratio = 1.0;
+  if (o.trust) {
+    const double p_norm = std::sqrt(sums[2]), u_norm = std::sqrt(sums[1]) / kept;
+    if (p_norm > 0 && u_norm > 0 && std::isfinite(p_norm / u_norm)) ratio = p_norm / u_norm;
+  }
+  return ratio / kept;
+}
+
+void check_option_inputs(at::TensorList params, at::TensorList prev_grads,
+                         at::TensorList adanorm_es, const OptionFlags& o) {
+  const size_t n = params.size();
+  TORCH_CHECK(!o.diffgrad || prev_grads.size() == n,
+              "adamhd fused step: diffgrad needs one prev_grad per parameter");
+  TORCH_CHECK(!o.adanorm || adanorm_es.size() == n,
+              "adamhd fused step: adanorm needs one adanorm_e per parameter");
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    if (o.diffgrad) {
+      const at::Tensor& h = prev_grads[i];
+      TORCH_CHECK(h.device().is_cpu() && !h.is_sparse() && h.scalar_type() == p.scalar_type() &&
+                      h.sizes() == p.sizes(),
+                  "adamhd fused step: prev_grad of parameter ", i, " must be a dense CPU tensor "
+                  "of its dtype and shape (", p.scalar_type(), " ", p.sizes(), "), got ",
+                  h.scalar_type(), " ", h.sizes(), " on ", h.device());
+    }
+    if (o.adanorm) {
+      const at::Tensor& e = adanorm_es[i];
+      TORCH_CHECK(e.device().is_cpu() && e.numel() == 1 &&
+                      (e.scalar_type() == at::kFloat || e.scalar_type() == at::kDouble),
+                  "adamhd fused step: adanorm_e of parameter ", i,
+                  " must be a 1-element float32 or float64 CPU tensor, got ", e.scalar_type(),
+                  " with ", e.numel(), " elements");
+    }
+  }
+}
+
+// The step with options, in place of two_phase in fused_step_: set_constants(j) as there (once
+// per tensor: before the region where !stale[j], at the end of R1 otherwise), `part` the stale
+// sum|p_t| chunk sums it reads, part2 the sum|p_new| chunk sums (advance).
+template <typename SetConstants>
+void option_step(std::vector<Job>& jobs, const std::vector<int64_t>& all,
+                 const std::vector<char>& stale, std::vector<double>& part,
+                 std::vector<double>& part2, const SetConstants& set_constants,
+                 at::TensorList params, std::vector<at::Tensor>& prevs,
+                 at::TensorList adanorm_es, const OptionFlags& o, int64_t decay_kind,
+                 bool advance, double gamma, double floor, double grad_scale,
+                 std::vector<double>& new_sq) {
+  const size_t n = jobs.size();
+  ChunkList chunks = list_chunks(jobs, all);  // sets first_chunk
+  part.assign(chunks.job.size(), 0.0);
+  std::vector<double> sq_part(chunks.job.size(), 0.0), sq_cached(n, 0.0);
+  std::vector<std::array<double, 3>> red(chunks.job.size(), {0.0, 0.0, 0.0});
+  std::vector<OptionJob> extra(n);
+  std::vector<std::array<OptionFn, 3>> fns(n);
+  std::vector<std::vector<int>> phases(n);
+  for (size_t i = 0; i < n; ++i) {
+    extra[i].prev = o.diffgrad ? prevs[i].data_ptr() : nullptr;
+    extra[i].grad_scale = grad_scale;
+    if (o.trust) {
+      std::lock_guard<std::mutex> lock(g_cache_mutex);
+      extra[i].sq_known = cached_sum(params[i], &sq_cached[i], g_sq_cache);
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(), "opt", [&] {
+      fns[i] = option_functions<scalar_t>(decay_kind);
+    });
+    if (stale[i] || o.adanorm) phases[i].push_back(1);
+    if (o.cautious || o.trust) phases[i].push_back(2);
+    phases[i].push_back(3);
+  }
+  auto run = [&](int64_t j, int phase, int64_t b, int64_t e) {
+    double out[3] = {0.0, 0.0, 0.0};
+    fns[j][phase - 1](jobs[j], extra[j], o, b, e, stale[j], advance, out);
+    const int64_t k = jobs[j].first_chunk + b / kChunk;
+    if (phase == 1) {
+      red[k][0] = out[0];
+      part[k] = out[1];
+    } else if (phase == 2) {
+      red[k] = {out[0], out[1], out[2]};
+    } else {
+      part2[k] = out[0];
+      sq_part[k] = out[1];
+    }
+  };
+  auto finish = [&](int64_t j, int phase) {
+    double sums[3] = {0.0, 0.0, 0.0};
+    for (int64_t k = 0; k < chunks_of(jobs[j].numel); ++k) {
+      for (int q = 0; q < 3; ++q) sums[q] += red[jobs[j].first_chunk + k][q];
+    }
+    if (phase == 1) {
+      if (stale[j]) set_constants(j);
+      if (o.adanorm) {
+        extra[j].m_scale = adanorm_factor(adanorm_es[j], sums[0], gamma, params[j].scalar_type());
+      }
+    } else {
+      if (extra[j].sq_known) sums[2] = sq_cached[j];
+      extra[j].u_scale = update_factor(sums, jobs[j].numel, o, floor);
+    }
+  };
+  run_phases(jobs, all, phases, chunks.elements, run, finish);
+  new_sq.assign(n, 0.0);
+  if (o.trust) sum_chunks(jobs, all, sq_part, new_sq);
+}
+
 }  // namespace
 
 // One fused AdamHD step over lists of CPU tensors, in place (see the top of this file).
@@ -724,6 +1298,9 @@ struct Operands {
 // (u = a*atan2(m_hat, b*sqrt(v_hat)); update_a = a, update_b = b), 2 softplus
 // (u = m_hat/softplus_beta(sqrt(v_hat)); update_a = beta, update_b = torch's threshold 20).
 // cautious: decay only where sign(m) * sign(p_t) >= 0 (the sign of u is m's).
+// cautious_update, trust_ratio, adanorm, diffgrad: the update rule's per-tensor options (see
+// option_step; prev_grads and adanorm_es their state, adanorm_gamma and cautious_floor their
+// constants).
 void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
                  at::TensorList mus, const std::optional<at::Tensor>& lr_tensor,
@@ -732,7 +1309,9 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                  double beta2, double eps, double weight_decay, int64_t decay_kind, double delta,
                  double delta_scale, double delta_beta, bool adaptive, bool amsgrad,
                  bool maximize, int64_t update_kind, double update_a, double update_b,
-                 bool cautious) {
+                 bool cautious, at::TensorList prev_grads, at::TensorList adanorm_es,
+                 bool cautious_update, bool trust_ratio, bool adanorm, bool diffgrad,
+                 double adanorm_gamma, double cautious_floor) {
   TORCH_CHECK(decay_kind >= 0 && decay_kind <= 2, "adamhd fused step: bad decay kind ",
               decay_kind);
   TORCH_CHECK(update_kind >= kAdam && update_kind <= kSoftplus,
@@ -740,6 +1319,9 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
   const bool advance = adaptive && decay_kind != 0;
   check_inputs(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, mus, amsgrad,
                advance);
+  const OptionFlags options{cautious_update, trust_ratio, adanorm, diffgrad, amsgrad};
+  const bool with_options = cautious_update || trust_ratio || adanorm || diffgrad;
+  check_option_inputs(params, prev_grads, adanorm_es, options);
   if (scalar_of(found_inf, 0.0) != 0.0) return;  // GradScaler found inf/nan: change nothing
   const double scale = scalar_of(grad_scale, 0.0);
   lr = scalar_of(lr_tensor, lr);
@@ -806,12 +1388,26 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
   for (size_t i = 0; i < n; ++i) {
     if (!stale[i]) set_constants(static_cast<int64_t>(i));
   }
-  two_phase(
-      jobs, all, stale, part,
-      [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); }, set_constants,
-      [&](const Job& job, int64_t b, int64_t e) {
-        part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
-      });
+  std::vector<at::Tensor> prevs(diffgrad ? n : 0);  // prev_grads, or copies in p's layout
+  for (size_t i = 0; i < prevs.size(); ++i) {
+    const bool same = ops[i].direct && prev_grads[i].strides() == params[i].strides();
+    prevs[i] = same ? prev_grads[i] : at::empty_like(ops[i].p).copy_(prev_grads[i]);
+  }
+  std::vector<double> new_sq;  // trust ratio: sum p_new^2, the next step's ||p_t||^2
+  if (with_options) {
+    option_step(jobs, all, stale, part, part2, set_constants, params, prevs, adanorm_es, options,
+                decay_kind, advance, adanorm_gamma, cautious_floor, scale, new_sq);
+  } else {
+    two_phase(
+        jobs, all, stale, part,
+        [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); },
+        set_constants, [&](const Job& job, int64_t b, int64_t e) {
+          part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
+        });
+  }
+  for (size_t i = 0; i < prevs.size(); ++i) {
+    if (!prevs[i].is_same(prev_grads[i])) prev_grads[i].copy_(prevs[i]);
+  }
 
   std::vector<double> new_sum(n, 0.0);
   if (advance) sum_chunks(jobs, all, part2, new_sum);
@@ -829,6 +1425,10 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
   if (advance) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
     for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
+  }
+  if (trust_ratio) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sq[i], g_sq_cache);
   }
 }
 
@@ -872,9 +1472,13 @@ void forget(const std::vector<at::Tensor>& params, bool everything) {
   std::lock_guard<std::mutex> lock(g_cache_mutex);
   if (everything) {
     g_cache.clear();
+    g_sq_cache.clear();
     return;
   }
-  for (const at::Tensor& p : params) g_cache.erase(p.unsafeGetTensorImpl());
+  for (const at::Tensor& p : params) {
+    g_cache.erase(p.unsafeGetTensorImpl());
+    g_sq_cache.erase(p.unsafeGetTensorImpl());
+  }
 }
 
 // ---- adamhd::decay_: the decoupled decay pass of with_decoupled_decay (issue 20) -------------
@@ -1066,6 +1670,576 @@ void decay_(at::TensorList params, at::TensorList p_ts, at::TensorList mus, at::
   }
 }
 
+// ==== adamhd::fused_lowbit_step_: low-bit moments in one pass (issue 19) =======================
+//
+// The step of adamhd.optim.adamhd.lowbit (state_dtype="bfloat16"/"int8", bf16_stochastic_round)
+// fused. Per block of kLowBlock = 256 elements (the int8 code's block), in one pass over memory:
+// p and g are read into float buffers, the moments are decoded into float buffers, the float
+// step of adamhd_update (the code fused_step_ runs, so the floats are those fused_step_ computes
+// on float32 working copies) updates them, and everything is written back in its storage format.
+// Storage of a tensor's moments, from exp_avg's dtype (exp_avg_sq's must be the same):
+//   uint8     the 8-bit block code of lowbit.py (encode_int8): m as sign + 4 exponent + 3
+//             mantissa bits of m/max|m|, v as 4 + 4 bits of sqrt(v)/max sqrt(v) (sqrt correctly
+//             rounded), one float32 scale per block in exp_avg_scales / exp_avg_sq_scales (listed
+//             for the uint8 tensors only, in order);
+//   bfloat16  stochastic rounding on every write (lowbit.bf16_round_stochastic);
+//   otherwise the parameter's dtype (float32, or float16), rounded to nearest.
+// Parameters: float32, bfloat16 (param_sr: rounded stochastically, else to nearest), float16.
+// The rounding noise is lowbit.py's counter-based hash (rounding_key, noise16): the same bits as
+// the reference path's, for any thread count. The adaptive threshold's sum|p| is taken over the
+// float values of the stored p with float32 blocking (lowbit_sum_abs), so a bf16 tensor's
+// statistic equals the one fused_step_ computes on its float32 working copy.
+
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kLowBlock = 256;
+enum LowMoment : int { kMomentPlain = 0, kMomentBF16 = 1, kMomentInt8 = 2 };
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x2C1B3C6Du;
+  return x ^ (x >> 16);
+}
+
+// lowbit.rounding_key: (seed, position, stream, step) -> the key of one tensor's noise
+uint32_t low_rounding_key(uint32_t seed, int64_t position, uint32_t stream, int64_t step) {
+  uint32_t key = mix32(seed + 0x632BE5ABu * static_cast<uint32_t>(position + 1));
+  key = mix32(key ^ (0x1B873593u * (stream + 1)));
+  return mix32(key + 0x5BD1E995u * static_cast<uint32_t>(step));
+}
+
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+
+inline float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+// bf16 bits of x: stochastic (16 noise bits of element `first + i`), or to nearest (noise off)
+void store_bf16(const float* x, uint16_t* out, int64_t r, bool stochastic, uint32_t key,
+                int64_t first) {
+  const uint32_t base = static_cast<uint32_t>(first) + key;
+  for (int64_t i = 0; i < r; ++i) {
+    const uint32_t u = float_bits(x[i]);
+    const uint32_t add = stochastic ? (mix32(base + static_cast<uint32_t>(i)) & 0xFFFFu)
+                                    : (0x7FFFu + ((u >> 16) & 1u));
+    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  }
+}
+
+// float values of a block of T (float, BFloat16, Half); zero past r
+template <typename T>
+inline void load_block(const T* src, float* dst, int64_t r) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const auto* s = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < r; ++i) dst[i] = bits_float(static_cast<uint32_t>(s[i]) << 16);
+  } else {
+    for (int64_t i = 0; i < r; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+  for (int64_t i = r; i < kLowBlock; ++i) dst[i] = 0.f;
+}
+
+// a block of T from float values: to nearest (bf16: stochastically with `sr`)
+template <typename T>
+inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t key,
+                        int64_t first) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    store_bf16(src, reinterpret_cast<uint16_t*>(dst), r, sr, key, first);
+  } else {
+    for (int64_t i = 0; i < r; ++i) dst[i] = static_cast<T>(src[i]);
+  }
+}
+
+// The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits. Written so
+// that the compiler vectorises the loops (integer max, selects by masks, no branches). `val`:
+// m (SIGNED), or sqrt(v) (the caller takes the root). y = |val| * (1/scale), as lowbit.py scales
+// (by the reciprocal, one division per block; by division where 1/scale overflows).
+// The code of y = |value|/scale in [0, 1] (and value's sign if SIGNED).
+template <int M, bool SIGNED>
+inline uint8_t code_of(float y, float value) {
+  constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
+  constexpr float kSubScale = static_cast<float>(1 << (14 + M));
+  constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
+  constexpr int32_t kMax = 15 << M;
+  const int32_t normal =
+      static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
+  const float t = y * kSubScale;
+  const float rs = (t + kRound) - kRound;
+  const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
+  int32_t c = y >= kMinNormal ? normal : sub;
+  c = c < 0 ? 0 : (c > kMax ? kMax : c);
+  if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(value) >> 31) << 7);
+  return static_cast<uint8_t>(c);
+}
+
+template <int M, bool SIGNED>
+__attribute__((always_inline)) inline float encode_int8_block(const float* val, uint8_t* code, int64_t r, float known_max) {
+  float scale = known_max;  // max|val| if the step computed it (>= 0 or NaN), else < 0
+  if (scale < 0.f) {
+    uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
+    for (int64_t i = 0; i < r; ++i) {
+      const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
+      top = a > top ? a : top;
+    }
+    scale = bits_float(top);
+  }
+  const float safe = scale > 0.f ? scale : 1.f;
+  const float inv = 1.f / safe;
+  if (std::isinf(inv)) {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe, val[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < r; ++i) {
+      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv, val[i]);
+    }
+  }
+  return scale;
+}
+
+template <int M, bool SIGNED>
+__attribute__((always_inline)) inline void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
+  constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
+  for (int64_t i = 0; i < r; ++i) {
+    const uint32_t c = SIGNED ? (code[i] & 127u) : code[i];
+    const uint32_t normal = (c + (112u << M)) << (23 - M);
+    const uint32_t sub = float_bits(static_cast<float>(c) * kSubStep);
+    const uint32_t is_normal = 0u - static_cast<uint32_t>(c >= (1u << M));  // all ones or 0
+    const float value = bits_float((normal & is_normal) | (sub & ~is_normal)) * scale;
+    if constexpr (SIGNED) {
+      out[i] = bits_float(float_bits(value) ^ ((static_cast<uint32_t>(code[i]) >> 7) << 31));
+    } else {
+      out[i] = value * value;
+    }
+  }
+  for (int64_t i = r; i < kLowBlock; ++i) out[i] = 0.f;
+}
+
+// What a low-bit job carries besides Job (Job::max_v points here: no amsgrad in this op)
+struct LowExtra {
+  int moment;         // LowMoment
+  bool param_sr;      // bf16 parameters rounded stochastically
+  float* m_scale;     // int8: one scale per block
+  float* v_scale;
+  int64_t position;   // the parameter's index in the optimizer (the noise's key)
+  uint32_t key_m = 0, key_v = 0, key_p = 0;  // this step's keys
+};
+
+template <typename P>
+__attribute__((always_inline)) inline void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m, float* v) {
+  if (x.moment == kMomentInt8) {
+    decode_int8_block<3, true>(static_cast<const uint8_t*>(job.m) + b, x.m_scale[b / kLowBlock],
+                               m, r);
+    decode_int8_block<4, false>(static_cast<const uint8_t*>(job.v) + b, x.v_scale[b / kLowBlock],
+                                v, r);
+  } else if (x.moment == kMomentBF16) {
+    load_block(static_cast<const c10::BFloat16*>(job.m) + b, m, r);
+    load_block(static_cast<const c10::BFloat16*>(job.v) + b, v, r);
+  } else {
+    load_block(static_cast<const P*>(job.m) + b, m, r);
+    load_block(static_cast<const P*>(job.v) + b, v, r);
+  }
+}
+
+template <typename P>
+__attribute__((always_inline)) inline void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
+                    const float* v, const float* root, const float* maxes) {
+  if (x.moment == kMomentInt8) {
+    x.m_scale[b / kLowBlock] =
+        encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r, maxes[0]);
+    x.v_scale[b / kLowBlock] =
+        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r, maxes[1]);
+  } else if (x.moment == kMomentBF16) {
+    store_bf16(m, static_cast<uint16_t*>(job.m) + b, r, true, x.key_m, b);
+    store_bf16(v, static_cast<uint16_t*>(job.v) + b, r, true, x.key_v, b);
+  } else {
+    store_block(m, static_cast<P*>(job.m) + b, r, false, 0, b);
+    store_block(v, static_cast<P*>(job.v) + b, r, false, 0, b);
+  }
+}
+
+// sum|p| over [begin, end) of the float values of p, with sum_abs_range<float>'s blocking
+template <typename P>
+double lowbit_sum_abs(const Job& job, int64_t begin, int64_t end) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  const auto* p = static_cast<const P*>(job.p);
+  AbsSum<OVec> sum;
+  alignas(64) float buf[W];
+  int64_t i = begin;
+  for (; i + W <= end; i += W) {
+    for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[i + k]);
+    sum.add(OVec::loadu(buf));
+  }
+  sum.flush();
+  for (; i < end; ++i) sum.total += std::abs(static_cast<double>(static_cast<float>(p[i])));
+  return sum.total;
+}
+
+// Software prefetch of p and g of the block at `at` (the compute between the blocks' memory
+// accesses otherwise leaves the memory idle: measured 1.3x faster on one thread).
+constexpr int64_t kPrefetchBlocks = 4;
+
+template <typename P>
+inline void prefetch_ahead(const P* p, const P* g, const void* m, const void* v,
+                           int64_t moment_size, int64_t at, int64_t end) {
+  if (at >= end) return;
+  const int64_t n = std::min(kLowBlock, end - at);
+  const char* pc = reinterpret_cast<const char*>(p + at);
+  const char* gc = reinterpret_cast<const char*>(g + at);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(P)); o += 64) {
+    __builtin_prefetch(pc + o, 1);
+    __builtin_prefetch(gc + o, 0);
+  }
+  const char* mc = static_cast<const char*>(m) + at * moment_size;
+  const char* vc = static_cast<const char*>(v) + at * moment_size;
+  for (int64_t o = 0; o < n * moment_size; o += 64) {
+    __builtin_prefetch(mc + o, 1);
+    __builtin_prefetch(vc + o, 1);
+  }
+}
+
+// sum|p| of the whole float vectors of the stored block p[b, b + r), added to `sum` in order
+template <typename P>
+inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, int64_t r) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  alignas(64) float buf[W];
+  for (int64_t i = 0; i + W <= r; i += W) {
+    for (int64_t k = 0; k < W; ++k) buf[k] = static_cast<float>(p[b + i + k]);
+    sum.add(OVec::loadu(buf));
+  }
+}
+
+// The largest lane of x >= 0 (NaN if a lane is NaN).
+inline float lane_max(const Vectorized<float>& x) {
+  alignas(64) float buf[Vectorized<float>::size()];
+  x.store(buf);
+  float out = 0.f;
+  for (float y : buf) out = (y != y || out != out) ? y + out : (y > out ? y : out);
+  return out;
+}
+
+// adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
+// operations in the same order (bit for bit: tested against fused_step_ on working copies), with
+// sqrt(v), which the update takes anyway, kept for v's 8-bit code: one square root per element
+// instead of two (the divider is what the low-bit step is bound by on one thread).
+template <int DECAY>
+inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float> g,
+                                           Vectorized<float>& m, Vectorized<float>& v,
+                                           Vectorized<float>& root,
+                                           const Consts<Vectorized<float>>& c, const Flags& f) {
+  using T = Vectorized<float>;
+  if (f.maximize) g = T(0) - g;
+  m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
+                 : at::vec::fmadd(c.weight1 - T(1), g - m, g);
+  v = v * c.beta2 + c.one_minus_beta2 * g * g;
+  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+  root = v.sqrt();
+  p = p + c.neg_step_size * m / (root / c.bc2_sqrt + c.eps);
+  if constexpr (DECAY == 2) {
+    const T q = p / c.one_plus_tau;
+    p = q + excess(q, c.neg_d, c.d) * c.tau;
+  }
+  return p;
+}
+
+// The float step of one block: p, g from `p_in`, `g_in` (float pointers: the tensor itself for
+// a whole float32 block, else the block's float buffers), m and v in their buffers; the new p to
+// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here); sqrt(v) to `rf` if
+// `want_root`. Adds the stored p to `sum`.
+template <int DECAY, bool PLAIN>
+inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
+                       float* vf, float* rf, bool want_root, const Consts<Vectorized<float>>& cv,
+                       const Flags& f, AbsSum<Vectorized<float>>* sum, float* maxes) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  OVec dummy(0.f), m_max(0.f), r_max(0.f);  // the lanes past a short block hold m = root = 0
+  for (int64_t i = 0; i < kLowBlock; i += W) {
+    OVec gv = OVec::loadu(g_in + i);
+    if (f.scaled) {
+      gv = gv / cv.grad_scale;
+      if (g_out != nullptr) gv.store(g_out + i);
+    }
+    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i), root(0.f);
+    OVec pv;
+    if constexpr (PLAIN) {
+      pv = plain_update_root<DECAY>(OVec::loadu(p_in + i), gv, mv, vv, root, cv, f);
+    } else {
+      pv = adamhd_update<DECAY, false, false>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
+      if (want_root) root = vv.sqrt();
+    }
+    pv.store(p_out + i);
+    mv.store(mf + i);
+    vv.store(vf + i);
+    if (want_root) {
+      root.store(rf + i);
+      m_max = at::vec::maximum(m_max, mv.abs());  // NaN-propagating, as torch's amax
+      r_max = at::vec::maximum(r_max, root);
+    }
+    if (sum != nullptr) sum->add(pv);
+  }
+  maxes[0] = maxes[1] = -1.f;
+  if (want_root) {
+    maxes[0] = lane_max(m_max);
+    maxes[1] = lane_max(r_max);
+  }
+}
+
+// The step over the elements [begin, end) of one tensor (begin a multiple of kLowBlock); returns
+// sum|p_new| (0 if !want_sum), with lowbit_sum_abs's blocking. A whole block of a float32 tensor
+// is read and written in place; otherwise through float buffers.
+template <typename P, int DECAY, bool PLAIN>
+double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
+  using OVec = Vectorized<float>;
+  constexpr int64_t W = OVec::size();
+  static_assert(kLowBlock % W == 0, "a block is whole vectors");
+  const LowExtra& x = *static_cast<const LowExtra*>(job.max_v);
+  auto* p = static_cast<P*>(job.p);
+  auto* g = static_cast<P*>(job.g);
+  const Flags& f = job.f;
+  const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
+  const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
+  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock], rf[kLowBlock];
+  const bool root = x.moment == kMomentInt8;
+  const int64_t moment_size = root ? 1 : (x.moment == kMomentBF16 ? 2 : sizeof(P));
+  float maxes[2];  // this block's max|m| and max sqrt(v), from the step (int8)
+  AbsSum<OVec> sum;
+  for (int64_t b = begin; b < end; b += kLowBlock) {
+    const int64_t r = std::min(kLowBlock, end - b);
+    prefetch_ahead(p, g, job.m, job.v, moment_size, b + kPrefetchBlocks * kLowBlock, end);
+    if constexpr (std::is_same_v<P, float>) {
+      if (r == kLowBlock) {  // the trip counts are constants here
+        decode_moments<P>(job, x, b, kLowBlock, mf, vf);
+        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, rf, root, cv, f,
+                                 want_sum ? &sum : nullptr, maxes);
+        encode_moments<P>(job, x, b, kLowBlock, mf, vf, rf, maxes);
+        continue;
+      }
+    }
+    decode_moments<P>(job, x, b, r, mf, vf);
+    load_block(p + b, pf, r);
+    load_block(g + b, gf, r);
+    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr, maxes);
+    if (f.scaled) store_block(gf, g + b, r, false, 0, b);
+    encode_moments<P>(job, x, b, r, mf, vf, rf, maxes);
+    store_block(pf, p + b, r, p_sr, x.key_p, b);
+    if (want_sum) add_stored(sum, p, b, r);
+  }
+  if (!want_sum) return 0.0;
+  sum.flush();
+  for (int64_t i = begin + (end - begin) / W * W; i < end; ++i) {
+    sum.total += std::abs(static_cast<double>(static_cast<float>(p[i])));
+  }
+  return sum.total;
+}
+
+template <typename P>
+void pick_lowbit(Job& job, int64_t decay_kind, bool plain) {
+  job.abs_fn = &lowbit_sum_abs<P>;
+#define ADAMHD_LOWBIT_CASE(D)                                                          \
+  if (decay_kind == D) job.fn = plain ? &lowbit_range<P, D, true> : &lowbit_range<P, D, false>;
+  ADAMHD_LOWBIT_CASE(0)
+  ADAMHD_LOWBIT_CASE(1)
+  ADAMHD_LOWBIT_CASE(2)
+#undef ADAMHD_LOWBIT_CASE
+}
+
+bool lowbit_param_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// The moment storage of parameter i (checked), all before anything changes.
+int check_lowbit_tensor(size_t i, const at::Tensor& p, const at::Tensor& g, const at::Tensor& m,
+                        const at::Tensor& v) {
+  TORCH_CHECK(p.device().is_cpu() && !p.is_sparse() && lowbit_param_dtype(p.scalar_type()),
+              "adamhd fused low-bit step: parameter ", i, " is ", p.scalar_type(), " on ",
+              p.device(), "; the kernel takes dense float32, bfloat16 or float16 CPU tensors");
+  TORCH_CHECK(g.device().is_cpu() && !g.is_sparse() && g.scalar_type() == p.scalar_type() &&
+                  g.sizes() == p.sizes(),
+              "adamhd fused low-bit step: the gradient of parameter ", i,
+              " must be a dense CPU tensor of its dtype and shape");
+  const at::ScalarType t = m.scalar_type();
+  TORCH_CHECK(t == at::kByte || t == at::kBFloat16 || t == p.scalar_type(),
+              "adamhd fused low-bit step: the moments of parameter ", i, " are ", t,
+              "; expected uint8 codes, bfloat16 or the parameter's dtype ", p.scalar_type());
+  for (const at::Tensor* s : {&m, &v}) {
+    TORCH_CHECK(s->device().is_cpu() && s->scalar_type() == t && s->sizes() == p.sizes() &&
+                    s->is_contiguous(),
+                "adamhd fused low-bit step: exp_avg and exp_avg_sq of parameter ", i,
+                " must be contiguous CPU tensors of one dtype and of its shape ", p.sizes());
+  }
+  if (t == at::kByte) return kMomentInt8;
+  return t == at::kBFloat16 ? kMomentBF16 : kMomentPlain;
+}
+
+void check_lowbit_scale(size_t i, const at::Tensor& s, int64_t numel) {
+  TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && s.is_contiguous() &&
+                  s.numel() == (numel + kLowBlock - 1) / kLowBlock,
+              "adamhd fused low-bit step: the scales of parameter ", i, " must be ",
+              (numel + kLowBlock - 1) / kLowBlock, " contiguous float32 CPU values, got ",
+              s.scalar_type(), " with ", s.numel());
+}
+
+
+// Per-tensor constants of the step, as fused_step_ sets them (Adam's update, no amsgrad), and
+// this step's noise keys.
+void lowbit_constants(Job& job, LowExtra& x, double step, double d, double lr, double beta1,
+                      double beta2, double eps, double tau, double scale, bool maximize,
+                      bool cautious, uint32_t seed) {
+  const double bc1 = 1.0 - std::pow(beta1, step);
+  const double weight1 = 1.0 - beta1;
+  const double bc2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
+  job.c = Consts<double>{weight1,  beta2, 1.0 - beta2, -(lr / bc1), bc2_sqrt, eps, tau,
+                         1.0 - tau, 1.0 + tau, d, -d, scale > 0 ? scale : 1.0, -lr, bc1,
+                         1.0, 1.0, 1.0 / bc1, 1.0 / bc2_sqrt, 1.0};
+  job.f = Flags{weight1 < 0.5, maximize, scale > 0, kAdam, cautious};
+  const int64_t count = std::isfinite(step) ? static_cast<int64_t>(step) : 0;
+  x.key_m = low_rounding_key(seed, x.position, 0, count);
+  x.key_v = low_rounding_key(seed, x.position, 1, count);
+  x.key_p = low_rounding_key(seed, x.position, 2, count);
+}
+
+void lowbit_run(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                at::TensorList exp_avg_sqs, at::TensorList steps, at::TensorList mus,
+                at::IntArrayRef positions, std::vector<LowExtra>& extra, double scale, double lr,
+                double beta1, double beta2, double eps, double weight_decay, int64_t decay_kind,
+                double delta, double delta_scale, double delta_beta, bool advance, bool maximize,
+                bool cautious, uint32_t seed, bool param_sr) {
+  const size_t n = params.size();
+  const double tau = lr * weight_decay;
+  std::vector<at::Tensor> p_work(n), g_work(n);
+  std::vector<Job> jobs(n);
+  std::vector<int64_t> all;
+  for (size_t i = 0; i < n; ++i) {
+    p_work[i] = params[i].contiguous();
+    g_work[i] = grads[i].contiguous();
+    Job& job = jobs[i];
+    job.p = p_work[i].data_ptr();
+    job.g = g_work[i].data_ptr();
+    job.m = exp_avgs[i].data_ptr();
+    job.v = exp_avg_sqs[i].data_ptr();
+    extra[i].position = positions[i];
+    extra[i].param_sr = param_sr;
+    job.max_v = &extra[i];
+    job.numel = params[i].numel();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, params[i].scalar_type(),
+                                    "adamhd_lowbit_pick", [&] {
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        pick_lowbit<scalar_t>(job, decay_kind, !cautious);
+      }
+    });
+    all.push_back(static_cast<int64_t>(i));
+  }
+  std::vector<double> abs_sum(n, 0.0);
+  std::vector<char> stale(n, 0);
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
+  }
+  std::vector<double> part, part2(list_chunks(jobs, all).job.size(), 0.0);
+  auto set_constants = [&](int64_t i) {
+    Job& job = jobs[i];
+    if (stale[i]) abs_sum[i] = chunk_total(job, part);
+    const double step = read_step_and_increment(steps[i]);
+    double d = delta;
+    if (advance) {
+      const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
+      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
+    }
+    lowbit_constants(job, extra[i], step, d, lr, beta1, beta2, eps, tau, scale, maximize,
+                     cautious, seed);
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (!stale[i]) set_constants(static_cast<int64_t>(i));
+  }
+  two_phase(
+      jobs, all, stale, part,
+      [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); }, set_constants,
+      [&](const Job& job, int64_t b, int64_t e) {
+        part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
+      });
+  std::vector<double> new_sum(n, 0.0);
+  if (advance) sum_chunks(jobs, all, part2, new_sum);
+  for (size_t i = 0; i < n; ++i) {
+    if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
+    if (scale > 0 && !g_work[i].is_same(grads[i])) grads[i].copy_(g_work[i]);
+    if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
+  }
+  if (advance) {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
+  }
+}
+
+}  // namespace
+
+// One fused low-bit AdamHD step over lists of CPU tensors, in place (see this section's top; the
+// other arguments as fused_step_'s). positions: each parameter's index in the optimizer; seed:
+// rounding_seed; param_sr: bf16_stochastic_round.
+void fused_lowbit_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList exp_avg_scales,
+                        at::TensorList exp_avg_sq_scales, at::TensorList steps, at::TensorList mus,
+                        at::IntArrayRef positions, const std::optional<at::Tensor>& lr_tensor,
+                        const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& found_inf, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t decay_kind,
+                        double delta, double delta_scale, double delta_beta, bool adaptive,
+                        bool maximize, bool cautious, int64_t seed, bool param_sr) {
+  const size_t n = params.size();
+  TORCH_CHECK(decay_kind >= 0 && decay_kind <= 2, "adamhd fused low-bit step: bad decay kind ",
+              decay_kind);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL,
+              "adamhd fused low-bit step: seed must be in [0, 2**32), got ", seed);
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                  steps.size() == n && positions.size() == n,
+              "adamhd fused low-bit step: the lists of params, grads, exp_avgs, exp_avg_sqs, "
+              "steps and positions differ in length");
+  const bool advance = adaptive && decay_kind != 0;
+  TORCH_CHECK(!advance || mus.size() == n,
+              "adamhd fused low-bit step: the adaptive threshold needs one delta_mu per parameter");
+  std::vector<LowExtra> extra(n);
+  size_t n_int8 = 0;
+  for (size_t i = 0; i < n; ++i) {
+    extra[i].moment = check_lowbit_tensor(i, params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]);
+    TORCH_CHECK(steps[i].device().is_cpu() && steps[i].numel() == 1,
+                "adamhd fused low-bit step: the step of parameter ", i,
+                " must be a 1-element CPU tensor");
+    if (advance) {
+      TORCH_CHECK(mus[i].device().is_cpu() && mus[i].numel() == 1 &&
+                      (mus[i].scalar_type() == at::kFloat || mus[i].scalar_type() == at::kDouble),
+                  "adamhd fused low-bit step: delta_mu of parameter ", i,
+                  " must be a 1-element float32 or float64 CPU tensor");
+    }
+    if (extra[i].moment != kMomentInt8) continue;
+    TORCH_CHECK(n_int8 < exp_avg_scales.size() && n_int8 < exp_avg_sq_scales.size(),
+                "adamhd fused low-bit step: one exp_avg_scale and exp_avg_sq_scale per uint8 "
+                "moment are needed");
+    check_lowbit_scale(i, exp_avg_scales[n_int8], params[i].numel());
+    check_lowbit_scale(i, exp_avg_sq_scales[n_int8], params[i].numel());
+    extra[i].m_scale = exp_avg_scales[n_int8].data_ptr<float>();
+    extra[i].v_scale = exp_avg_sq_scales[n_int8].data_ptr<float>();
+    ++n_int8;
+  }
+  TORCH_CHECK(n_int8 == exp_avg_scales.size() && n_int8 == exp_avg_sq_scales.size(),
+              "adamhd fused low-bit step: ", exp_avg_scales.size(), " scales for ", n_int8,
+              " uint8 moments");
+  if (scalar_of(found_inf, 0.0) != 0.0) return;  // GradScaler found inf/nan: change nothing
+  lowbit_run(params, grads, exp_avgs, exp_avg_sqs, steps, mus, positions, extra,
+             scalar_of(grad_scale, 0.0), scalar_of(lr_tensor, lr), beta1, beta2, eps,
+             weight_decay, decay_kind, delta, delta_scale, delta_beta, advance, maximize,
+             cautious, static_cast<uint32_t>(seed), param_sr);
+}
+
 TORCH_LIBRARY(adamhd, m) {
   m.def(
       "fused_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
@@ -1073,19 +2247,65 @@ TORCH_LIBRARY(adamhd, m) {
       "Tensor(g!)[] mus, Tensor? lr_tensor, Tensor? grad_scale, Tensor? found_inf, float lr, "
       "float beta1, float beta2, float eps, float weight_decay, int decay_kind, float delta, "
       "float delta_scale, float delta_beta, bool adaptive, bool amsgrad, bool maximize, "
-      "int update_kind, float update_a, float update_b, bool cautious) -> ()");
+      "int update_kind, float update_a, float update_b, bool cautious, "
+      "Tensor(h!)[] prev_grads, Tensor(i!)[] adanorm_es, bool cautious_update, "
+      "bool trust_ratio, bool adanorm, bool diffgrad, float adanorm_gamma, "
+      "float cautious_floor) -> ()");
   m.def(
       "decay_(Tensor(a!)[] params, Tensor[] p_ts, Tensor(b!)[] mus, Tensor[] ds, "
       "Tensor? tau_tensor, float tau, int form, float delta, float delta_scale, "
       "float delta_beta, bool adaptive, bool cautious) -> ()");
+  m.def(  // issue 19: low-bit moments (spec.LOWBIT_SCHEMA)
+      "fused_lowbit_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] exp_avg_scales, Tensor(f!)[] exp_avg_sq_scales, "
+      "Tensor(g!)[] steps, Tensor(h!)[] mus, int[] positions, Tensor? lr_tensor, "
+      "Tensor? grad_scale, Tensor? found_inf, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, int decay_kind, float delta, float delta_scale, float delta_beta, "
+      "bool adaptive, bool maximize, bool cautious, int seed, bool param_sr) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(adamhd, CPU, m) {
   m.impl("fused_step_", &fused_step_);
   m.impl("decay_", &decay_);
+  m.impl("fused_lowbit_step_", &fused_lowbit_step_);
+}
+
+// The float vector forms of softplus_beta and atan2 (x >= 0) on float32 tensors (the scalar form
+// on a tail shorter than a vector): for the tests of their error bounds.
+at::Tensor vector_softplus(const at::Tensor& x, double beta, double threshold) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "vector_softplus takes float32");
+  at::Tensor in = x.contiguous(), out = at::empty_like(in);
+  const float* src = in.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  using V = Vectorized<float>;
+  const float b = static_cast<float>(beta), ib = static_cast<float>(1.0 / beta);
+  const float th = static_cast<float>(threshold);
+  int64_t i = 0;
+  for (; i + V::size() <= in.numel(); i += V::size()) {
+    vsoftplus(V::loadu(src + i), V(b), V(ib), V(th)).store(dst + i);
+  }
+  for (; i < in.numel(); ++i) dst[i] = vsoftplus(src[i], b, ib, th);
+  return out;
+}
+
+at::Tensor vector_atan2(const at::Tensor& y, const at::Tensor& x) {
+  TORCH_CHECK(y.scalar_type() == at::kFloat && x.scalar_type() == at::kFloat &&
+                  y.sizes() == x.sizes(), "vector_atan2 takes two float32 tensors of one shape");
+  at::Tensor a = y.contiguous(), c = x.contiguous(), out = at::empty_like(a);
+  const float *ya = a.data_ptr<float>(), *xa = c.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  using V = Vectorized<float>;
+  int64_t i = 0;
+  for (; i + V::size() <= a.numel(); i += V::size()) {
+    atan2_nonneg_x(V::loadu(ya + i), V::loadu(xa + i)).store(dst + i);
+  }
+  for (; i < a.numel(); ++i) dst[i] = atan2_nonneg_x(ya[i], xa[i]);
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("vector_softplus", &vector_softplus, "the kernel's softplus_beta (x >= 0), for tests");
+  m.def("vector_atan2", &vector_atan2, "the kernel's atan2 (x >= 0), for tests");
   m.def("abs_sums", &abs_sums, "sum|p| per tensor, with the fused step's blocking");
   m.def("cached_abs_sums", &cached_abs_sums, "the cached sum|p| per tensor (NaN if none)");
   m.def("forget", &forget, "drop cached sums");

@@ -129,6 +129,10 @@ def _register_fake() -> None:
     def _fake_decay(*args, **kwargs) -> None:
         return None
 
+    @torch.library.register_fake("adamhd::fused_lowbit_step_")
+    def _fake_lowbit(*args, **kwargs) -> None:
+        return None
+
 
 def _build(verbose: bool) -> ModuleType | None:
     global _error

@@ -48,19 +48,26 @@ DECAY_FORMS = {"explicit": 1, "proximal": 2}
 CAUTIOUS_DECAY = True
 #: Adam directions (``update=``) and their code in the kernels
 UPDATE_KINDS = {"adam": 0, "atan2": 1, "softplus": 2}
-#: ``UpdateRule`` options with a per-tensor reduction or extra state that the kernels run: none
-UPDATE_OPTIONS: tuple[str, ...] = ()
+#: ``UpdateRule`` options with a per-tensor reduction or extra state, per kernel: the CPU kernel
+#: runs them in the same op call (a reduction phase per tensor, then the update: ``option_step``
+#: in ``adamhd_cpu.cpp``); the Triton kernel runs none
+UPDATE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("cautious", "trust_ratio", "adanorm", "diffgrad"),
+    "cuda": (),
+}
 #: ``torch.nn.functional.softplus``'s default threshold: ``softplus(x) = x`` above it
 SOFTPLUS_THRESHOLD = 20.0
 #: torch's ``differentiable=True`` (autograd through the step): not in the kernels
 DIFFERENTIABLE = False
 #: AdamHD's ``state_dtype`` (moment storage, ``optim/adamhd/lowbit.py``) per kernel, and whether
 #: the kernel rounds bf16 parameters stochastically (``bf16_stochastic_round``)
-STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32",), "cuda": ("float32",)}
-BF16_STOCHASTIC_ROUND = {"cpu": False, "cuda": False}
+#: (the CPU kernel runs low-bit groups in its own op, ``LOWBIT_ARGS`` below)
+STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32", "bfloat16", "int8"),
+                                            "cuda": ("float32",)}
+BF16_STOCHASTIC_ROUND = {"cpu": True, "cuda": False}
 #: why a kernel lacks a state format (the reason ``fused=True`` reports)
-STATE_DTYPE_GAP = ("the fused kernels run full-precision moments only; bf16 and 8-bit moments "
-                   "and stochastic rounding run on the foreach and single-tensor paths "
+STATE_DTYPE_GAP = ("the Triton kernel runs full-precision moments only; bf16 and 8-bit moments "
+                   "and stochastic rounding run on the foreach and single-tensor paths there "
                    "(working copies, adamhd.optim.adamhd.lowbit)")
 
 
@@ -86,27 +93,34 @@ def decay_reason(decay: Any) -> str | None:
 
 
 def state_reason(group: Any, device_type: str | None = None) -> str | None:
-    """Why the kernels (of ``device_type``, else all) cannot keep a param group's moments in its
+    """Why the kernel of ``device_type`` (``None``: every kernel, as at construction, before the
+    parameters' devices are looked at) cannot keep a param group's moments in its
     ``state_dtype`` or round its bf16 parameters stochastically, or ``None``."""
     kinds = [device_type] if device_type in STATE_DTYPES else list(STATE_DTYPES)
     dtype = group.get("state_dtype", "float32")
+    reasons = []
     for kind in kinds:
         if dtype not in STATE_DTYPES[kind]:
-            return f"state_dtype={dtype!r} is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
-        if group.get("bf16_stochastic_round", False) and not BF16_STOCHASTIC_ROUND[kind]:
-            return f"bf16_stochastic_round is not in the fused {kind} kernel: {STATE_DTYPE_GAP}"
-    return None
+            reasons.append(f"state_dtype={dtype!r} is not in the fused {kind} kernel: "
+                           f"{STATE_DTYPE_GAP}")
+        elif group.get("bf16_stochastic_round", False) and not BF16_STOCHASTIC_ROUND[kind]:
+            reasons.append(f"bf16_stochastic_round is not in the fused {kind} kernel: "
+                           f"{STATE_DTYPE_GAP}")
+    return reasons[0] if len(reasons) == len(kinds) else None
 
 
-def update_reason(update: Any) -> str | None:
-    """Why the kernels cannot run the update rule record ``update``, or ``None``."""
+def update_reason(update: Any, device_type: str | None = None) -> str | None:
+    """Why the kernel of ``device_type`` cannot run the update rule record ``update``, or
+    ``None``; without ``device_type``: why no kernel can (``None`` if one can)."""
     if update.update not in UPDATE_KINDS:
         return f"the fused AdamHD kernels do not implement update={update.update!r}"
-    missing = [f for f in ("cautious", "trust_ratio", "adanorm", "diffgrad")
-               if getattr(update, f) and f not in UPDATE_OPTIONS]
-    if missing:
-        return f"the fused AdamHD kernels do not implement {update.describe()}"
-    return None
+    on = [f for f in ("cautious", "trust_ratio", "adanorm", "diffgrad") if getattr(update, f)]
+    kinds = [device_type] if device_type is not None else list(UPDATE_OPTIONS)
+    for kind in kinds:
+        if all(f in UPDATE_OPTIONS.get(kind, ()) for f in on):
+            return None
+    where = f"the fused {device_type} kernel" if device_type else "the fused AdamHD kernels"
+    return f"{where} does not implement {update.describe()}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,12 +163,14 @@ def update_args(hyper: AdamStep) -> tuple[int, float, float]:
 
 @dataclass(frozen=True)
 class Call:
-    """What one call of the op is built from."""
+    """What one call of the op is built from (``rule_states``: each parameter's optimizer state,
+    holding ``prev_grad``/``adanorm_e`` where the update rule keeps them)."""
 
     tensors: AdamTensors
     hyper: AdamStep
     grad_scale: Tensor | None
     found_inf: Tensor | None
+    rule_states: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,25 @@ class Arg:
 
 def _lr_tensor(c: Call) -> Tensor | None:
     return c.hyper.lr if isinstance(c.hyper.lr, Tensor) else None
+
+
+def _rule_state(flag: str, key: str) -> Callable[[Call], list[Tensor]]:
+    """The state list ``key`` of each parameter where the update rule has ``flag``, else []."""
+
+    def value(c: Call) -> list[Tensor]:
+        if not getattr(c.hyper.update, flag):
+            return []
+        if c.rule_states is None or any(key not in s for s in c.rule_states):
+            raise ValueError(f"{flag}=True needs each parameter's {key!r} (rule_states)")
+        return [s[key] for s in c.rule_states]
+
+    return value
+
+
+def _rules():
+    from adamhd.optim.adamhd import update_rules
+
+    return update_rules
 
 
 ARGS: tuple[Arg, ...] = (
@@ -199,6 +234,14 @@ ARGS: tuple[Arg, ...] = (
     Arg("float", "update_a", lambda c: update_args(c.hyper)[1]),
     Arg("float", "update_b", lambda c: update_args(c.hyper)[2]),
     Arg("bool", "cautious", lambda c: bool(c.hyper.decay.cautious)),
+    Arg("Tensor(h!)[]", "prev_grads", _rule_state("diffgrad", "prev_grad")),
+    Arg("Tensor(i!)[]", "adanorm_es", _rule_state("adanorm", "adanorm_e")),
+    Arg("bool", "cautious_update", lambda c: bool(c.hyper.update.cautious)),
+    Arg("bool", "trust_ratio", lambda c: bool(c.hyper.update.trust_ratio)),
+    Arg("bool", "adanorm", lambda c: bool(c.hyper.update.adanorm)),
+    Arg("bool", "diffgrad", lambda c: bool(c.hyper.update.diffgrad)),
+    Arg("float", "adanorm_gamma", lambda c: float(_rules().ADANORM_GAMMA)),
+    Arg("float", "cautious_floor", lambda c: float(_rules().CAUTIOUS_MIN_FRACTION)),
 )
 
 #: the op's schema, as ``adamhd_cpu.cpp`` defines it
@@ -206,10 +249,14 @@ SCHEMA = "fused_step_(" + ", ".join(f"{a.type} {a.name}" for a in ARGS) + ") -> 
 
 
 def op_args(
-    tensors: AdamTensors, hyper: AdamStep, grad_scale: Tensor | None, found_inf: Tensor | None
+    tensors: AdamTensors,
+    hyper: AdamStep,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+    rule_states: list[dict[str, Any]] | None = None,
 ) -> list[Any]:
     """The positional arguments of ``torch.ops.adamhd.fused_step_`` for one call."""
-    call = Call(tensors, hyper, grad_scale, found_inf)
+    call = Call(tensors, hyper, grad_scale, found_inf, rule_states)
     return [arg.value(call) for arg in ARGS]
 
 
@@ -294,3 +341,84 @@ def decay_op_args(
     """The positional arguments of ``torch.ops.adamhd.decay_`` for one call."""
     call = DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
     return [arg.value(call) for arg in DECAY_ARGS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Low-bit moments: ``adamhd::fused_lowbit_step_`` (CPU; issue 19). A group whose ``state_dtype``
+# is not "float32" or with ``bf16_stochastic_round`` (``adamhd.optim.adamhd.lowbit.is_lowbit``)
+# takes this op instead of ``fused_step_``: Adam's update only (the low-bit options refuse the
+# other rules), no amsgrad; decay as ``fused_step_`` (both rules and forms, fixed or adaptive
+# threshold, cautious).
+# ------------------------------------------------------------------------------------------------
+
+#: parameter dtypes of the low-bit op (float64 parameters keep float64 moments: not there)
+LOWBIT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class LowbitCall:
+    """What one call of the low-bit op is built from: ``Call``'s fields, the group's states
+    (moments and int8 scales), each parameter's index in the optimizer, the group's options."""
+
+    tensors: AdamTensors
+    hyper: AdamStep
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
+    states: list[Any]
+    positions: list[int]
+    group: Any
+
+
+def _scales(c: LowbitCall, key: str) -> list[Tensor]:
+    return [s[f"{key}_scale"] for s in c.states if s[key].dtype == torch.uint8]
+
+
+def _base(c: LowbitCall) -> Call:
+    return Call(c.tensors, c.hyper, c.grad_scale, c.found_inf)
+
+
+def _from_args(name: str) -> Callable[[LowbitCall], Any]:
+    arg = next(a for a in ARGS if a.name == name)
+    return lambda c: arg.value(_base(c))
+
+
+LOWBIT_ARGS: tuple[Arg, ...] = (
+    Arg("Tensor(a!)[]", "params", _from_args("params")),
+    Arg("Tensor(b!)[]", "grads", _from_args("grads")),
+    Arg("Tensor(c!)[]", "exp_avgs", lambda c: [s["exp_avg"] for s in c.states]),
+    Arg("Tensor(d!)[]", "exp_avg_sqs", lambda c: [s["exp_avg_sq"] for s in c.states]),
+    Arg("Tensor(e!)[]", "exp_avg_scales", lambda c: _scales(c, "exp_avg")),
+    Arg("Tensor(f!)[]", "exp_avg_sq_scales", lambda c: _scales(c, "exp_avg_sq")),
+    Arg("Tensor(g!)[]", "steps", _from_args("steps")),
+    Arg("Tensor(h!)[]", "mus", _from_args("mus")),
+    Arg("int[]", "positions", lambda c: list(c.positions)),
+    *(Arg(a.type, a.name, _from_args(a.name)) for a in ARGS if a.name in (
+        "lr_tensor", "grad_scale", "found_inf", "lr", "beta1", "beta2", "eps", "weight_decay",
+        "decay_kind", "delta", "delta_scale", "delta_beta", "adaptive", "maximize", "cautious")),
+    Arg("int", "seed", lambda c: int(c.group.get("rounding_seed", 0))),
+    Arg("bool", "param_sr", lambda c: bool(c.group.get("bf16_stochastic_round", False))),
+)
+
+#: the low-bit op's schema, as ``adamhd_cpu.cpp`` defines it
+LOWBIT_SCHEMA = ("fused_lowbit_step_(" + ", ".join(f"{a.type} {a.name}" for a in LOWBIT_ARGS)
+                 + ") -> ()")
+
+
+def lowbit_reason(params: list[Tensor]) -> str | None:
+    """Why the low-bit op cannot take ``params`` (plain CPU tensors of ``LOWBIT_DTYPES``)."""
+    for p in params:
+        if type(p) not in (Tensor, torch.nn.Parameter) or p.device.type != "cpu":
+            return ("the fused low-bit kernel takes plain CPU tensors (low-bit states on CUDA or "
+                    "as DTensor shards run on the foreach and single-tensor paths)")
+        if p.dtype not in LOWBIT_DTYPES:
+            return (f"the fused low-bit CPU kernel does not take {p.dtype} parameters (float64 "
+                    "parameters keep float64 moments; use fused=None or False)")
+    return None
+
+
+def lowbit_op_args(tensors: AdamTensors, hyper: AdamStep, grad_scale: Tensor | None,
+                   found_inf: Tensor | None, states: list[Any], positions: list[int],
+                   group: Any) -> list[Any]:
+    """The positional arguments of ``torch.ops.adamhd.fused_lowbit_step_`` for one call."""
+    call = LowbitCall(tensors, hyper, grad_scale, found_inf, states, positions, group)
+    return [arg.value(call) for arg in LOWBIT_ARGS]

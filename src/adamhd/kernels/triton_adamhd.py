@@ -312,6 +312,9 @@ def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> N
     params, lr = t.params, hyper.lr
     device = params[0].device
     update_kind, update_a, update_b = spec.update_args(hyper)
+    reason = spec.update_reason(hyper.update, "cuda")  # the per-tensor options: CPU only
+    if reason is not None:
+        raise RuntimeError(f"fused AdamHD step impossible: {reason}")
     found = None if found_inf is None else found_inf.reshape(()).to(torch.float32)
     tables = _launch_tables(
         [params, t.grads, t.exp_avgs, t.exp_avg_sqs, t.max_exp_avg_sqs if hyper.amsgrad else []],

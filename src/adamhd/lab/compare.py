@@ -22,7 +22,7 @@ import torch
 
 from adamhd.lab import dist
 from adamhd.lab.data import load_corpus
-from adamhd.lab.files import check_writable_dir, locked
+from adamhd.lab.files import check_out_dirs, locked
 from adamhd.lab.grid import corpus_key, grid_config  # noqa: F401 (also this module's names)
 from adamhd.lab.jobs import Task, run_tasks
 from adamhd.lab.optimizers import parse_specs
@@ -47,23 +47,53 @@ def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path
     if jobs > 1 and dist.world() > 1:
         raise ValueError("--jobs runs several runs at once in one process's workers; under "
                          "torchrun each run already uses every process: leave --jobs at 1")
-    out = check_writable_dir(out, "--out")
-    if cache_dir:
-        check_writable_dir(cache_dir, "--cache-dir")
+    out = check_out_dirs(out, cache_dir)
     grid = sorted({float(w) for w in wd_grid or []} - {base.weight_decay})
     eval_data = ["britannica"] if eval_data is None else eval_data
     started = time.time()
-    main = dist.is_main()
-    if not main:
-        dist.barrier()  # rank 0 fills the data cache first, then the others read it
-    corpus = load_corpus(data, tokenizer=tokenizer, bpe_vocab=bpe_vocab,
-                         eval_sources=eval_data, cache_dir=cache_dir)
-    if main:
-        dist.barrier()
+    corpus = _load_corpus(data, tokenizer=tokenizer, bpe_vocab=bpe_vocab,
+                          eval_sources=eval_data, cache_dir=cache_dir)
     base = replace(base, corpus_key=corpus_key(corpus))
     for wd in [base.weight_decay, *grid]:
         check_run_inputs(replace(base, weight_decay=wd), specs, corpus)
+    tasks, points = compare_tasks(specs, seeds, base, grid, out)
+    meta = _compare_meta(argv if argv is not None else sys.argv[1:], specs, seeds, base, corpus,
+                         data, eval_data, grid, jobs=jobs, fsdp=fsdp)
+    sweep = (sweep_meta(specs, points, replace(grid_config(base), optimizer=""), seeds, corpus,
+                        argv=meta["argv"]) if grid else None)
+    with locked(out) if dist.is_main() else contextlib.nullcontext():
+        _write_meta(out, meta, sweep)
+        run_tasks(tasks, corpus, resume=resume, progress=progress, jobs=jobs, threads=threads
+                  or (dist.default_threads() if dist.world() > 1 else None), fresh=True,
+                  fsdp=fsdp)
+        meta["threads"] = threads or (1 if jobs > 1 else torch.get_num_threads())
+        meta["train_finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        meta["train_wall_seconds"] = time.time() - started
+        if not dist.is_main():
+            return out
+        (out / "compare.json").write_text(json.dumps(meta, indent=1))
+        if not build_report:
+            return out
+        from adamhd.lab.report import build_report as _build
 
+        return _build(out)
+
+
+def _load_corpus(data: str, **kwargs):
+    """The corpus, loaded by rank 0 first (it fills the cache), then by the other ranks."""
+    main = dist.is_main()
+    if not main:
+        dist.barrier()
+    corpus = load_corpus(data, **kwargs)
+    if main:
+        dist.barrier()
+    return corpus
+
+
+def compare_tasks(specs, seeds: int, base: RunConfig, grid: list[float],
+                  out: Path) -> tuple[list[Task], list[Point]]:
+    """The runs, interleaved by seed: the main ones, then the weight-decay grid's (if any); and
+    the sweep points they form (the main runs are the grid's centre)."""
     tasks, points = [], []
     for seed in range(seeds):
         for spec in specs:
@@ -81,9 +111,14 @@ def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path
                                   f"{spec.label} wd={wd:g} seed {seed}"))
                 points.append(Point(spec.label, base.lr, wd, seed, f"runs/{name}/seed{seed}"))
     tasks = [replace(t, label=f"[{k}/{len(tasks)}] {t.label}") for k, t in enumerate(tasks, 1)]
+    return tasks, points
 
-    meta = {
-        "argv": argv if argv is not None else sys.argv[1:],
+
+def _compare_meta(argv: list[str], specs, seeds: int, base: RunConfig, corpus, data: str,
+                  eval_data: list[str], grid: list[float], *, jobs: int, fsdp: bool) -> dict:
+    """compare.json before the runs: the command, entrants, settings, corpus and machine."""
+    return {
+        "argv": argv,
         "optimizers": [s.label for s in specs],
         "slugs": {s.label: s.slug for s in specs},
         "seeds": list(range(seeds)),
@@ -99,26 +134,12 @@ def run_compare(*, optimizers: str, seeds: int, base: RunConfig, out: str | Path
         "jobs": jobs,
         "parallel": ("fsdp" if fsdp else "ddp") if dist.world() > 1 else "none",
     }
-    lock = locked(out) if main else contextlib.nullcontext()
-    with lock:
-        dist.barrier()
-        if main:
-            (out / "compare.json").write_text(json.dumps(meta, indent=1))
-            if grid:
-                write_sweep_meta(out / "sweep", sweep_meta(
-                    specs, points, replace(grid_config(base), optimizer=""), seeds, corpus,
-                    argv=meta["argv"]))
-        run_tasks(tasks, corpus, resume=resume, progress=progress, jobs=jobs, threads=threads
-                  or (dist.default_threads() if dist.world() > 1 else None), fresh=True,
-                  fsdp=fsdp)
-        meta["threads"] = threads or (1 if jobs > 1 else torch.get_num_threads())
-        meta["train_finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-        meta["train_wall_seconds"] = time.time() - started
-        if not main:
-            return out
-        (out / "compare.json").write_text(json.dumps(meta, indent=1))
-        if not build_report:
-            return out
-        from adamhd.lab.report import build_report as _build
 
-        return _build(out)
+
+def _write_meta(out: Path, meta: dict, sweep: dict | None) -> None:
+    """compare.json and, with a grid, the sweep's meta (rank 0; every rank waits first)."""
+    dist.barrier()
+    if dist.is_main():
+        (out / "compare.json").write_text(json.dumps(meta, indent=1))
+        if sweep is not None:
+            write_sweep_meta(out / "sweep", sweep)

@@ -27,45 +27,46 @@ class LockError(RuntimeError):
 
 def read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
     """The JSON object in `path`; every key of `required` must be present."""
+    text = _read_text(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LabFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LabFileError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise LabFileError(f"{path}: not UTF-8 text") from None
-    if not isinstance(data, dict):
-        raise LabFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise LabFileError(f"{path}: missing key(s) {', '.join(map(repr, missing))}; it was "
-                           "written by another version, or edited")
-    return data
+    return _checked(data, required, str(path),
+                    "; it was written by another version, or edited")
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """One JSON object per non-blank line of `path`, each with the `required` keys."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LabFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LabFileError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise LabFileError(f"{path}: line {number}: expected a JSON object")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise LabFileError(f"{path}: line {number}: missing key(s) "
-                               f"{', '.join(map(repr, missing))}")
-        rows.append(row)
+        rows.append(_checked(row, required, f"{path}: line {number}"))
     return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LabFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise LabFileError(f"{path}: not UTF-8 text") from None
+
+
+def _checked(data, required: tuple[str, ...], where: str, hint: str = "") -> dict:
+    """`data` if it is a JSON object with every `required` key; else an error naming `where`."""
+    if not isinstance(data, dict):
+        raise LabFileError(f"{where}: expected a JSON object, found {type(data).__name__}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise LabFileError(f"{where}: missing key(s) {', '.join(map(repr, missing))}{hint}")
+    return data
 
 
 def check_writable_dir(path: str | Path, option: str) -> Path:
@@ -81,6 +82,14 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise LabFileError(f"{option} {path}: {probe} is not writable")
     return p
+
+
+def check_out_dirs(out: str | Path, cache_dir: str | None) -> Path:
+    """`--out` and (if given) `--cache-dir` can be written; returns --out's path."""
+    out = check_writable_dir(out, "--out")
+    if cache_dir:
+        check_writable_dir(cache_dir, "--cache-dir")
+    return out
 
 
 def _holder() -> str:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from adamhd.lab.data import Corpus, check_context
 from adamhd.lab.model import GPT, MAX_CONTEXT, make_config
 from adamhd.lab.optimizers import OptimizerSpec
-from adamhd.lab.train import RunConfig, resolve_device
+from adamhd.lab.train import RunConfig, check_dtype, resolve_device
 
 
 def check_config(cfg: RunConfig) -> None:
     """Device, dtype and context length: what RunConfig alone cannot check."""
-    device = resolve_device(cfg.device)
-    if cfg.dtype == "float16" and device.type != "cuda":
-        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+    check_dtype(cfg.dtype, resolve_device(cfg.device))
     limit = MAX_CONTEXT[cfg.model]
     if cfg.context > limit:
         raise ValueError(

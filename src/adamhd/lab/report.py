@@ -82,18 +82,23 @@ def _curves(runs: list[Run], key: str):
 
 
 def fig_loss(meta, runs, path: Path) -> None:
+    """Validation loss vs step and vs training time, and each candidate's paired difference
+    from the baseline (the first entrant)."""
     labels = [lab for lab in meta["optimizers"] if lab in runs]
-    corpus = meta["corpus"]
     fig = Figure(figsize=(15, 4.6), layout="constrained")
     ax_step, ax_time, ax_diff = fig.subplots(1, 3)
+    _loss_curves(ax_step, ax_time, meta["corpus"], runs, labels)
+    _paired_differences(ax_diff, runs, labels)
+    fig.savefig(path, dpi=110)
+
+
+def _loss_curves(ax_step, ax_time, corpus: dict, runs, labels: list[str]) -> None:
     top = corpus["unigram_val_xent_nats"] + 0.4
     final_min = min(min(e["val_loss"] for e in r.evals) for rs in runs.values() for r in rs)
     for label in labels:
         rs, c = runs[label], _color(labels, label)
         xs, ys = _curves(rs, "step")
         _band(ax_step, xs[0], ys, c, f"{label} (n={len(rs)})")
-        # vs time: each seed has its own clock; interpolate onto a common grid up to the
-        # shortest run so the band compares like with like
         # vs time: each seed has its own clock, so each seed is drawn as its own thin line
         for t, y in zip(*_curves(rs, "time"), strict=True):
             ax_time.plot(t, y, color=c, lw=1.0, alpha=0.8)
@@ -116,6 +121,10 @@ def fig_loss(meta, runs, path: Path) -> None:
                      "was busy; compare by step", transform=ax_time.transAxes, ha="right",
                      fontsize=8, color="darkred")
     ax_step.legend(loc="upper right")
+
+
+def _paired_differences(ax_diff, runs, labels: list[str]) -> None:
+    """Each candidate minus the baseline, paired by seed, at each evaluation step."""
     base = labels[0]
     for label in labels[1:]:
         c = _color(labels, label)
@@ -136,12 +145,11 @@ def fig_loss(meta, runs, path: Path) -> None:
     ax_diff.set_ylabel("difference in validation loss (nats/token)")
     ax_diff.set_title(f"paired difference from {base}\n(below 0: candidate better)")
     ax_diff.grid(alpha=0.3)
-    if len(labels) > 1:
+    if len(labels) > 1:  # the axis limits from the last candidate drawn
         ax_diff.legend(loc="best")
         ax_diff.set_xlim(steps[1] if len(steps) > 2 else steps[0], steps[-1])
         lim = np.nanmax(np.abs(d[:, 1:])) if d.shape[1] > 1 else 1.0
         ax_diff.set_ylim(-1.3 * lim, 1.3 * lim)
-    fig.savefig(path, dpi=110)
 
 
 def fig_pruning(meta, runs, path: Path) -> None:
@@ -338,11 +346,36 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
     out = Path(out)
     meta, runs = load_runs(out)
     labels = [lab for lab in meta["optimizers"] if lab in runs]
-    corpus, cfg = meta["corpus"], meta["base_config"]
-    n_seeds = len(meta["seeds"])
-    missing = [f"{lab} seed {s}" for lab in meta["optimizers"] for s in meta["seeds"]
-               if s not in {r.seed for r in runs.get(lab, [])}]
+    cfg = meta["base_config"]
+    figs = write_figures(meta, runs, out)
+    blocks = intro_blocks(meta, runs, labels)
+    blocks += setup_blocks(meta, labels, runs[labels[0]][0].results)
+    blocks.append(("h", 2, "Regime"))
+    blocks.append(("p", Regime.of(config_from_dict(cfg)).words()))
+    blocks += results_blocks(meta["corpus"], labels, runs)
+    sweep_text, sweep = sweep_note(out, meta, sweep_dirs)
+    blocks += sweep_text
+    claim_text, verdict_lines = claims_blocks(labels, runs, sweep)
+    blocks += claim_text
+    blocks += timing_blocks(labels, runs)
+    blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "
+                   "about GPT-2/GPT-3 pre-training. 'Inconclusive at this scale' means this run "
+                   "cannot tell, not that the claim is false; 'not supported' means this run "
+                   "measured the opposite, or an effect too small to match the claim."))
+    blocks += extra_blocks(cfg, labels, runs)
+    blocks.append(("h", 2, "Figures"))
+    for name, alt in figs.items():
+        blocks.append(("img", out / name, alt))
 
+    md = render_md(blocks)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(render_html(blocks, "AdamHD lab report"))
+    (out / "verdicts.txt").write_text("\n".join(verdict_lines) + "\n")
+    return out / "report.md"
+
+
+def write_figures(meta: dict, runs: dict[str, list[Run]], out: Path) -> dict[str, str]:
+    """Draw the report's figures into `out`; returns {file name: alt text}."""
     figs = {
         "val_loss.png": ("validation loss", fig_loss),
         "pruning.png": ("pruning curves", fig_pruning),
@@ -354,17 +387,26 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
                                       fig_tails)
     for name, (_, fn) in figs.items():
         fn(meta, runs, out / name)
+    return {name: alt for name, (alt, _) in figs.items()}
 
-    any_run = runs[labels[0]][0].results
-    ln_v = math.log(corpus["vocab_size"])
+
+def intro_blocks(meta: dict, runs: dict[str, list[Run]], labels: list[str]) -> list:
+    missing = [f"{lab} seed {s}" for lab in meta["optimizers"] for s in meta["seeds"]
+               if s not in {r.seed for r in runs.get(lab, [])}]
     blocks = [("h", 1, "AdamHD vs AdamW: the lab's report")]
     blocks.append(("p", "What was measured on this machine, with these settings. Intervals are "
                    "95% Student-t intervals over seeds (paired by seed where a difference is "
                    "shown); with one seed no interval can be computed and none is shown."))
     if missing:
         blocks.append(("p", "**Unfinished runs, left out:** " + ", ".join(missing)))
-    blocks.append(("h", 2, "Setup"))
-    blocks.append(("ul", [
+    return blocks
+
+
+def setup_blocks(meta: dict, labels: list[str], any_run: dict) -> list:
+    """The setup (command, corpus, model, training, machine) and the reference losses."""
+    corpus, cfg = meta["corpus"], meta["base_config"]
+    warmup = cfg["warmup"] if cfg["warmup"] is not None else max(1, cfg["steps"] // 10)
+    setup = [
         f"command: `adamhd {' '.join(meta.get('argv') or ['compare'])}`",
         f"corpus: {corpus['name']}, {corpus['tokenizer']} tokenizer (vocabulary "
         f"{corpus['vocab_size']}); {corpus['train_tokens']:,} training tokens from "
@@ -376,27 +418,27 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
         f"({any_run['prunable_params']:,} in prunable weight matrices), context {cfg['context']}",
         f"training: {cfg['steps']} steps x batch {cfg['batch_size']} x context {cfg['context']}"
         f" = {any_run['tokens']:,} tokens; lr {cfg['lr']:g} with linear warmup "
-        f"({cfg['warmup'] if cfg['warmup'] is not None else max(1, cfg['steps'] // 10)} steps) "
-        f"and cosine decay to {cfg['min_lr_ratio']:g} x lr; weight_decay "
+        f"({warmup} steps) and cosine decay to {cfg['min_lr_ratio']:g} x lr; weight_decay "
         f"{cfg['weight_decay']:g} (biases and norms exempt); gradient clipping at "
         f"{cfg['grad_clip']:g}; dtype {cfg['dtype']}",
-        f"entrants: {', '.join(labels)}; seeds: {n_seeds}",
+        f"entrants: {', '.join(labels)}; seeds: {len(meta['seeds'])}",
         f"machine: {meta['machine']['processor']}, {meta.get('threads', '?')} threads, "
         f"{any_run['device']}, torch {any_run['torch']}"
         + (f"; comparison wall time {meta['train_wall_seconds'] / 60:.1f} min"
            if "train_wall_seconds" in meta else ""),
-    ]))
-    blocks.append(("h", 2, "Reference points"))
-    blocks.append(("ul", [
-        f"initial loss of an untrained model: ln({corpus['vocab_size']}) = {ln_v:.3f} nats/token",
+    ]
+    reference = [
+        f"initial loss of an untrained model: ln({corpus['vocab_size']}) = "
+        f"{math.log(corpus['vocab_size']):.3f} nats/token",
         f"unigram entropy of the training text: {corpus['unigram_entropy_nats']:.3f} nats/token;"
         f" a unigram model's loss on the validation works: {corpus['unigram_val_xent_nats']:.3f}"
         " (a model below this has learned to use context)",
-    ]))
+    ]
+    return [("h", 2, "Setup"), ("ul", setup), ("h", 2, "Reference points"), ("ul", reference)]
 
-    blocks.append(("h", 2, "Regime"))
-    blocks.append(("p", Regime.of(config_from_dict(cfg)).words()))
-    blocks.append(("h", 2, "Results per entrant"))
+
+def results_blocks(corpus: dict, labels: list[str], runs: dict[str, list[Run]]) -> list:
+    """The table of results per entrant (mean and interval over seeds)."""
     domain_names = sorted(corpus["eval_sets"])
     header = ["entrant", "final val loss", "val perplexity",
               *[f"loss on {d}" for d in domain_names], "continuation task accuracy",
@@ -417,24 +459,35 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
             _fmt_summary([r["pruning"]["global"]["bytes"]["net_frac_of_model"] for r in rs], 1,
                          100, "%"),
         ])
-    blocks.append(("table", header, rows))
-    blocks.append(("p", "Memory saved: of the whole model's fp32 bytes, if the pruned matrices "
-                   "are stored as their kept values plus a 1-bit mask (an upper bound that "
-                   "ignores the mask would be the sparsity times the matrices' share)."))
+    return [("h", 2, "Results per entrant"), ("table", header, rows),
+            ("p", "Memory saved: of the whole model's fp32 bytes, if the pruned matrices "
+             "are stored as their kept values plus a 1-bit mask (an upper bound that "
+             "ignores the mask would be the sparsity times the matrices' share).")]
 
+
+def sweep_note(out: Path, meta: dict, sweep_dirs: list[Path] | None) -> tuple[list, tuple | None]:
+    """The matching weight-decay sweep, if any (its report is rebuilt when it is the comparison's
+    own), and the paragraph that points to it."""
     sweep = matching_sweep(out, meta, sweep_dirs)
-    if sweep is not None:
-        where = "sweep/sweep.md" if sweep_dirs is None else \
-            ", ".join(f"{d}/sweep.md" for d in sweep_dirs)
-        blocks.append(("p", "A weight-decay grid for the same corpus and training budget was "
-                       f"run (see `{where}`), so the claims table ends with **best vs best**: "
-                       "each entrant at its own best weight_decay of that grid."))
-        if sweep_dirs is None:
-            from adamhd.lab.sweep_report import build_sweep_report
+    if sweep is None:
+        return [], None
+    where = "sweep/sweep.md" if sweep_dirs is None else \
+        ", ".join(f"{d}/sweep.md" for d in sweep_dirs)
+    if sweep_dirs is None:
+        from adamhd.lab.sweep_report import build_sweep_report
 
-            build_sweep_report([out / "sweep"])
+        build_sweep_report([out / "sweep"])
+    return [("p", "A weight-decay grid for the same corpus and training budget was "
+             f"run (see `{where}`), so the claims table ends with **best vs best**: "
+             "each entrant at its own best weight_decay of that grid.")], sweep
+
+
+def claims_blocks(labels: list[str], runs: dict[str, list[Run]],
+                  sweep: tuple | None) -> tuple[list, list[str]]:
+    """Each candidate's claims against the baseline (the first entrant): the tables, and one
+    verdict line per claim."""
     baseline = labels[0]
-    verdict_lines = []
+    blocks, verdict_lines = [], []
     for cand in labels[1:]:
         claims = measure_claims(runs[baseline], runs[cand])
         if sweep is not None and cand in sweep[0]["entrants"]:
@@ -450,19 +503,4 @@ def build_report(out: str | Path, sweep_dirs: list[Path] | None = None) -> Path:
         verdict_lines += [f"{cand} vs {baseline}, claim {c.key}: {c.verdict}: {c.reason} "
                           f"(effect {c.effect_text()}, interval {c.interval_text()})"
                           for c in claims]
-    blocks += timing_blocks(labels, runs)
-    blocks.append(("p", "Scale: these are small models trained briefly; the paper's claims are "
-                   "about GPT-2/GPT-3 pre-training. 'Inconclusive at this scale' means this run "
-                   "cannot tell, not that the claim is false; 'not supported' means this run "
-                   "measured the opposite, or an effect too small to match the claim."))
-
-    blocks += extra_blocks(cfg, labels, runs)
-    blocks.append(("h", 2, "Figures"))
-    for name, (alt, _) in figs.items():
-        blocks.append(("img", out / name, alt))
-
-    md = render_md(blocks)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(render_html(blocks, "AdamHD lab report"))
-    (out / "verdicts.txt").write_text("\n".join(verdict_lines) + "\n")
-    return out / "report.md"
+    return blocks, verdict_lines

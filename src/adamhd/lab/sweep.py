@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from adamhd.lab.data import load_corpus
-from adamhd.lab.files import check_writable_dir, locked
+from adamhd.lab.files import check_out_dirs, locked
 from adamhd.lab.grid import corpus_key, grid_config
 from adamhd.lab.jobs import Task, run_tasks, shard_of
 from adamhd.lab.optimizers import REGISTRY, OptimizerSpec, parse_specs
@@ -95,9 +95,7 @@ def run_sweep(*, optimizers: str, lrs, weight_decays, grid: dict[str, list], see
     kind "leaderboard": the runs also measure the pruning curve, and the report ranks."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    out = check_writable_dir(out, "--out")
-    if cache_dir:
-        check_writable_dir(cache_dir, "--cache-dir")
+    out = check_out_dirs(out, cache_dir)
     specs = grid_specs(optimizers, grid)
     corpus = load_corpus(data, tokenizer=tokenizer, bpe_vocab=bpe_vocab, eval_sources=[],
                          cache_dir=cache_dir)

@@ -116,6 +116,19 @@ def sweep_blocks(meta: dict, rows: list[dict], missing: list[str], fig_name: str
     if missing:
         blocks.append(("p", f"**Unfinished, left out ({len(missing)}):** " + ", ".join(missing)))
     cells = by_setting(rows)
+    blocks.append(("table", ["entrant", "lr", "weight_decay", "decay budget",
+                             "final val loss", "seeds done"], _points_table(meta, cells)))
+    blocks += _best_blocks(rows, cells, entrants, seeds)
+    if len(entrants) > 1:
+        blocks += _best_vs_best_blocks(rows, entrants, seeds)
+    if fig_name:
+        blocks.append(("img", fig_name, "final validation loss vs weight_decay"))
+    return blocks
+
+
+def _points_table(meta: dict, cells: dict) -> list[list[str]]:
+    """One row per setting of the grid: its regime and its loss over the seeds done."""
+    seeds, entrants, cfg = meta["seeds"], meta["entrants"], meta["base_config"]
     table = []
     for s in sorted(cells, key=lambda s: (entrants.index(s.entrant) if s.entrant in entrants
                                           else 99, s.lr, s.weight_decay)):
@@ -123,53 +136,55 @@ def sweep_blocks(meta: dict, rows: list[dict], missing: list[str], fig_name: str
         regime = Regime.of(config_from_dict({**cfg, "lr": s.lr, "weight_decay": s.weight_decay}))
         table.append([s.entrant, f"{s.lr:g}", f"{s.weight_decay:.4g}", f"{regime.budget:.3g}",
                       summarize(v[k] for k in sorted(v)).fmt(4), f"{len(v)}/{len(seeds)}"])
-    blocks.append(("table", ["entrant", "lr", "weight_decay", "decay budget",
-                             "final val loss", "seeds done"], table))
-    best_rows = []
-    for entrant in entrants:
-        best = best_setting(rows, entrant, seeds)
-        if best is None:
-            best_rows.append([entrant, "n/a (no setting finished on every seed)", "", "", ""])
+    return table
+
+
+def _best_blocks(rows: list[dict], cells: dict, entrants: list[str], seeds) -> list:
+    """Each entrant at its best setting, with the width of its good weight_decay range."""
+    best_rows = [_best_row(rows, cells, entrant, seeds) for entrant in entrants]
+    return [("h", 2, "Each entrant at its best"),
+            ("table", ["entrant", "best setting", "final val loss", "good range "
+                       "(weight_decay within +1% of best, at the best lr)", "tolerance"],
+             best_rows),
+            ("p", "The good range is measured on this grid only: its width is at least "
+             "the grid's spacing when one point qualifies, and a wider grid could widen it.")]
+
+
+def _best_row(rows: list[dict], cells: dict, entrant: str, seeds) -> list[str]:
+    best = best_setting(rows, entrant, seeds)
+    if best is None:
+        return [entrant, "n/a (no setting finished on every seed)", "", "", ""]
+    wds = good_range(rows, best, seeds)
+    loss = summarize(cells[best][k] for k in seeds)
+    width = f"x{wds[-1] / wds[0]:.3g} ({wds[0]:.3g} .. {wds[-1]:.3g})" if wds[0] > 0 else \
+        f"{wds[0]:.3g} .. {wds[-1]:.3g}"
+    grid_wds = [c.weight_decay for c in cells if c.entrant == entrant and c.lr == best.lr]
+    edge = len(grid_wds) > 1 and best.weight_decay in (min(grid_wds), max(grid_wds))
+    note = " (at the edge of the grid: the best may lie outside it)" if edge else ""
+    return [entrant, f"lr {best.lr:g}, weight_decay {best.weight_decay:.4g}{note}",
+            loss.fmt(4), f"{len(wds)} grid point(s): {width}", f"{100 * GOOD_TOLERANCE:g}%"]
+
+
+def _best_vs_best_blocks(rows: list[dict], entrants: list[str], seeds) -> list:
+    """Each candidate at its best against the baseline (the first entrant) at its best."""
+    base = entrants[0]
+    rows_bvb = []
+    for cand in entrants[1:]:
+        b, c, eff = best_vs_best(rows, base, cand, seeds)
+        if eff is None:
+            rows_bvb.append([f"{cand} vs {base}", "n/a", "n/a", "n/a"])
             continue
-        wds = good_range(rows, best, seeds)
-        loss = summarize(cells[best][k] for k in seeds)
-        width = f"x{wds[-1] / wds[0]:.3g} ({wds[0]:.3g} .. {wds[-1]:.3g})" if wds[0] > 0 else \
-            f"{wds[0]:.3g} .. {wds[-1]:.3g}"
-        grid_wds = [c.weight_decay for c in cells if c.entrant == entrant and c.lr == best.lr]
-        edge = len(grid_wds) > 1 and best.weight_decay in (min(grid_wds), max(grid_wds))
-        note = " (at the edge of the grid: the best may lie outside it)" if edge else ""
-        best_rows.append([entrant, f"lr {best.lr:g}, weight_decay {best.weight_decay:.4g}{note}",
-                          loss.fmt(4), f"{len(wds)} grid point(s): {width}",
-                          f"{100 * GOOD_TOLERANCE:g}%"])
-    blocks.append(("h", 2, "Each entrant at its best"))
-    blocks.append(("table", ["entrant", "best setting", "final val loss", "good range "
-                             "(weight_decay within +1% of best, at the best lr)", "tolerance"],
-                   best_rows))
-    blocks.append(("p", "The good range is measured on this grid only: its width is at least "
-                   "the grid's spacing when one point qualifies, and a wider grid could widen it."))
-    if len(entrants) > 1:
-        base = entrants[0]
-        rows_bvb = []
-        for cand in entrants[1:]:
-            b, c, eff = best_vs_best(rows, base, cand, seeds)
-            if eff is None:
-                rows_bvb.append([f"{cand} vs {base}", "n/a", "n/a", "n/a"])
-                continue
-            v, why = best_vs_best_verdict(eff)
-            rows_bvb.append([f"{cand} (wd {c.weight_decay:.3g}) vs {base} (wd "
-                             f"{b.weight_decay:.3g})", f"{eff.mean:+.4f}",
-                             "none (n=1)" if not eff.has_interval else
-                             f"[{eff.low:+.4f}, {eff.high:+.4f}]", f"**{v}** ({why})"])
-        blocks.append(("h", 2, "Best vs best (paired by seed)"))
-        blocks.append(("p", "Effect: the baseline's final validation loss at its best setting "
-                       "minus the candidate's at its own best, per seed (positive: the "
-                       "candidate tuned is better than the baseline tuned). Picking each best on "
-                       "the same seeds it is scored on flatters both alike."))
-        blocks.append(("table", ["comparison", "effect (nats)", "95% interval", "verdict"],
-                       rows_bvb))
-    if fig_name:
-        blocks.append(("img", fig_name, "final validation loss vs weight_decay"))
-    return blocks
+        v, why = best_vs_best_verdict(eff)
+        rows_bvb.append([f"{cand} (wd {c.weight_decay:.3g}) vs {base} (wd "
+                         f"{b.weight_decay:.3g})", f"{eff.mean:+.4f}",
+                         "none (n=1)" if not eff.has_interval else
+                         f"[{eff.low:+.4f}, {eff.high:+.4f}]", f"**{v}** ({why})"])
+    return [("h", 2, "Best vs best (paired by seed)"),
+            ("p", "Effect: the baseline's final validation loss at its best setting "
+             "minus the candidate's at its own best, per seed (positive: the "
+             "candidate tuned is better than the baseline tuned). Picking each best on "
+             "the same seeds it is scored on flatters both alike."),
+            ("table", ["comparison", "effect (nats)", "95% interval", "verdict"], rows_bvb)]
 
 
 def build_sweep_report(folders: list[Path], out: Path | None = None) -> Path:

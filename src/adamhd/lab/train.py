@@ -106,6 +106,14 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: RunConfig) -> float:
+    """Set every group's lr to the schedule's value at `step`; returns it."""
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 # ----------------------------------------------------------------------------------------------
 # RNG states and checkpoints
 
@@ -202,6 +210,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_dtype(dtype: str, device: torch.device) -> None:
+    if dtype == "float16" and device.type != "cuda":
+        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+
+
 def build_model(cfg: RunConfig, vocab_size: int) -> GPT:
     torch.manual_seed(cfg.seed)
     return GPT(make_config(cfg.model, vocab_size, context=cfg.context, dropout=cfg.dropout))
@@ -228,6 +241,19 @@ class _Metrics:
         self.file.close()
 
 
+@dataclass
+class _Clock:
+    """Seconds spent so far: training steps, training plus in-loop overhead, periodic evaluation."""
+
+    train: float = 0.0
+    wall: float = 0.0
+    eval: float = 0.0
+
+    def stepped(self, seconds: float) -> None:
+        self.train += seconds
+        self.wall += seconds
+
+
 def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bool = False,
               stop_after: int | None = None, progress: bool = True,
               label: str | None = None, fsdp: bool = False) -> dict | None:
@@ -239,157 +265,227 @@ def train_run(cfg: RunConfig, corpus: Corpus, run_dir: str | Path, *, resume: bo
     the results, the other ranks return None.
     """
     run_dir = Path(run_dir)
-    main = dist.is_main()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    results_path = run_dir / "results.json"
-    ckpt_path = run_dir / "checkpoint.pt"
-    check_context(corpus, cfg.context)
-    device = resolve_device(cfg.device)
-    if cfg.dtype == "float16" and device.type != "cuda":
-        raise ValueError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-    spec = parse_spec(cfg.optimizer)
-    dist.local_batch(cfg.batch_size)  # the global batch must split evenly across the ranks
-
-    if resume and results_path.exists():
-        done = json.loads(results_path.read_text())
-        diff = mismatched(done.get("config", {}), cfg.fingerprint())
-        if diff:
-            raise CheckpointError(f"{results_path} is a finished run with other settings: {diff}")
-        return done if main else None
-
-    model = build_model(cfg, corpus.vocab_size).to(device)
-    par = dist.Parallel(model, fsdp=fsdp)  # the optimizer is built after wrapping
-    optimizer = spec.build(model, cfg.lr, cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
-    start, train_seconds, wall_seconds, rows = 0, 0.0, 0.0, []
-    eval_seconds = 0.0
-    if resume and not ckpt_path.exists() and main:
-        print(f"{run_dir}: no checkpoint yet, this run starts at step 0", file=sys.stderr)
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, cfg)
-        par.load_state_dicts(optimizer, ckpt["model"], ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start = ckpt["data"]["next_step"]
-        train_seconds, wall_seconds, rows = ckpt["train_seconds"], ckpt["wall_seconds"], \
-            ckpt["metrics"]
-        eval_seconds = ckpt.get("eval_seconds", 0.0)
-    else:
-        torch.manual_seed(cfg.seed + 1_000_003)  # dropout stream, distinct from the init stream
-    if main:
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-
-    step_model = torch.compile(par.forward) if cfg.compile else par.forward
-    metrics = _Metrics(run_dir / "metrics.jsonl", rows) if main else _NoMetrics(rows)
-    tokens_per_step = cfg.batch_size * cfg.context
-    board = Path(cfg.tensorboard) / run_dir.parent.name / run_dir.name if cfg.tensorboard else ""
-    watch = tails.Watch(model, cfg.eval_every, cfg.steps, board, start, main)
-
-    def plain_copy() -> GPT:
-        with torch.random.fork_rng(devices=[]):  # the copy's init must not move the RNG
-            return GPT(model.cfg).to(device)
-
-    def evaluate_now(step: int) -> float | None:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        try:
-            return _evaluate_now(step)
-        finally:
-            eval_seconds += time.perf_counter() - t0
-
-    def _evaluate_now(step: int) -> float | None:
-        full = par.full_model(plain_copy)  # rank 0 evaluates alone, on the full weights
-        if full is None:
-            return None
-        val = ev.evaluate_loss(full, corpus.val, context=cfg.context, batch_size=cfg.eval_batch,
-                               max_windows=cfg.eval_windows, device=device, dtype=cfg.dtype,
-                               subset_seed=EVAL_SUBSET_SEED)
-        metrics.log({"kind": "eval", "step": step, "tokens": step * tokens_per_step,
-                     "time": train_seconds, "wall": wall_seconds, "val_loss": val,
-                     "val_ppl": ev.perplexity(val), "weights": ev.weight_stats(full)})
-        return val
-
-    def checkpoint(step: int) -> None:
-        model_state, optimizer_state = par.state_dicts(optimizer)
-        if not main:
-            return
-        save_checkpoint(ckpt_path, {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "fingerprint": cfg.fingerprint(), "step": step,
-            "model": model_state, "optimizer": optimizer_state,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "data": {"sampler": "random windows, generator seeded by (seed, step)",
-                     "seed": cfg.seed, "next_step": step},
-            "rng": _rng_state(), "metrics": metrics.rows,
-            "train_seconds": train_seconds, "wall_seconds": wall_seconds,
-            "eval_seconds": eval_seconds,
-        })
-
-    bar = _progress(progress and main, cfg.steps, start, label or spec.label)
-    last_val = next((r["val_loss"] for r in reversed(rows) if r["kind"] == "eval"), None)
+    device, spec = _prepare(cfg, corpus, run_dir)
+    if resume and (run_dir / "results.json").exists():
+        done = _finished_results(cfg, run_dir)
+        return done if dist.is_main() else None
+    run = _Run(cfg, corpus, run_dir, device, spec, resume=resume, fsdp=fsdp)
+    bar = _progress(progress and run.main, cfg.steps, run.start, label or spec.label)
     try:
-        if start == 0:
-            last_val = evaluate_now(0)
-        model.train()
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = train_batch(corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
-            x, y = dist.my_slice(x).to(device), dist.my_slice(y).to(device)
-            with ev.autocast_for(device, cfg.dtype):
-                _, loss = step_model(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            before = watch.before(step + 1)
-            scaler.step(optimizer, **spec.step_kwargs(loss.detach()))
-            scaler.update()
-            loss_value = dist.mean_over_ranks(loss)  # synchronises the device: honest timing
-            dt = time.perf_counter() - t0
-            train_seconds += dt
-            wall_seconds += dt
-            done = step + 1
-            metrics.log({"kind": "train", "step": done, "tokens": done * tokens_per_step,
-                         "time": train_seconds, "loss": loss_value, "lr": lr,
-                         "grad_norm": dist.as_float(grad_norm)})
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"{spec.label} seed {cfg.seed}: loss is {loss_value} "
-                                         f"at step {done}; try a lower --lr")
-            t1 = time.perf_counter()
-            watch.after(done, before, metrics)
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                last_val = evaluate_now(done)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_after:
-                checkpoint(done)
-            wall_seconds += time.perf_counter() - t1
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{last_val:.3f}", refresh=False)
-                bar.update(1)
-            if done == stop_after:
-                return None
+        if not _train_loop(run, bar, stop_after):
+            return None
     finally:
         if bar is not None:
             bar.close()
-        metrics.close()
-        watch.close()
+        run.metrics.close()
+        run.watch.close()
+    return run.results()
 
-    full = par.full_model(plain_copy)
-    results = None
-    if main:
-        results = finish_run(cfg, corpus, full, device, metrics.rows, train_seconds,
-                             wall_seconds)
-        results["timing"]["periodic_eval_seconds"] = eval_seconds
-        results["optimizer_state_bytes_per_param"] = state_bytes_per_param(optimizer, model)
-        results["processes"] = dist.world()
-        results_path.write_text(json.dumps(results, indent=1))
-    dist.barrier()  # the other ranks wait for rank 0's final measurements
-    return results
+
+def _prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path):
+    """Checks before anything is built; rank 0 makes the run folder. Returns (device, spec)."""
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    check_context(corpus, cfg.context)
+    device = resolve_device(cfg.device)
+    check_dtype(cfg.dtype, device)
+    spec = parse_spec(cfg.optimizer)
+    dist.local_batch(cfg.batch_size)  # the global batch must split evenly across the ranks
+    return device, spec
+
+
+def _finished_results(cfg: RunConfig, run_dir: Path) -> dict:
+    """The results of a finished run, refused if they were made with other settings."""
+    results_path = run_dir / "results.json"
+    done = json.loads(results_path.read_text())
+    diff = mismatched(done.get("config", {}), cfg.fingerprint())
+    if diff:
+        raise CheckpointError(f"{results_path} is a finished run with other settings: {diff}")
+    return done
+
+
+def _train_loop(run: _Run, bar, stop_after: int | None) -> bool:
+    """The steps from `run.start` on; False when stopped after `stop_after` (as if killed)."""
+    cfg = run.cfg
+    last_val = run.last_val_loss()
+    if run.start == 0:
+        last_val = run.evaluate(0)
+    run.model.train()
+    for step in range(run.start, cfg.steps):
+        done = step + 1
+        t0 = time.perf_counter()
+        lr = run.set_lr(step)
+        loss = run.forward_backward(*run.batch(step))
+        grad_norm = run.clip_gradients()
+        before = run.watch.before(done)
+        run.optimizer_step(loss)
+        loss_value = dist.mean_over_ranks(loss)  # synchronises the device: honest timing
+        run.clock.stepped(time.perf_counter() - t0)
+        run.log_train(done, lr, loss_value, grad_norm)
+        t1 = time.perf_counter()
+        run.watch.after(done, before, run.metrics)
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            last_val = run.evaluate(done)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stop_after:
+            run.checkpoint(done)
+        run.clock.wall += time.perf_counter() - t1
+        _advance(bar, loss_value, last_val)
+        if done == stop_after:
+            return False
+    return True
+
+
+class _Run:
+    """One run's model, optimizer, metrics and clocks, and the parts of a training step."""
+
+    def __init__(self, cfg: RunConfig, corpus: Corpus, run_dir: Path, device: torch.device,
+                 spec, *, resume: bool, fsdp: bool):
+        self.cfg, self.corpus, self.run_dir, self.device, self.spec = (cfg, corpus, run_dir,
+                                                                       device, spec)
+        self.main = dist.is_main()
+        self.ckpt_path = run_dir / "checkpoint.pt"
+        self.model = build_model(cfg, corpus.vocab_size).to(device)
+        self.par = dist.Parallel(self.model, fsdp=fsdp)  # the optimizer is built after wrapping
+        self.optimizer = spec.build(self.model, cfg.lr, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+        rows = self._restore() if resume else self._fresh()
+        if self.main:
+            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        self.step_model = torch.compile(self.par.forward) if cfg.compile else self.par.forward
+        self.metrics = _Metrics(run_dir / "metrics.jsonl", rows) if self.main else _NoMetrics(rows)
+        self.tokens_per_step = cfg.batch_size * cfg.context
+        board = (Path(cfg.tensorboard) / run_dir.parent.name / run_dir.name
+                 if cfg.tensorboard else "")
+        self.watch = tails.Watch(self.model, cfg.eval_every, cfg.steps, board, self.start,
+                                 self.main)
+
+    def _fresh(self) -> list[dict]:
+        """Start at step 0; returns the (no) metric rows so far."""
+        self.start, self.clock = 0, _Clock()
+        torch.manual_seed(self.cfg.seed + 1_000_003)  # dropout stream, distinct from the init
+        return []
+
+    def _restore(self) -> list[dict]:
+        """Continue from the checkpoint, if there is one; returns the metric rows it kept."""
+        if not self.ckpt_path.exists():
+            if self.main:
+                print(f"{self.run_dir}: no checkpoint yet, this run starts at step 0",
+                      file=sys.stderr)
+            return self._fresh()
+        ckpt = load_checkpoint(self.ckpt_path, self.cfg)
+        self.par.load_state_dicts(self.optimizer, ckpt["model"], ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.start = ckpt["data"]["next_step"]
+        self.clock = _Clock(ckpt["train_seconds"], ckpt["wall_seconds"],
+                            ckpt.get("eval_seconds", 0.0))
+        return ckpt["metrics"]
+
+    def last_val_loss(self) -> float | None:
+        return next((r["val_loss"] for r in reversed(self.metrics.rows) if r["kind"] == "eval"),
+                    None)
+
+    # the parts of one step, in order
+
+    def set_lr(self, step: int) -> float:
+        return set_lr(self.optimizer, step, self.cfg)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the step's batch, on the device."""
+        cfg = self.cfg
+        x, y = train_batch(self.corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
+        return dist.my_slice(x).to(self.device), dist.my_slice(y).to(self.device)
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with ev.autocast_for(self.device, self.cfg.dtype):
+            _, loss = self.step_model(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Unscale (float16) and clip the gradients; returns their norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        self.scaler.step(self.optimizer, **self.spec.step_kwargs(loss.detach()))
+        self.scaler.update()
+
+    def log_train(self, done: int, lr: float, loss_value: float, grad_norm) -> None:
+        """Log the step's row; a loss that is not finite ends the run with an error."""
+        self.metrics.log({"kind": "train", "step": done, "tokens": done * self.tokens_per_step,
+                          "time": self.clock.train, "loss": loss_value, "lr": lr,
+                          "grad_norm": dist.as_float(grad_norm)})
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"{self.spec.label} seed {self.cfg.seed}: loss is "
+                                     f"{loss_value} at step {done}; try a lower --lr")
+
+    # evaluation, checkpoints, results
+
+    def _plain_copy(self) -> GPT:
+        with torch.random.fork_rng(devices=[]):  # the copy's init must not move the RNG
+            return GPT(self.model.cfg).to(self.device)
+
+    def evaluate(self, step: int) -> float | None:
+        """Validation loss on the fixed subset (rank 0, on the full weights), logged and timed."""
+        t0 = time.perf_counter()
+        try:
+            full = self.par.full_model(self._plain_copy)
+            if full is None:
+                return None
+            cfg = self.cfg
+            val = ev.evaluate_loss(full, self.corpus.val, context=cfg.context,
+                                   batch_size=cfg.eval_batch, max_windows=cfg.eval_windows,
+                                   device=self.device, dtype=cfg.dtype,
+                                   subset_seed=EVAL_SUBSET_SEED)
+            self.metrics.log({"kind": "eval", "step": step, "tokens": step * self.tokens_per_step,
+                              "time": self.clock.train, "wall": self.clock.wall,
+                              "val_loss": val, "val_ppl": ev.perplexity(val),
+                              "weights": ev.weight_stats(full)})
+            return val
+        finally:
+            self.clock.eval += time.perf_counter() - t0
+
+    def checkpoint(self, step: int) -> None:
+        model_state, optimizer_state = self.par.state_dicts(self.optimizer)
+        if not self.main:
+            return
+        cfg, clock = self.cfg, self.clock
+        save_checkpoint(self.ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "fingerprint": cfg.fingerprint(), "step": step,
+            "model": model_state, "optimizer": optimizer_state,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "data": {"sampler": "random windows, generator seeded by (seed, step)",
+                     "seed": cfg.seed, "next_step": step},
+            "rng": _rng_state(), "metrics": self.metrics.rows,
+            "train_seconds": clock.train, "wall_seconds": clock.wall,
+            "eval_seconds": clock.eval,
+        })
+
+    def results(self) -> dict | None:
+        """The end-of-run measurements (rank 0 writes results.json; other ranks get None)."""
+        full = self.par.full_model(self._plain_copy)
+        results = None
+        if self.main:
+            results = finish_run(self.cfg, self.corpus, full, self.device, self.metrics.rows,
+                                 self.clock.train, self.clock.wall)
+            results["timing"]["periodic_eval_seconds"] = self.clock.eval
+            results["optimizer_state_bytes_per_param"] = state_bytes_per_param(self.optimizer,
+                                                                               self.model)
+            results["processes"] = dist.world()
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        dist.barrier()  # the other ranks wait for rank 0's final measurements
+        return results
+
+
+def _advance(bar, loss_value: float, last_val: float | None) -> None:
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{last_val:.3f}", refresh=False)
+        bar.update(1)
 
 
 class _NoMetrics:
@@ -414,18 +510,24 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
                 leave=True)
 
 
+class _Laps:
+    """Seconds between successive `lap` calls, by name."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+
+
 def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_seconds,
                wall_seconds) -> dict:
     """The end-of-run measurements: final losses on the full sets, second domains, the
     multiple-choice task, histogram, pruning (on a fixed subset), each timed."""
-    timing = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timing[name] = now - clock
-        clock = now
+    laps = _Laps()
 
     def loss_on(tokens, windows, subset_seed=None):
         return ev.evaluate_loss(model, tokens, context=cfg.context, batch_size=cfg.eval_batch,
@@ -435,32 +537,17 @@ def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_s
     val = loss_on(corpus.val, cfg.final_eval_windows)
     domains = {name: loss_on(tokens, cfg.final_eval_windows)
                for name, tokens in corpus.eval_sets.items()} if cfg.domains else {}
-    lap("final_eval_seconds")
+    laps.lap("final_eval_seconds")
     task = choice.accuracy(model, corpus.choice[:cfg.choice_items], context=cfg.context,
                            batch_size=cfg.eval_batch, device=device)
-    lap("choice_seconds")
+    laps.lap("choice_seconds")
     n_prunable = sum(w.numel() for w in prunable_weights(model).values())
-    n_total = model.num_params()
-    pruning = {}
-    for mode in ("global", "layer") if cfg.prune else ():
-        curve = ev.pruning_curve(
-            model, lambda m: loss_on(corpus.val, cfg.prune_windows, EVAL_SUBSET_SEED), mode,
-            refine=2)
-        curve["bytes"] = ev.bytes_saved(n_prunable, n_total, curve["max_sparsity"])
-        pruning[mode] = curve
-    lap("prune_seconds")
+    pruning = _pruning_curves(cfg, model, n_prunable,
+                              lambda m: loss_on(corpus.val, cfg.prune_windows, EVAL_SUBSET_SEED))
+    laps.lap("prune_seconds")
     return {
-        "config": cfg.fingerprint(),
-        "label": parse_spec(cfg.optimizer).label,
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "tokens": cfg.steps * cfg.batch_size * cfg.context,
-        "params": n_total,
-        "prunable_params": n_prunable,
-        "train_seconds": train_seconds,
-        "wall_seconds": wall_seconds,
-        "seconds_per_step": train_seconds / cfg.steps,
-        "timing": timing,
+        **_run_summary(cfg, model, n_prunable, train_seconds, wall_seconds),
+        "timing": laps.seconds,
         "final_val_loss": val,
         "final_val_ppl": ev.perplexity(val),
         "final_train_loss": float(np.mean([r["loss"] for r in rows if r["kind"] == "train"][-20:])),
@@ -473,6 +560,32 @@ def finish_run(cfg: RunConfig, corpus: Corpus, model: GPT, device, rows, train_s
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": str(device),
+    }
+
+
+def _pruning_curves(cfg: RunConfig, model: GPT, n_prunable: int, loss) -> dict:
+    """Global and per-layer magnitude-pruning curves (none when `cfg.prune` is off)."""
+    pruning = {}
+    for mode in ("global", "layer") if cfg.prune else ():
+        curve = ev.pruning_curve(model, loss, mode, refine=2)
+        curve["bytes"] = ev.bytes_saved(n_prunable, model.num_params(), curve["max_sparsity"])
+        pruning[mode] = curve
+    return pruning
+
+
+def _run_summary(cfg: RunConfig, model: GPT, n_prunable: int, train_seconds: float,
+                 wall_seconds: float) -> dict:
+    return {
+        "config": cfg.fingerprint(),
+        "label": parse_spec(cfg.optimizer).label,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "tokens": cfg.steps * cfg.batch_size * cfg.context,
+        "params": model.num_params(),
+        "prunable_params": n_prunable,
+        "train_seconds": train_seconds,
+        "wall_seconds": wall_seconds,
+        "seconds_per_step": train_seconds / cfg.steps,
     }
 
 

@@ -18,7 +18,13 @@ import torch
 from adamhd.lab import evaluate as ev
 from adamhd.lab.data import EVAL_SUBSET_SEED, Corpus, train_batch
 from adamhd.lab.optimizers import parse_spec
-from adamhd.lab.train import RunConfig, build_model, lr_at, resolve_device, state_bytes_per_param
+from adamhd.lab.train import (
+    RunConfig,
+    build_model,
+    resolve_device,
+    set_lr,
+    state_bytes_per_param,
+)
 
 # A run diverged when its training loss stops being finite, or when it ends no better than its
 # initialisation (validation loss at the end >= at step 0): the lr was too large to learn anything.
@@ -56,16 +62,7 @@ def run_trial(cfg: RunConfig, corpus: Corpus, *, final_windows: int,
     diverged = False
     for step in range(cfg.steps):
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        x, y = train_batch(corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
-        with ev.autocast_for(device, cfg.dtype):
-            _, loss = forward(x.to(device), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step(**spec.step_kwargs(loss.detach()))
-        value = float(loss.detach())  # synchronises the device: honest timing
+        value = _train_step(cfg, corpus, step, model, forward, optimizer, spec, device)
         train_seconds += time.perf_counter() - t0
         if not math.isfinite(value):
             diverged = True
@@ -89,3 +86,18 @@ def run_trial(cfg: RunConfig, corpus: Corpus, *, final_windows: int,
         "tokens": cfg.steps * cfg.batch_size * cfg.context,
         "cpu_seconds": time.process_time() - cpu0,
     }
+
+
+def _train_step(cfg: RunConfig, corpus: Corpus, step: int, model, forward, optimizer, spec,
+                device) -> float:
+    """One step of the lab's loop (schedule, batch, clipping) without a scaler or ranks; returns
+    the loss."""
+    set_lr(optimizer, step, cfg)
+    x, y = train_batch(corpus.train, step, cfg.seed, cfg.batch_size, cfg.context)
+    with ev.autocast_for(device, cfg.dtype):
+        _, loss = forward(x.to(device), y.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step(**spec.step_kwargs(loss.detach()))
+    return float(loss.detach())  # synchronises the device: honest timing

@@ -18,6 +18,7 @@ PRESETS = {
 
 
 def add_parsers(sub) -> None:
+    """`adamhd tune` and `adamhd tune-report`."""
     p = sub.add_parser(
         "tune", help="tune every entrant with the same budget at several scales",
         description="Optuna studies, one per (scale, entrant): the same number of trials over "
@@ -25,6 +26,15 @@ def add_parsers(sub) -> None:
                     "validation loss, then the best setting re-run on fresh seeds (the only "
                     "runs scored). The storage is kept: run the same command again to resume, "
                     "or with more --optimizers to add entrants.")
+    _add_study_options(p)
+    _add_worker_options(p)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_tune)
+    _add_report_parser(sub)
+
+
+def _add_study_options(p) -> None:
+    """Entrants, scales, budget, seeds, sampler, pruner and the storage of the studies."""
     p.add_argument("--optimizers", default="all",
                    help="comma-separated entrant names (default: all registered)")
     p.add_argument("--preset", choices=list(PRESETS), default="cpu",
@@ -51,6 +61,10 @@ def add_parsers(sub) -> None:
                         "postgresql://user@host/db")
     p.add_argument("--study", default=None,
                    help="name of the study in the storage (default: the preset's, cpu or gpu)")
+
+
+def _add_worker_options(p) -> None:
+    """How the studies run: worker processes, threads, Ray, shards, heartbeats."""
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="studies run at once, each in its own worker process (default: 1)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -61,6 +75,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--heartbeat", type=positive_int, default=60,
                    help="seconds between a running trial's heartbeats; a trial silent for 3 "
                         "of them is taken as killed and run again (default: %(default)s)")
+
+
+def _add_data_options(p) -> None:
+    """The corpus, and the device / dtype / compile overrides of the preset."""
     p.add_argument("--data", default="shakespeare",
                    help="'shakespeare', a UTF-8 text file or folder, or hf:NAME[:CONFIG]")
     p.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte")
@@ -70,8 +88,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default from the preset)")
-    p.set_defaults(func=cmd_tune)
 
+
+def _add_report_parser(sub) -> None:
     r = sub.add_parser("tune-report", help="write the results of an `adamhd tune` storage",
                        description="Tables, plots and raw JSON from the storage of adamhd tune, "
                                    "at any point: unfinished (scale, entrant) cells are marked.")

@@ -74,14 +74,25 @@ def _wrapper_keys(cls: type) -> set[str]:
 
 
 def register_all(register: Callable) -> None:
-    def plain(cls, **fixed):
-        def factory(groups, lr, weight_decay, **kw):
-            return cls(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
-        return factory
-
     # presets whose torch base this torch lacks (adamhd.optim.presets) are not entrants
     have = {name: getattr(adamhd, name) for name in dir(adamhd)
             if not getattr(getattr(adamhd, name), "unavailable", False)}
+    _register_muons(register, have)
+    _register_torch_and_wrapped(register, have)
+    _register_survey(register, have)
+    _register_wrappers(register, have)
+    _register_decay_rules(register)
+    _register_transforms(register)
+
+
+def _plain(cls, **fixed) -> Callable:
+    """The factory of an optimizer built as cls(groups, lr=, weight_decay=, **fixed)."""
+    def factory(groups, lr, weight_decay, **kw):
+        return cls(groups, lr=lr, weight_decay=weight_decay, **{**fixed, **kw})
+    return factory
+
+
+def _register_muons(register: Callable, have: dict) -> None:
     if hasattr(torch.optim, "Muon"):
         register("muon", None, torch.optim.Muon, "torch Muon on the block matrices, AdamW on the "
                  "rest", builder=_muon_builder(torch.optim.Muon, torch.optim.AdamW))
@@ -89,6 +100,10 @@ def register_all(register: Callable) -> None:
         register("muonhd", None, have["MuonHD"], "MuonHD on the block matrices, AdamHD on the "
                  "rest", builder=_muon_builder(have["MuonHD"], AdamHD),
                  keys=_wrapper_keys(have["MuonHD"]))
+
+
+def _register_torch_and_wrapped(register: Callable, have: dict) -> None:
+    """torch's SGD, NAdam, RAdam, and adamhd's decay wrappers around torch optimizers."""
     for key, cls, note, scale, fixed in [
         ("sgd", torch.optim.SGD, "torch SGD, momentum 0.9, its own coupled weight decay (the "
          "baseline of sgdw)", 30.0, {"momentum": 0.9}),
@@ -97,7 +112,7 @@ def register_all(register: Callable) -> None:
         ("radam", torch.optim.RAdam, "torch RAdam with decoupled_weight_decay=True (the "
          "baseline of radamhd)", 1.0, {"decoupled_weight_decay": True}),
     ]:
-        register(key, plain(cls, **fixed), cls, note, lr_scale=scale)
+        register(key, _plain(cls, **fixed), cls, note, lr_scale=scale)
     for name, key, note, scale, fixed in [
         ("SGDW", "sgdw", "SGDW, momentum 0.9, decay_scaling='lr' (arXiv 1711.05101)", 30.0,
          {"momentum": 0.9, "decay_scaling": "lr"}),
@@ -106,8 +121,12 @@ def register_all(register: Callable) -> None:
         ("AdafactorHD", "adafactorhd", "torch Adafactor + Huber decay", 1.0, {}),
     ]:
         if name in have:
-            register(key, plain(have[name], **fixed), have[name], note,
+            register(key, _plain(have[name], **fixed), have[name], note,
                      keys=_wrapper_keys(have[name]), lr_scale=scale)
+
+
+def _register_survey(register: Callable, have: dict) -> None:
+    """adamhd's own optimizers of the survey (adamhd.optim)."""
     for name, key, note, scale, extra in [
         ("NSGDA", "nsgda", "normalised SGD with momentum (arXiv 2210.04319)", 1.0, None),
         ("AdaLo", "adalo", "loss-driven step size (Inf. Sci. 690:121607); gets the loss", 100.0,
@@ -122,12 +141,15 @@ def register_all(register: Callable) -> None:
          "K=10 past gradients (Mathematics 11(2):316)", 1.0, None),
     ]:
         if name in have:
-            register(key, plain(have[name]), have[name], note, extra, lr_scale=scale)
+            register(key, _plain(have[name]), have[name], note, extra, lr_scale=scale)
     if "AdaptiveMemorySGD" in have:
-        register("am-sgd", plain(have["AdaptiveMemorySGD"]), have["AdaptiveMemorySGD"],
+        register("am-sgd", _plain(have["AdaptiveMemorySGD"]), have["AdaptiveMemorySGD"],
                  "AM-SGD: SGD whose momentum beta_t is solved per step from a two-plane "
                  "proximal model, one beta for the model (arXiv 2510.04988); decoupled decay",
                  lr_scale=100.0, tune={"lam": (0.01, 1.0, True)})
+
+
+def _register_wrappers(register: Callable, have: dict) -> None:
     if "Lookahead" in have:
         def lookahead(groups, lr, weight_decay, k=5, alpha=0.5, **kw):
             inner = AdamHD(groups, lr=lr, weight_decay=weight_decay, **kw)
@@ -137,7 +159,9 @@ def register_all(register: Callable) -> None:
                  "AdamHD (arXiv 1907.08610)",
                  keys=set(inspect.signature(AdamHD).parameters) | {"k", "alpha"},
                  tune={"alpha": (0.3, 0.9, False)})
-    _register_decay_rules(register)
+
+
+def _register_transforms(register: Callable) -> None:
     if hasattr(adamhd, "transforms"):
         for key, spec, note in [
             ("adamhd+agc", ("agc", {"clip": 0.01}), "AdamHD with unit-wise AGC (clip 0.01, arXiv "

@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adamhd.decay.native import MU_KEY, StepDecay, check_native_decay
+from adamhd.decay.strength import remember_initial_lr
 from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
+from adamhd.state import restore_after_load
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -76,6 +78,7 @@ class CheckedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self.check_group(merged)
+        self.check_decay(merged)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         if self.dtensor_reason is not None and any(is_dtensor(p) for p in params):
@@ -84,6 +87,8 @@ class CheckedOptimizer(Optimizer):
                 f"{self.dtensor_reason}"
             )
         super().add_param_group({**param_group, "params": params})
+        if self.native_decay:
+            remember_initial_lr(self.param_groups[-1])  # decay_scaling="schedule"
 
     def params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
         return [p for p in group["params"] if p.grad is not None]
@@ -97,12 +102,27 @@ class CheckedOptimizer(Optimizer):
                 if torch.is_complex(p):
                     raise RuntimeError(f"{self.name} does not support complex parameters")
 
-    # The step loop that the optimizers with one state dict per parameter share (Adafactor, SMMF,
-    # SM3, AdaMomentum, FCAdam); NSGDA (all groups in one foreach batch) and AdaLo (the loss,
-    # GradScaler) write their own ``step``.
+    # The step loop that every optimizer here shares: ``step`` -> ``step_groups`` (checks, per
+    # group its hyperparameters, state and gradients) -> ``step_batches`` (default: ``group_step``
+    # per group; NSGDA, Amos and AM-SGD take all groups at once). AdaLo's ``step`` takes the loss.
 
-    #: the record of one group's step hyperparameters; its fields are group keys
+    #: the record of one group's step hyperparameters; its fields are group keys, but ``lr`` (a
+    #: float) and ``step_decay`` (the group's ``StepDecay``, ``adamhd.decay.native``)
     hyper_type: ClassVar[type | None] = None
+    #: whether the group's ``weight_decay`` runs through the decay rules (the decay keys of
+    #: ``adamhd.decay.native``); ``cautious_decay_reason``: why cautious decay is not offered
+    native_decay: ClassVar[bool] = False
+    cautious_decay_reason: ClassVar[str | None] = None
+
+    def check_decay(self, group: dict[str, Any]) -> None:
+        """With ``native_decay``: ``weight_decay`` and the decay keys (``ValueError`` naming the
+        first bad one), after ``check_group``. Not inside ``with_decoupled_decay``, whose rules
+        own the keys (the base step sees ``weight_decay=0``)."""
+        if not self.native_decay:
+            return
+        finite_nonneg("weight_decay", group["weight_decay"])
+        if not getattr(self, "decay_by_wrapper", False):
+            check_native_decay(group, self.name, self.cautious_decay_reason)
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """``p``'s state, created on its first step."""
@@ -114,47 +134,72 @@ class CheckedOptimizer(Optimizer):
         """The optimizer's math on one group (its module's plain function)."""
         raise NotImplementedError
 
-    def group_hyper(self, group: dict[str, Any]) -> Any:
-        """``hyper_type`` from the group's values (``lr`` as a float)."""
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> Any:
+        """``hyper_type`` from the group's values (``lr`` as a float, ``step_decay`` from the
+        decay keys) and ``step_values`` (values of this step, e.g. AdaLo's loss level)."""
         assert self.hyper_type is not None
-        values = {f.name: group[f.name] for f in dataclasses.fields(self.hyper_type)}
+        values = {}
+        for f in dataclasses.fields(self.hyper_type):
+            if f.name == "step_decay":
+                values[f.name] = StepDecay.from_group(group)
+            else:
+                values[f.name] = step_values[f.name] if f.name in step_values else group[f.name]
         return self.hyper_type(**{**values, "lr": lr_value(group["lr"])})
+
+    def group_grads(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """The gradients the step uses (negated for ``maximize``)."""
+        return [-p.grad if group["maximize"] else p.grad for p in params]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step: the closure, the checks, then per group its state, gradients (negated for
-        ``maximize``), hyperparameters and ``group_step``."""
+        """One step: the closure, then ``step_groups``."""
         loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            if not params:
-                continue
-            states = [self.init_state(p, group) for p in params]
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            self.group_step(params, grads, states, self.group_hyper(group))
+        self.step_groups()
         return loss
 
+    def step_groups(self, **step_values: Any) -> None:
+        """The checks (gradients; every group's options and hyperparameters, before anything
+        changes), then per group with gradients its state and gradients, then ``step_batches``."""
+        self.check_grads()
+        for group in self.param_groups:  # groups edited since construction: refused here
+            self.check_group(group)
+            self.check_decay(group)
+        work = [(g, ps) for g in self.param_groups if (ps := self.params_with_grad(g))]
+        hypers = [self.group_hyper(g, **step_values) for g, _ in work]
+        batches = [
+            GroupBatch(ps, self.group_grads(g, ps), [self.init_state(p, g) for p in ps], h)
+            for (g, ps), h in zip(work, hypers)
+        ]
+        self.step_batches(batches)
+
+    def step_batches(self, batches: list[GroupBatch]) -> None:
+        """The math on every group with gradients: ``group_step`` per group by default."""
+        for b in batches:
+            self.group_step(b.params, b.grads, b.states, b.hyper)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but the float statistics in ``stat_keys`` keep their saved precision and
-        integer state (SMMF's packed signs) its dtype: torch casts every state tensor but
-        ``step`` to the parameter's dtype."""
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
-        id_map = dict(zip(saved_ids, params))
-        keep = {
-            index: {k: v for k, v in s.items() if torch.is_tensor(v) and k != "step"
-                    and (k in self.stat_keys or not v.is_floating_point())}
-            for index, s in state_dict["state"].items()
-        }
+        """As torch's, but the float statistics in ``stat_keys`` (and native decay's
+        ``delta_mu``) keep their saved precision and integer state (SMMF's packed signs) its
+        dtype: torch casts every state tensor but ``step`` to the parameter's dtype."""
         super().load_state_dict(state_dict)
-        for index, values in keep.items():
-            p = id_map.get(index)
-            if p is None:
-                continue
-            for key, value in values.items():
-                dtype = stat_dtype(p) if key in self.stat_keys else value.dtype
-                self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
+        restore_after_load(self, state_dict, self._restored_dtype)
+
+    def _restored_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype | None:
+        if key in self.stat_keys or key == MU_KEY:
+            return stat_dtype(p)
+        if key != "step" and not value.is_floating_point():
+            return value.dtype
+        return None
+
+
+@dataclasses.dataclass
+class GroupBatch:
+    """One group's step: its parameters with a gradient, their gradients, state and hyper."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: list[dict[str, Any]]
+    hyper: Any
 
 
 def run_closure(closure: Callable[[], Any] | None) -> Any:

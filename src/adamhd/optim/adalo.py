@@ -18,7 +18,10 @@ work; the sketch ignores ``lr`` (its default 1e-8 is unused), which ``lr=1`` rep
 step without a loss raises (the sketch silently reused the stale ``E``). ``E`` is a float32 0-dim
 state per tensor (float64 for float64 weights), kept in that precision across ``load_state_dict``.
 
-Decay: ``weight_decay`` is the sketch's own decoupled L2 scaled by the loss-driven ``lr_t``.
+Decay: ``weight_decay`` is the sketch's own decoupled L2 scaled by the loss-driven ``lr_t``
+(``tau = lr_t*weight_decay``); the decay keys of ``adamhd.decay.native`` (``decay="huber"``,
+``decay_form``, ``cautious_decay`` with the sign of ``m``, ``decay_scaling="schedule"``: ``tau =
+lr_t*weight_decay/initial_lr``) choose another rule at the same strength.
 ``adamhd.with_decoupled_decay(AdaLo)`` sets it to 0 and applies its rule with ``tau = lr *
 weight_decay`` from the group's ``lr`` (the multiplier above), not ``lr_t``: choose its
 ``weight_decay`` for that scale.
@@ -38,11 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -66,8 +71,9 @@ class AdaLoHyper:
     beta2: float
     kappa: float
     eps: float
-    weight_decay: float
     mode: str
+    level: Tensor  # loss_level(loss) of this step
+    step_decay: StepDecay | None = None
 
 
 def loss_level(loss: Tensor) -> Tensor:
@@ -78,20 +84,18 @@ def loss_level(loss: Tensor) -> Tensor:
 def adalo(
     params: list[Tensor],
     grads: list[Tensor],
-    momenta: list[Tensor],
-    loss_emas: list[Tensor],
-    level: Tensor,
+    states: list[dict[str, Tensor]],
     h: AdaLoHyper,
 ) -> None:
-    """One AdaLo step over lists of tensors; ``level`` is ``loss_level(loss)`` of this step."""
-    for p, g, m, ema in zip(params, grads, momenta, loss_emas):
+    """One AdaLo step over lists of tensors (state ``exp_avg``, ``loss_ema``)."""
+    for p, g, state in zip(params, grads, states):
+        m, ema = state["exp_avg"], state["loss_ema"]
         m.lerp_(g, 1.0 - h.beta1)
-        ema.lerp_(level.to(ema), 1.0 - h.beta2)
+        ema.lerp_(h.level.to(ema), 1.0 - h.beta2)
         size = ema if h.mode == "adversarial" else 1.0 - ema
         lr_t = (size / h.kappa).clamp_min(h.eps) * h.lr
-        if h.weight_decay != 0.0:
-            p.mul_(1.0 - lr_t * h.weight_decay)
-        p.sub_(m * lr_t)
+        decayed_update_(h.step_decay, [p], [state], lr_t, partial(p.sub_, m * lr_t), signs=[m],
+                        foreach=False)
 
 
 class AdaLo(CheckedOptimizer):
@@ -101,14 +105,16 @@ class AdaLo(CheckedOptimizer):
         params: parameters or parameter groups.
         lr: multiplier of the loss-driven step (float or 1-element tensor). Default 1.0.
         betas: ``(beta1, beta2)``: momentum and loss-EMA coefficients. Default (0.9, 0.999).
-        weight_decay: decoupled L2 scaled by ``lr_t``. Default 1e-2.
+        weight_decay: decoupled decay scaled by ``lr_t`` (default L2). Default 1e-2.
         kappa: divides the loss level. Default 3.0.
         eps: smallest ``lr_t / lr``. Default 1e-8.
         mode: ``"adversarial"`` (default) or ``"compliant"``.
         maximize: ascend instead of descend.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default).
     """
 
     name = "AdaLo"
+    native_decay = True
     stat_keys = ("loss_ema",)
     _step_supports_amp_scaling = True  # unscales and skips inf steps itself (see module doc)
     _step_requires_loss = True  # with_decoupled_decay(AdaLo) checks this before it decays
@@ -124,9 +130,10 @@ class AdaLo(CheckedOptimizer):
         mode: str = "adversarial",
         *,
         maximize: bool = False,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps,
-                        mode=mode, maximize=maximize)
+                        mode=mode, maximize=maximize, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
@@ -136,7 +143,6 @@ class AdaLo(CheckedOptimizer):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         in_unit("betas[0]", betas[0])
         in_unit("betas[1]", betas[1])
-        finite_nonneg("weight_decay", group["weight_decay"])
         check("kappa", group["kappa"], lambda v: 0.0 < v < float("inf"), "a finite number > 0")
         finite_nonneg("eps", group["eps"])
         if group["mode"] not in MODES:
@@ -169,29 +175,32 @@ class AdaLo(CheckedOptimizer):
             return loss  # GradScaler found inf/NaN: skip, changing nothing
         if loss is None:
             raise ValueError("AdaLo needs the loss: call step(closure) or step(loss=loss)")
-        self.check_grads()
-        grad_scale = getattr(self, "grad_scale", None) if from_scaler else None
         if not isinstance(loss, Tensor):
             loss = torch.tensor(float(loss), dtype=torch.float64)
-        level = loss_level(loss.detach().to(torch.float64))
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["exp_avg"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                    self.state[p]["loss_ema"] = torch.zeros((), dtype=stat_dtype(p),
-                                                            device=p.device)
-            grads = [p.grad for p in params]
-            if grad_scale is not None:
-                grads = [g / grad_scale.to(g.device) for g in grads]
-            if group["maximize"]:
-                grads = [-g for g in grads]
-            beta1, beta2 = group["betas"]
-            hyper = AdaLoHyper(lr=lr_value(group["lr"]), beta1=beta1, beta2=beta2,
-                               kappa=group["kappa"], eps=group["eps"],
-                               weight_decay=group["weight_decay"], mode=group["mode"])
-            adalo(params, grads, [self.state[p]["exp_avg"] for p in params],
-                  [self.state[p]["loss_ema"] for p in params], level, hyper)
+        self.step_groups(level=loss_level(loss.detach().to(torch.float64)))
         return loss
+
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["loss_ema"] = torch.zeros((), dtype=stat_dtype(p), device=p.device)
+        return state
+
+    def group_grads(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """The gradients, unscaled when ``GradScaler.step`` called this step."""
+        grads = [p.grad for p in params]
+        grad_scale = getattr(self, "grad_scale", None) if hasattr(self, "found_inf") else None
+        if grad_scale is not None:
+            grads = [g / grad_scale.to(g.device) for g in grads]
+        return [-g for g in grads] if group["maximize"] else grads
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> AdaLoHyper:
+        beta1, beta2 = group["betas"]
+        return AdaLoHyper(lr=lr_value(group["lr"]), beta1=beta1, beta2=beta2,
+                          kappa=group["kappa"], eps=group["eps"], mode=group["mode"],
+                          level=step_values["level"], step_decay=StepDecay.from_group(group))
+
+    def group_step(self, params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Tensor]], hyper: AdaLoHyper) -> None:
+        adalo(params, grads, states, hyper)

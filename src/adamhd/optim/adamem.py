@@ -36,21 +36,22 @@ float32 parameter).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
+    GroupBatch,
     Params,
     check_lr,
     finite_nonneg,
     in_unit,
     lr_value,
-    run_closure,
 )
 
 __all__ = ["AdaptiveMemorySGD", "MemoryGroup", "adaptive_memory_beta", "adaptive_memory_sgd"]
@@ -62,9 +63,13 @@ class MemoryGroup:
 
     params: list[Tensor]
     grads: list[Tensor]
-    directions: list[Tensor]
+    states: list[dict[str, Any]]
     lr: float
-    weight_decay: float
+    step_decay: StepDecay | None
+
+    @property
+    def directions(self) -> list[Tensor]:
+        return [s["direction"] for s in self.states]
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
@@ -91,11 +96,11 @@ def adaptive_memory_sgd(groups: list[MemoryGroup], lam: float, beta_max: float) 
     for m in groups:
         if not m.params:
             continue
-        torch._foreach_mul_(m.directions, (beta + lam) / (1.0 + lam))
-        torch._foreach_add_(m.directions, m.grads, alpha=(1.0 - beta) / (1.0 + lam))
-        if m.weight_decay != 0.0:
-            torch._foreach_mul_(m.params, 1.0 - m.lr * m.weight_decay)
-        torch._foreach_add_(m.params, m.directions, alpha=-m.lr)
+        directions = m.directions
+        torch._foreach_mul_(directions, (beta + lam) / (1.0 + lam))
+        torch._foreach_add_(directions, m.grads, alpha=(1.0 - beta) / (1.0 + lam))
+        move = partial(torch._foreach_add_, m.params, directions, alpha=-m.lr)
+        decayed_update_(m.step_decay, m.params, m.states, m.lr, move, signs=directions)
     return beta
 
 
@@ -107,55 +112,58 @@ class AdaptiveMemorySGD(CheckedOptimizer):
         lr: step size (float or 1-element tensor). Default 0.1.
         lam: weight of the proximal term toward the previous direction, >= 0. Default 0.1.
         beta_max: upper clip of ``beta_t``, in [0, 1). Default 0.9.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient (default L2, ``p *= 1 - lr*weight_decay``).
+            Default 0.
         maximize: ascend instead of descend.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default).
     """
 
     name = "AdaptiveMemorySGD"
+    native_decay = True
     dtensor_reason = ("beta_t is one statistic of the whole model (needs an all-reduce of "
                       "|g|^2, <g,d>, |d|^2), not built")
 
     def __init__(self, params: Params, lr: float | Tensor = 0.1, lam: float = 0.1,
                  beta_max: float = 0.9, weight_decay: float = 0.0, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, **decay: Any) -> None:
         defaults = dict(lr=lr, lam=lam, beta_max=beta_max, weight_decay=weight_decay,
-                        maximize=maximize)
+                        maximize=maximize, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         finite_nonneg("lam", group["lam"])
         in_unit("beta_max", group["beta_max"])
-        finite_nonneg("weight_decay", group["weight_decay"])
         for other in getattr(self, "param_groups", []):
             for key in ("lam", "beta_max"):
                 if other[key] != group[key]:
                     raise ValueError(f"Invalid {key}: {key}={group[key]!r} differs from another "
                                      f"group's {other[key]!r} (beta_t is one for the model)")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        for group in self.param_groups:  # edited groups: refused before any change
-            self.check_group(group)
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return self.state[p]  # "direction" = g on the first step (step_batches)
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
+        return dict(lr=lr_value(group["lr"]), step_decay=StepDecay.from_group(group))
+
+    def step_batches(self, batches: list[GroupBatch]) -> None:
+        """One ``beta`` from the tensors that have a direction; the others start ``d = g``."""
         groups, fresh = [], []
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            old = [(p, g) for p, g in zip(params, grads) if "direction" in self.state[p]]
-            fresh += [(p, g, group) for p, g in zip(params, grads)
-                      if "direction" not in self.state[p]]
-            groups.append(MemoryGroup(
-                params=[p for p, _ in old], grads=[g for _, g in old],
-                directions=[self.state[p]["direction"] for p, _ in old],
-                lr=lr_value(group["lr"]), weight_decay=group["weight_decay"]))
+        for b in batches:
+            old = [i for i, s in enumerate(b.states) if "direction" in s]
+            new = [i for i, s in enumerate(b.states) if "direction" not in s]
+            groups.append(MemoryGroup(params=[b.params[i] for i in old],
+                                      grads=[b.grads[i] for i in old],
+                                      states=[b.states[i] for i in old], **b.hyper))
+            fresh.append(MemoryGroup(params=[b.params[i] for i in new],
+                                     grads=[b.grads[i] for i in new],
+                                     states=[b.states[i] for i in new], **b.hyper))
         first = self.param_groups[0]
         adaptive_memory_sgd(groups, first["lam"], first["beta_max"])
-        for p, g, group in fresh:  # first step: d = g
-            self.state[p]["direction"] = g.clone(memory_format=torch.preserve_format)
-            lr = lr_value(group["lr"])
-            if group["weight_decay"] != 0.0:
-                p.mul_(1.0 - lr * group["weight_decay"])
-            p.add_(self.state[p]["direction"], alpha=-lr)
-        return loss
+        for m in fresh:  # first step: d = g
+            for state, g in zip(m.states, m.grads):
+                state["direction"] = g.clone(memory_format=torch.preserve_format)
+            for p, state in zip(m.params, m.states):
+                move = partial(p.add_, state["direction"], alpha=-m.lr)
+                decayed_update_(m.step_decay, [p], [state], m.lr, move,
+                                signs=[state["direction"]], foreach=False)

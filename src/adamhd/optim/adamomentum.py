@@ -11,9 +11,9 @@ in AdaBelief, and the denominator has no second ``eps``: ``v`` already holds at 
 ``eps*(1 - beta2**t)/(1 - beta2)``, so ``sqrt(v_hat) >= sqrt(eps/(1 - beta2))`` and never divides
 by 0. Defaults: the paper's ``lr=1e-3, betas=(0.9, 0.999), eps=1e-8``.
 
-``weight_decay`` (default 0) is decoupled L2, ``p *= 1 - lr*wd`` before the step (AdamW's
-convention); ``adamhd.with_decoupled_decay(AdaMomentum)`` gives Huber, cautious or
-schedule-scaled decay instead. Elementwise: no per-tensor statistic, so FSDP2 (DTensor)
+``weight_decay`` (default 0) is decoupled, by default L2, ``p *= 1 - lr*wd`` before the step
+(AdamW's convention); the decay keys of ``adamhd.decay.native`` give Huber, proximal, cautious or
+schedule-scaled decay. Elementwise: no per-tensor statistic, so FSDP2 (DTensor)
 parameters step shard by shard with no collective. State: ``m`` and ``v`` (8 bytes per float32
 parameter, as Adam).
 """
@@ -21,11 +21,13 @@ parameter, as Adam).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -52,7 +54,8 @@ class AdaMomentumGroup:
     beta1: float
     beta2: float
     eps: float
-    weight_decay: float
+    states: list[dict[str, Any]]
+    step_decay: StepDecay | None
 
 
 def adamomentum(g: AdaMomentumGroup) -> None:
@@ -62,13 +65,12 @@ def adamomentum(g: AdaMomentumGroup) -> None:
     torch._foreach_mul_(g.exp_avg_sqs, g.beta2)
     torch._foreach_addcmul_(g.exp_avg_sqs, g.exp_avgs, g.exp_avgs, value=1.0 - g.beta2)
     torch._foreach_add_(g.exp_avg_sqs, g.eps)
-    if g.weight_decay != 0.0:
-        torch._foreach_mul_(g.params, 1.0 - g.lr * g.weight_decay)
     ts = [float(s) for s in g.steps]
     denoms = torch._foreach_sqrt(g.exp_avg_sqs)
     torch._foreach_div_(denoms, [(1.0 - g.beta2 ** t) ** 0.5 for t in ts])
-    torch._foreach_addcdiv_(g.params, g.exp_avgs, denoms,
-                            [-g.lr / (1.0 - g.beta1 ** t) for t in ts])
+    move = partial(torch._foreach_addcdiv_, g.params, g.exp_avgs, denoms,
+                   [-g.lr / (1.0 - g.beta1 ** t) for t in ts])
+    decayed_update_(g.step_decay, g.params, g.states, g.lr, move, signs=g.exp_avgs)
 
 
 def check_betas(group: dict[str, Any]) -> None:
@@ -87,11 +89,15 @@ class AdaMomentum(CheckedOptimizer):
         lr: step size (float or 1-element tensor). Default 1e-3.
         betas: ``(beta1, beta2)``, each in [0, 1). Default (0.9, 0.999).
         eps: added to ``v`` at every step (inside the EMA). Default 1e-8; must be > 0.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient (default L2, ``p *= 1 - lr*weight_decay``).
+            Default 0.
         maximize: ascend instead of descend.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default;
+            ``cautious_decay`` masks with the sign of ``exp_avg``).
     """
 
     name = "AdaMomentum"
+    native_decay = True
 
     def __init__(
         self,
@@ -102,9 +108,10 @@ class AdaMomentum(CheckedOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize)
+                        maximize=maximize, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
@@ -113,7 +120,6 @@ class AdaMomentum(CheckedOptimizer):
         finite_nonneg("eps", group["eps"])
         if group["eps"] == 0:
             raise ValueError("Invalid eps: eps=0 (need eps > 0: it is the floor of v)")
-        finite_nonneg("weight_decay", group["weight_decay"])
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = self.state[p]
@@ -123,8 +129,8 @@ class AdaMomentum(CheckedOptimizer):
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def group_hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return group
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
+        return {**group, "step_decay": StepDecay.from_group(group)}
 
     def group_step(self, params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
@@ -138,5 +144,6 @@ class AdaMomentum(CheckedOptimizer):
             beta1=hyper["betas"][0],
             beta2=hyper["betas"][1],
             eps=hyper["eps"],
-            weight_decay=hyper["weight_decay"],
+            states=states,
+            step_decay=hyper["step_decay"],
         ))

@@ -19,7 +19,8 @@ gains); this default is ours (the paper asks the model for it). ``cautious_decay
 ``gamma/2 * p`` only where ``g*p >= 0`` (arXiv 2510.12402's mask, the step's direction being
 ``g``'s; wrapped by ``with_decoupled_decay``, the key also makes the wrapper's rule cautious:
 one name, one meaning for the group). ``weight_decay``: the reference code's ``extra_l2`` (added
-to ``gamma/2``), default 0.
+to ``gamma/2``), default 0; it is part of Amos's own decay factor (one op with ``gamma``), not a
+rule of ``adamhd.decay.native``: ``with_decoupled_decay(Amos)`` adds Huber or L2 decay.
 No momentum (the reference's optional EMA of updates is left out). State: ``step``, ``amos_v``,
 ``amos_b`` (0-dim, float32; float64 for float64 weights): 12 bytes per tensor. Under FSDP2
 ``mean(g**2)`` is the whole tensor's: one all-reduce per step (``adamhd.optim._reduce``).
@@ -28,7 +29,6 @@ No momentum (the reference's optional EMA of updates is left out). State: ``step
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import Tensor
 from adamhd.decay.rules import cautious_weights
 from adamhd.optim._base import (
     CheckedOptimizer,
+    GroupBatch,
     Params,
     check,
     check_lr,
@@ -45,7 +46,6 @@ from adamhd.optim._base import (
     in_unit,
     lr_value,
     new_step,
-    run_closure,
     stat_dtype,
 )
 from adamhd.optim._reduce import sq_sums
@@ -139,29 +139,25 @@ class Amos(CheckedOptimizer):
         if not isinstance(group["cautious_decay"], bool):
             raise ValueError(f"Invalid cautious_decay: {group['cautious_decay']!r} (True/False)")
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        batches = []
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            for p in params:
-                if not self.state[p]:
-                    dev = p.to_local().device if hasattr(p, "to_local") else p.device
-                    zero = torch.zeros((), dtype=stat_dtype(p), device=dev)
-                    self.state[p].update(step=new_step(p), amos_v=zero, amos_b=zero.clone())
-            if not params:
-                continue
-            batches.append(AmosGroup(
-                params=params,
-                grads=[-p.grad if group["maximize"] else p.grad for p in params],
-                vs=[self.state[p]["amos_v"] for p in params],
-                bs=[self.state[p]["amos_b"] for p in params],
-                steps=[self.state[p]["step"] for p in params],
-                etas=[group["eta"] or default_eta(p) for p in params],
-                xi=lr_value(group["lr"]), beta=group["beta"], extra_l2=group["weight_decay"],
-                cautious=group["cautious_decay"],
-            ))
-        amos(batches)
-        return loss
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            dev = p.to_local().device if hasattr(p, "to_local") else p.device
+            zero = torch.zeros((), dtype=stat_dtype(p), device=dev)
+            state.update(step=new_step(p), amos_v=zero, amos_b=zero.clone())
+        return state
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
+        return dict(eta=group["eta"], xi=lr_value(group["lr"]), beta=group["beta"],
+                    extra_l2=group["weight_decay"], cautious=group["cautious_decay"])
+
+    def step_batches(self, batches: list[GroupBatch]) -> None:
+        """All groups in one ``amos`` call (one all-reduce of ``mean(g**2)`` under FSDP2)."""
+        amos([
+            AmosGroup(params=b.params, grads=b.grads,
+                      vs=[s["amos_v"] for s in b.states], bs=[s["amos_b"] for s in b.states],
+                      steps=[s["step"] for s in b.states],
+                      etas=[b.hyper["eta"] or default_eta(p) for p in b.params],
+                      **{k: v for k, v in b.hyper.items() if k != "eta"})
+            for b in batches
+        ])

@@ -18,19 +18,22 @@ Defaults: ``alpha=0.9`` (FCAdam_G-L's best order in the paper's experiments), ``
 
 Memory: ``K`` extra gradient copies per parameter in a ring buffer of shape ``(K, *p.shape)``,
 plus ``m`` and ``v``: ``(K + 2) * 4`` bytes per float32 parameter (48 with K=10, Adam 8). The
-buffer holds the raw gradients ``g``, not ``D``. ``weight_decay``: decoupled L2 as AdamW
-(``with_decoupled_decay(FCAdam)`` for Huber or cautious decay). DTensor (FSDP2) parameters are
-refused: the stacked ring buffer is not sharded like the parameter (not built).
+buffer holds the raw gradients ``g``, not ``D``. ``weight_decay``: decoupled, L2 as AdamW by
+default; the decay keys of ``adamhd.decay.native`` for Huber, proximal or cautious decay.
+DTensor (FSDP2) parameters are refused: the stacked ring buffer is not sharded like the
+parameter (not built).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
@@ -71,7 +74,8 @@ class FCAdamGroup:
     lr: float
     betas: tuple[float, float]
     eps: float
-    weight_decay: float
+    states: list[dict[str, Any]]
+    step_decay: StepDecay | None
     alpha: float
     drop: bool
     seed: int
@@ -101,12 +105,12 @@ def fcadam(g: FCAdamGroup) -> None:
     torch._foreach_lerp_(g.exp_avgs, ds, 1.0 - beta1)
     torch._foreach_mul_(g.exp_avg_sqs, beta2)
     torch._foreach_addcmul_(g.exp_avg_sqs, ds, ds, value=1.0 - beta2)
-    if g.weight_decay != 0.0:
-        torch._foreach_mul_(g.params, 1.0 - g.lr * g.weight_decay)
     denoms = torch._foreach_sqrt(g.exp_avg_sqs)
     torch._foreach_div_(denoms, [(1.0 - beta2 ** t) ** 0.5 for t in ts])
     torch._foreach_add_(denoms, g.eps)
-    torch._foreach_addcdiv_(g.params, g.exp_avgs, denoms, [-g.lr / (1.0 - beta1 ** t) for t in ts])
+    move = partial(torch._foreach_addcdiv_, g.params, g.exp_avgs, denoms,
+                   [-g.lr / (1.0 - beta1 ** t) for t in ts])
+    decayed_update_(g.step_decay, g.params, g.states, g.lr, move, signs=g.exp_avgs)
 
 
 class FCAdam(CheckedOptimizer):
@@ -115,15 +119,19 @@ class FCAdam(CheckedOptimizer):
     Args:
         params: parameters or parameter groups.
         lr, betas, eps: Adam's (defaults 1e-3, (0.9, 0.999), 1e-8).
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient (default L2, ``p *= 1 - lr*weight_decay``).
+            Default 0.
         alpha: the fractional order, ``0 < alpha <= 1`` (1: Adam). Default 0.9.
         history: ``K``, the number of past gradients kept (an integer >= 1). Default 10.
         drop: drop one random memory term per step (the paper's mask ``c``). Default True.
         seed: seeds the dropped term's draw (``(seed, step)``). Default 0.
         maximize: ascend instead of descend.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default;
+            ``cautious_decay`` masks with the sign of ``exp_avg``).
     """
 
     name = "FCAdam"
+    native_decay = True
     dtensor_reason = "its (K, *shape) gradient history is not sharded like the parameter"
 
     def __init__(
@@ -139,16 +147,17 @@ class FCAdam(CheckedOptimizer):
         seed: int = 0,
         *,
         maximize: bool = False,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha,
-                        history=history, drop=drop, seed=seed, maximize=maximize)
+                        history=history, drop=drop, seed=seed, maximize=maximize,
+                        **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         check_betas(group)
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
         check("alpha", group["alpha"], lambda a: 0.0 < a <= 1.0, "0 < alpha <= 1")
         for key in ("history", "seed"):
             value = group[key]
@@ -180,8 +189,8 @@ class FCAdam(CheckedOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def group_hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return group
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
+        return {**group, "step_decay": StepDecay.from_group(group)}
 
     def group_step(self, params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
@@ -193,6 +202,7 @@ class FCAdam(CheckedOptimizer):
             exp_avg_sqs=[s["exp_avg_sq"] for s in states],
             steps=[s["step"] for s in states],
             lr=lr_value(hyper["lr"]), betas=tuple(hyper["betas"]), eps=hyper["eps"],
-            weight_decay=hyper["weight_decay"], alpha=hyper["alpha"], drop=hyper["drop"],
+            states=states, step_decay=hyper["step_decay"], alpha=hyper["alpha"],
+            drop=hyper["drop"],
             seed=hyper["seed"],
         ))

@@ -13,8 +13,9 @@ normalised SGD (arXiv 2210.04319).
 Differences from the sketch: its step counter was never created or advanced (a ``KeyError`` on
 the first step; read as written, ``1 - mu**t`` would stay 0); here ``t`` counts the tensor's steps.
 The sketch's ``weight_decay`` was coupled L2 (``g += wd*p``, then normalised together with the
-gradient); here ``weight_decay`` (default 0) is decoupled L2, ``p *= 1 - lr*wd`` before the step,
-as in AdamW, and ``adamhd.with_decoupled_decay(NSGDA)`` gives the Huber or cautious rules instead.
+gradient); here ``weight_decay`` (default 0) is decoupled: by default L2, ``p *= 1 - lr*wd`` before
+the step, as in AdamW; the decay keys (``decay="huber"``, ``decay_form``, ``cautious_decay`` with
+the sign of ``m``, ...) select another rule of ``adamhd.decay`` (``adamhd.decay.native``).
 pytorch_optimizer has no nSGDA.
 
 Under FSDP2 (DTensor parameters) ``||m||`` is the whole tensor's: one all-reduce per step for all
@@ -23,22 +24,23 @@ sharded tensors together (``adamhd.optim._reduce``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from adamhd.decay.native import StepDecay, decay_options, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
+    GroupBatch,
     Params,
     check_lr,
     finite_nonneg,
     in_unit,
     lr_value,
     new_step,
-    run_closure,
     stat_dtype,
 )
 from adamhd.optim._reduce import sq_sums
@@ -54,10 +56,11 @@ class NSGDAGroup:
     grads: list[Tensor]
     momenta: list[Tensor]
     steps: list[Tensor]
+    states: list[dict[str, Any]]
     lr: float
     momentum: float
     eps: float
-    weight_decay: float
+    step_decay: StepDecay | None
     foreach: bool
 
 
@@ -81,13 +84,17 @@ def nsgda(groups: list[NSGDAGroup]) -> None:
             norm = next(norms).to(stat_dtype(m))
             # lr * m_hat / (||m_hat|| + eps), m_hat = m / bias_correction
             coefs.append(-g.lr / ((norm / bias_correction + g.eps) * bias_correction))
-        if g.weight_decay != 0.0:
-            torch._foreach_mul_(g.params, 1.0 - g.lr * g.weight_decay)
-        if g.foreach:
-            torch._foreach_add_(g.params, torch._foreach_mul(g.momenta, coefs))
-        else:
-            for p, m, c in zip(g.params, g.momenta, coefs):
-                p.add_(m * c)
+        decayed_update_(g.step_decay, g.params, g.states, g.lr, partial(_move, g, coefs),
+                        signs=g.momenta)
+
+
+def _move(g: NSGDAGroup, coefs: list[Tensor]) -> None:
+    """``p += coef*m``: the normalised step."""
+    if g.foreach:
+        torch._foreach_add_(g.params, torch._foreach_mul(g.momenta, coefs))
+    else:
+        for p, m, c in zip(g.params, g.momenta, coefs):
+            p.add_(m * c)
 
 
 class NSGDA(CheckedOptimizer):
@@ -98,12 +105,16 @@ class NSGDA(CheckedOptimizer):
         lr: step length per tensor (float or 1-element tensor). Default 4e-5.
         momentum: ``mu``, 0 <= mu < 1. Default 0.9.
         eps: added to the norm. Default 1e-8.
-        weight_decay: decoupled L2, ``p *= 1 - lr*weight_decay``. Default 0.
+        weight_decay: decoupled decay coefficient (default L2, ``p *= 1 - lr*weight_decay``).
+            Default 0.
         maximize: ascend instead of descend.
         foreach: use ``torch._foreach_*`` ops (default ``None``: on); ``False``: a loop.
+        **decay: the decay keys of ``adamhd.decay.native`` (``decay="l2"`` by default;
+            ``cautious_decay`` masks with the sign of ``m``).
     """
 
     name = "NSGDA"
+    native_decay = True
 
     def __init__(
         self,
@@ -115,42 +126,33 @@ class NSGDA(CheckedOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        **decay: Any,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach, **decay_options(self.name, decay))
         super().__init__(params, defaults)
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_lr(group)
         in_unit("momentum", group["momentum"])
         finite_nonneg("eps", group["eps"])
-        finite_nonneg("weight_decay", group["weight_decay"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = run_closure(closure)
-        self.check_grads()
-        batches = []
-        for group in self.param_groups:
-            params = self.params_with_grad(group)
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["step"] = new_step(p)
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-            if not params:
-                continue
-            batches.append(NSGDAGroup(
-                params=params,
-                grads=[-p.grad if group["maximize"] else p.grad for p in params],
-                momenta=[self.state[p]["momentum_buffer"] for p in params],
-                steps=[self.state[p]["step"] for p in params],
-                lr=lr_value(group["lr"]),
-                momentum=group["momentum"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                foreach=group["foreach"] is not False,
-            ))
-        nsgda(batches)
-        return loss
+    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = self.state[p]
+        if not state:
+            state["step"] = new_step(p)
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
+        return dict(lr=lr_value(group["lr"]), momentum=group["momentum"], eps=group["eps"],
+                    step_decay=StepDecay.from_group(group), foreach=group["foreach"] is not False)
+
+    def step_batches(self, batches: list[GroupBatch]) -> None:
+        """All groups in one ``nsgda`` call (one all-reduce of the norms under FSDP2)."""
+        nsgda([
+            NSGDAGroup(params=b.params, grads=b.grads,
+                       momenta=[s["momentum_buffer"] for s in b.states],
+                       steps=[s["step"] for s in b.states], states=b.states, **b.hyper)
+            for b in batches
+        ])

@@ -84,7 +84,8 @@ def adamhd_step(
             raise RuntimeError(f"fused step impossible: {reason}; use foreach or single")
         # the kernels take betas as numbers (torch's fused Adam reads Tensor betas the same way)
         hyper = dataclasses.replace(hyper, beta1=_number(hyper.beta1), beta2=_number(hyper.beta2))
-        kernels.fused_adamhd(*tensors.lists(), hyper, grad_scale=grad_scale, found_inf=found_inf)
+        kernels.fused_adamhd(*tensors.lists(), hyper, grad_scale=grad_scale, found_inf=found_inf,
+                             rule_states=rule_states)
         return
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("grad_scale/found_inf are only supported by the fused path")

@@ -26,6 +26,7 @@ from adamhd.decay import (
     rule_from_group,
 )
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
+from adamhd.kernels.lowbit import fused_lowbit_reason, fused_lowbit_step
 from adamhd.optim.adamhd import lowbit
 from adamhd.optim.adamhd.functional import adamhd_step
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors
@@ -274,8 +275,12 @@ class AdamHD(CheckedState, Optimizer):
         super().__init__(params, defaults)
         if fused:
             for group in self.param_groups:
+                rule = UpdateRule.from_group(group)
                 for p in group["params"]:
                     reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
+                    reason = reason or kernels.fused_update_reason(rule, p.device.type)
+                    if reason is None and lowbit.is_lowbit(group):
+                        reason = fused_lowbit_reason(group, [p])
                     if reason is not None:
                         raise RuntimeError(f"fused=True cannot be honoured: {reason}")
             # The fused kernels read GradScaler's grad_scale/found_inf themselves.
@@ -324,6 +329,8 @@ class AdamHD(CheckedState, Optimizer):
         if group["fused"]:
             return "fused"
         if lowbit.is_lowbit(group) and group["foreach"] is None:
+            if self._fused_lowbit_default(group, params, hyper):
+                return "fused"
             _, foreach = _default_to_fused_or_foreach(params, differentiable=False,
                                                       use_fused=False)
             return "foreach" if foreach and not _tensor_hyperparameters(group) else "single"
@@ -334,7 +341,7 @@ class AdamHD(CheckedState, Optimizer):
         if (
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
-            and kernels.fused_update_reason(hyper.update) is None
+            and kernels.fused_update_reason(hyper.update, params[0].device.type) is None
             and not any_dtensor(params)
             and kernels.fused_is_default(params)
         ):
@@ -344,6 +351,19 @@ class AdamHD(CheckedState, Optimizer):
         if foreach and _tensor_hyperparameters(group) and not group["capturable"]:
             return "single"
         return "foreach" if foreach else "single"
+
+    @staticmethod
+    def _fused_lowbit_default(group: dict[str, Any], params: list[Tensor],
+                              hyper: AdamStep) -> bool:
+        """``fused=None`` on a low-bit group: the fused low-bit CPU kernel where it serves every
+        parameter (measured faster than the working-copy paths, ``docs/state-precision.md``),
+        unless ``ADAMHD_FUSED_DEFAULT=0``."""
+        return (
+            group["fused"] is None
+            and kernels.fused_rule_reason(hyper.decay) is None
+            and kernels.fused_is_default(params)
+            and fused_lowbit_reason(group, params) is None
+        )
 
     def _init_group(
         self,
@@ -464,10 +484,16 @@ class AdamHD(CheckedState, Optimizer):
             path = self._select_path(group, tensors.params, hyper)
             self._paths[index] = path
             fused = path == "fused"
-            if lowbit.is_lowbit(group) and not fused:
-                lowbit.step_lowbit(tensors, hyper, group,
-                                   [self.state[p] for p in tensors.params],
-                                   self._positions(tensors.params), path == "foreach")
+            if lowbit.is_lowbit(group):
+                states = [self.state[p] for p in tensors.params]
+                positions = self._positions(tensors.params)
+                if fused:
+                    fused_lowbit_step(tensors, hyper, group, states, positions,
+                                      grad_scale=getattr(self, "grad_scale", None),
+                                      found_inf=getattr(self, "found_inf", None))
+                else:
+                    lowbit.step_lowbit(tensors, hyper, group, states, positions,
+                                       path == "foreach")
                 continue
             adamhd_step(
                 tensors,
