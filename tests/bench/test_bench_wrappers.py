@@ -24,3 +24,19 @@ def test_main_prints_the_table(capsys):
 def test_unknown_optimizer_is_an_error():
     with pytest.raises(SystemExit, match="unknown optimizers: sgdx"):
         wrappers.main(["--optimizers", "sgdx"])
+
+
+def test_ops_times_the_chain_the_pass_and_torch_ops(monkeypatch):
+    """--ops: adam-fused's Huber rows take the fused chain, the "-pass" and "-ops" rows do not."""
+    from adamhd.decay import wrapper
+    from adamhd.kernels import cpu
+
+    if cpu.load() is None:
+        pytest.skip(f"fused CPU kernel unavailable: {cpu.build_error()}")
+    chained = []
+    real = wrapper.chain_step
+    monkeypatch.setattr(wrapper, "chain_step", lambda *a: chained.append(1) or real(*a))
+    [row] = wrappers.run(["adam-fused"], shapes=[(8, 8)], rounds=2, warmup=0, ops=True)
+    assert row.huber_pass_ratio > 0 and row.cautious_ops_ratio > 0
+    assert len(chained) == 4  # huber and cautious, two rounds each
+    assert "+ Huber, pass" in wrappers.format_table([row])

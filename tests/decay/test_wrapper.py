@@ -60,6 +60,9 @@ def test_adam_l2_is_adamw_bit_for_bit(path, amsgrad):
         groups(ours, "weight_decay"), weight_decay=0.1, decay="l2", **kw
     )
     ref = torch.optim.AdamW(groups(theirs, "weight_decay"), weight_decay=0.1, **kw)
+    # fused: the wrapper's own base step + decay; the one-call chain (adamhd.decay.fused_chain)
+    # computes v without torch's FMA: tests/decay/test_fused_chain.py, to rounding
+    opt._fused_chain = False
     for step in range(4):
         grads = grads_for(ours, step)
         set_grads(ours, grads)

@@ -124,6 +124,11 @@ ENTRIES: dict[str, Entry] = {
                         dict(lr=LRS, amsgrad=flag, maximize=flag, foreach=one_of(None, False),
                              **DECAY),
                         ("lr", "weight_decay", "decay", "delta", "cautious_decay")),
+    # fused=True: the one-call chain of adamhd.decay.fused_chain (where it applies)
+    "Adam+decay fused": Entry(
+        lambda params, **kw: with_decoupled_decay(torch.optim.Adam)(params, fused=True, **kw),
+        dict(lr=LRS, amsgrad=flag, maximize=flag, **DECAY),
+        ("lr", "weight_decay", "decay", "delta", "decay_form", "cautious_decay")),
     "Lookahead(AdamHD)": Entry(
         lambda params, k=2, alpha=0.5, **kw: Lookahead(AdamHD(params, **kw), k=k, alpha=alpha),
         dict(k=one_of(1, 2, 3), alpha=one_of(0.5, 1.0), lr=LRS, weight_decay=WDS,

@@ -7,8 +7,11 @@ matrices, so Muon can take them; fixed gradients):
 * ``huber``: ``with_decoupled_decay(base)`` with its defaults (adaptive Huber, explicit form);
 * ``cautious``: the same with ``cautious_decay=True`` (it keeps a copy of ``p_t`` for the mask).
 
-With ``--ops`` two more, the same two rules on torch's ops instead of the fused decay pass
-(``adamhd::decay_``, CPU): before and after side by side in one run. ``--set gpt-like`` takes
+Where the base is ``torch.optim.Adam``/``AdamW`` with ``fused=True`` (``adam-fused``), ``huber``
+and ``cautious`` take the fused chain (``adamhd.decay.fused_chain``: the whole step in one call of
+AdamHD's kernel). With ``--ops`` four more: the same two rules with the chain off (the base step,
+then the fused decay pass ``adamhd::decay_``: ``-pass``) and on torch's ops (``-ops``): each
+earlier stage side by side in one run. ``--set gpt-like`` takes
 ``adamhd bench step``'s GPT-like parameter set (146 tensors, 42.5M parameters) instead of the
 matrices.
 
@@ -71,6 +74,8 @@ class Row:
     base_ms: float
     huber_ratio: float
     cautious_ratio: float
+    huber_pass_ratio: float | None = None
+    cautious_pass_ratio: float | None = None
     huber_ops_ratio: float | None = None
     cautious_ops_ratio: float | None = None
 
@@ -87,6 +92,7 @@ def _make(base: type, kwargs: dict, shapes, variant: str) -> tuple[torch.optim.O
     wrapped = with_decoupled_decay(base)
     opt = wrapped(params, cautious_decay=variant.startswith("cautious"), **kwargs)
     opt._fused_decay_pass = not variant.endswith("-ops")
+    opt._fused_chain = not variant.endswith(("-ops", "-pass"))
     return opt, params
 
 
@@ -95,14 +101,16 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 def time_base(name: str, shapes: list[tuple[int, ...]], rounds: int, warmup: int,
               clock: str = "wall", ops: bool = False) -> Row:
-    """Median step times of ``base``, ``huber`` and ``cautious`` (and with ``ops`` the two on
-    torch's ops) for one base optimizer."""
+    """Median step times of ``base``, ``huber`` and ``cautious`` (and with ``ops`` the two with
+    the fused chain off and on torch's ops) for one base optimizer."""
     now = CLOCKS[clock]
     factory = BASES[name]
     if factory is None:
         raise ValueError(f"{name}: its package is not installed")
     base, kwargs = factory()
-    variants = ["base", "huber", "cautious"] + (["huber-ops", "cautious-ops"] if ops else [])
+    variants = ["base", "huber", "cautious"]
+    if ops:
+        variants += ["huber-pass", "cautious-pass", "huber-ops", "cautious-ops"]
     opts = {v: _make(base, kwargs, shapes, v)[0] for v in variants}
     for _ in range(warmup):
         for opt in opts.values():
@@ -121,6 +129,7 @@ def time_base(name: str, shapes: list[tuple[int, ...]], rounds: int, warmup: int
 
     row = Row(name, 1e3 * statistics.median(base_times), ratio("huber"), ratio("cautious"))
     if ops:
+        row.huber_pass_ratio, row.cautious_pass_ratio = ratio("huber-pass"), ratio("cautious-pass")
         row.huber_ops_ratio, row.cautious_ops_ratio = ratio("huber-ops"), ratio("cautious-ops")
     return row
 
@@ -142,16 +151,18 @@ def run(
 
 def format_table(rows: list[Row]) -> str:
     ops = any(r.huber_ops_ratio is not None for r in rows)
-    extra = " + Huber, torch ops | + cautious, torch ops |" if ops else ""
+    extra = (" + Huber, pass | + cautious, pass | + Huber, torch ops | + cautious, torch ops |"
+             if ops else "")
     lines = [
         "| optimizer | base step (ms) | + Huber decay | + cautious Huber decay |" + extra,
-        "|---|---:|---:|---:|" + ("---:|---:|" if ops else ""),
+        "|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if ops else ""),
     ]
     for r in rows:
         line = (f"| {r.optimizer} | {r.base_ms:.2f} | {r.huber_ratio:.2f}x | "
                 f"{r.cautious_ratio:.2f}x |")
         if ops:
-            line += f" {r.huber_ops_ratio:.2f}x | {r.cautious_ops_ratio:.2f}x |"
+            line += (f" {r.huber_pass_ratio:.2f}x | {r.cautious_pass_ratio:.2f}x |"
+                     f" {r.huber_ops_ratio:.2f}x | {r.cautious_ops_ratio:.2f}x |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -186,7 +197,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", choices=("matrices", "gpt-like"), default="matrices",
                    help="parameter set: --shapes' matrices, or bench step's GPT-like set")
     p.add_argument("--ops", action="store_true",
-                   help="also time the rules on torch's ops (the fused decay pass off)")
+                   help="also time the rules with the fused chain off (base step + decay pass) "
+                        "and on torch's ops (the pass off too)")
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -47,6 +47,9 @@ weights before the step)::
   relative step size ``rms(p)`` from the decayed weights (torch's own ``weight_decay`` computes it
   before decaying); on Adam-family bases the update does not read ``p`` and the order is moot.
 
+* With ``torch.optim.Adam``/``AdamW`` and ``fused=True`` on CPU the whole step is one call of
+  AdamHD's fused kernel on the base's own state (``adamhd.decay.fused_chain``; same state_dict).
+
 Instances and classes pickle: each class is reachable as
 ``adamhd.decay.wrapper.classes.<encoded base name>`` and created again on unpickling.
 """
@@ -68,6 +71,7 @@ from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from adamhd.decay.chunks import sweep
 from adamhd.decay.cpr import CPR_DEFAULTS, CPR_STATE_KEYS, CPRDecay, check_cpr_options
+from adamhd.decay.fused_chain import chain_reason, chain_step
 from adamhd.decay.options import DECAY_DEFAULTS, DECAY_RULES, check_decay_options, rule_from_group
 from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
 from adamhd.decay.stable import check_stable_base, mean_v_hat, stable_coefficient
@@ -118,6 +122,7 @@ class _DecoupledDecay:
     _decay_base: type[Optimizer]
     _decay_overrides: dict[str, Any] = {}  # subclasses (SGDW, presets) change defaults here
     _fused_decay_pass = True  # False: torch's ops only (``adamhd bench decay``'s "before")
+    _fused_chain = True  # False: no one-call Adam + decay step (adamhd.decay.fused_chain)
     # the decay keys are this wrapper's: a base with native decay (adamhd.decay.native) neither
     # checks nor applies them (its step sees weight_decay=0)
     decay_by_wrapper = True
@@ -182,6 +187,10 @@ class _DecoupledDecay:
                 self._base_step(**base_kwargs)
             return loss
         coefficients = self._coefficients()  # may raise
+        if self._fused_chain and chain_reason(self) is None:
+            with torch.no_grad():
+                chain_step(self, coefficients, MU_KEY)
+            return loss
         with torch.no_grad():
             plans = [self._plan(g, c) for g, c in zip(self.param_groups, coefficients) if c != 0]
             plans = [plan for plan in plans if plan is not None]
