@@ -60,9 +60,6 @@ def test_adam_l2_is_adamw_bit_for_bit(path, amsgrad):
         groups(ours, "weight_decay"), weight_decay=0.1, decay="l2", **kw
     )
     ref = torch.optim.AdamW(groups(theirs, "weight_decay"), weight_decay=0.1, **kw)
-    # fused: the wrapper's own base step + decay; the one-call chain (adamhd.decay.fused_chain)
-    # computes v without torch's FMA: tests/decay/test_fused_chain.py, to rounding
-    opt._fused_chain = False
     for step in range(4):
         grads = grads_for(ours, step)
         set_grads(ours, grads)
@@ -523,3 +520,38 @@ def test_bad_base_arguments_name_the_class():
         with_decoupled_decay(torch.optim.Adam)(
             make_params([(2,)]), 1e-3, (0.9, 0.999), 1e-8, 0.1, weight_decay=0.2
         )
+
+
+def test_a_plain_adamw_checkpoint_loads_and_continues_bit_for_bit():
+    """A checkpoint of torch's AdamW (its groups have no decay options) loads into
+    with_decoupled_decay(AdamW): the groups keep this optimizer's decay options, and with
+    decay="l2" the run continues as AdamW's own, bit for bit, weights and state."""
+    torch.manual_seed(0)
+    ours_ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(4))]
+    ref_ps = [torch.nn.Parameter(p.detach().clone()) for p in ours_ps]
+    ref = torch.optim.AdamW([{"params": ref_ps[:1]}, {"params": ref_ps[1:]}], lr=1e-2,
+                            weight_decay=0.1)
+
+    def step(opt, ps, k):
+        for i, p in enumerate(ps):
+            p.grad = torch.sin(torch.arange(p.numel(), dtype=p.dtype) + k + i).reshape(p.shape)
+        opt.step()
+
+    for k in range(2):
+        step(ref, ref_ps, k)
+    with torch.no_grad():
+        for p, q in zip(ours_ps, ref_ps):
+            p.copy_(q)
+    ours = with_decoupled_decay(torch.optim.AdamW)(
+        [{"params": ours_ps[:1]}, {"params": ours_ps[1:], "delta": 0.5}],
+        lr=1e-2, weight_decay=0.1, decay="l2")
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))  # as from a file: no shared tensors
+    assert [g["decay"] for g in ours.param_groups] == ["l2", "l2"]
+    assert ours.param_groups[1]["delta"] == 0.5
+    for k in range(2, 5):
+        step(ref, ref_ps, k)
+        step(ours, ours_ps, k)
+    for p, q in zip(ours_ps, ref_ps):
+        assert torch.equal(p, q)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(ours.state[p][key], ref.state[q][key])

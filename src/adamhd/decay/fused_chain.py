@@ -76,7 +76,11 @@ def _group_reason(group: dict[str, Any], state: Any) -> str | None:
         return "decay='cpr' and decay_scaling='stable' are not in the fused kernel"
     if group.get("differentiable") or any(isinstance(b, Tensor) for b in group["betas"]):
         return "differentiable=True and Tensor betas are not in the fused chain"
-    reason = fused_rule_reason(rule_from_group(group))
+    rule = rule_from_group(group)
+    if group["decay"] == "l2" and rule.before_update and not rule.cautious:
+        return ("explicit L2 without the mask is torch's AdamW: the base's own fused step keeps "
+                "its bits")
+    reason = fused_rule_reason(rule)
     if reason is not None:
         return reason
     for p in params:

@@ -323,8 +323,14 @@ class _DecoupledDecay:
         """The base's ``load_state_dict``, then ``delta_mu`` and the CPR state restored to
         float32/float64, and the base's float32/float64 scalar statistics of bf16/fp16 weights
         (NAdam's ``mu_product``) to their saved dtype: torch casts floating state to each
-        parameter's dtype."""
+        parameter's dtype. A group saved without decay options (a checkpoint of the plain base
+        optimizer) keeps this optimizer's options for that group."""
+        options = [{k: g[k] for k in (*DECAY_KEYS, "initial_lr") if k in g}
+                   for g in self.param_groups]  # type: ignore[attr-defined]
         super().load_state_dict(state_dict)  # type: ignore[misc]
+        for group, kept in zip(self.param_groups, options):  # type: ignore[attr-defined]
+            for key, value in kept.items():
+                group.setdefault(key, value)
         restore_after_load(self, state_dict, _restored_dtype)  # type: ignore[arg-type]
 
 

@@ -9,10 +9,16 @@ environments sharing it keep two entries instead of rebuilding one in turn.
 
 ``load()`` returns the module or ``None``; ``build_error()`` says why it is ``None`` (no C++
 compiler, ``ADAMHD_NO_EXTENSION=1``, a failed build). Nothing here raises at import time.
+
+A build killed half-way (Ctrl-C, kill -9, a job's time limit) leaves torch's ``lock`` file in the
+build folder, and torch's next build waits for it forever. Every build here first takes an OS
+lock (``flock``) on ``adamhd.flock`` in that folder, which the OS frees when its holder dies:
+whoever holds it is the only builder, so a ``lock`` file found then is stale and is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +26,7 @@ import shutil
 import sys
 import sysconfig
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -154,13 +161,36 @@ def _build(verbose: bool) -> ModuleType | None:
             "adamhd: building the fused CPU kernel (first use, about a minute; cached in %s; "
             "ADAMHD_FUSED_DEFAULT=0 skips it)", built.parent
         )
-    return cpp_extension.load(
-        name=name,
-        sources=[str(SOURCE)],
-        extra_cflags=_flags(),
-        extra_ldflags=["-fopenmp"],
-        verbose=verbose,
-    )
+    with sole_builder(built.parent):
+        return cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=_flags(),
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+
+
+@contextlib.contextmanager
+def sole_builder(folder: Path) -> Iterator[None]:
+    """Hold the OS lock on ``folder/adamhd.flock`` (waiting for another process's build), and
+    remove a stale torch ``lock`` file left by a build that was killed."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): torch's own lock only
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "adamhd.flock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        stale = folder / "lock"
+        if stale.exists():
+            log.warning("adamhd: removing %s, left by a kernel build that was killed", stale)
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def loaded() -> ModuleType | None:
