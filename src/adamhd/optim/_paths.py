@@ -8,6 +8,23 @@ from torch import Tensor
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
 
+class ForeachOption:
+    """Mixin (before ``CheckedOptimizer``) for an optimizer with a ``foreach`` group option: the
+    hyper record gets the chosen path (``use_foreach``), and a pickled optimizer from before
+    the option gets ``foreach=None``."""
+
+    param_groups: list[dict[str, Any]]
+
+    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> Any:
+        return super().group_hyper(  # type: ignore[misc]
+            {**group, "foreach": use_foreach(group)}, **step_values)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+
+
 def use_foreach(group: dict[str, Any]) -> bool:
     """``group["foreach"]`` if set; ``None`` chooses as torch's optimizers do: the foreach path
     where torch has foreach kernels for every parameter (CUDA and similar), else the loop."""

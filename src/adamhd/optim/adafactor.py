@@ -68,7 +68,7 @@ from adamhd.optim._base import (
     new_step,
     stat_dtype,
 )
-from adamhd.optim._paths import batches, use_foreach
+from adamhd.optim._paths import ForeachOption, batches
 
 __all__ = ["Adafactor", "AdafactorHyper", "adafactor", "inverse_sqrt_factored", "rms"]
 
@@ -261,7 +261,7 @@ def _by_step(states: list[dict[str, Tensor]]) -> dict[float, list[int]]:
     return out
 
 
-class Adafactor(CheckedOptimizer):
+class Adafactor(ForeachOption, CheckedOptimizer):
     """Adafactor with relative steps and the precise factored ``1/sqrt(V)``; see the module
     docstring for formula, defaults and differences from torch and transformers.
 
@@ -325,14 +325,6 @@ class Adafactor(CheckedOptimizer):
             else:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
-
-    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> AdafactorHyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
 
     def group_step(self, params, grads, states, hyper) -> None:
         adafactor(params, grads, states, hyper)

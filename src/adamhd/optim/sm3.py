@@ -56,7 +56,7 @@ from adamhd.optim._base import (
     in_unit,
     stat_dtype,
 )
-from adamhd.optim._paths import batches, use_foreach
+from adamhd.optim._paths import ForeachOption, batches
 
 __all__ = ["SM3", "SM3Hyper", "sm3"]
 
@@ -191,7 +191,7 @@ def sm3(
         _one(p, g, state, h)
 
 
-class SM3(CheckedOptimizer):
+class SM3(ForeachOption, CheckedOptimizer):
     """SM3-II with momentum; see the module docstring for the formula.
 
     Args:
@@ -247,14 +247,6 @@ class SM3(CheckedOptimizer):
         if momentum and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
-
-    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> SM3Hyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
 
     def group_step(self, params, grads, states, hyper) -> None:
         sm3(params, grads, states, hyper)

@@ -56,7 +56,7 @@ from adamhd.optim._base import (
     new_step,
     stat_dtype,
 )
-from adamhd.optim._paths import batches, use_foreach
+from adamhd.optim._paths import ForeachOption, batches
 
 __all__ = ["SMMF", "SMMFHyper", "nnmf", "pack_signs", "smmf", "square_shape", "unpack_signs"]
 
@@ -389,7 +389,7 @@ def smmf(
                      [states[i] for i in group], h)
 
 
-class SMMF(CheckedOptimizer):
+class SMMF(ForeachOption, CheckedOptimizer):
     """Square-matricised momentum factorisation; see the module docstring for the formula.
 
     Args:
@@ -460,14 +460,6 @@ class SMMF(CheckedOptimizer):
             if is_dtensor(p) and p.dim() and isinstance(reason := _dim0_shard(p), str):
                 raise RuntimeError(reason)
         super().add_param_group({**param_group, "params": params})
-
-    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> SMMFHyper:
-        return super().group_hyper({**group, "foreach": use_foreach(group)}, **step_values)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
 
     def group_step(self, params, grads, states, hyper) -> None:
         smmf(params, grads, states, hyper)
