@@ -136,8 +136,10 @@ class CheckedOptimizer(Optimizer):
 
     def group_hyper(self, group: dict[str, Any], **step_values: Any) -> Any:
         """``hyper_type`` from the group's values (``lr`` as a float, ``step_decay`` from the
-        decay keys) and ``step_values`` (values of this step, e.g. AdaLo's loss level)."""
-        assert self.hyper_type is not None
+        decay keys) and ``step_values`` (values of this step, e.g. AdaLo's loss level); without
+        a ``hyper_type``, the group itself plus its ``step_decay``."""
+        if self.hyper_type is None:
+            return {**group, "step_decay": StepDecay.from_group(group)}
         values = {}
         for f in dataclasses.fields(self.hyper_type):
             if f.name == "step_decay":

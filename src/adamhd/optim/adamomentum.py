@@ -129,9 +129,6 @@ class AdaMomentum(CheckedOptimizer):
                 state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
-        return {**group, "step_decay": StepDecay.from_group(group)}
-
     def group_step(self, params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
         adamomentum(AdaMomentumGroup(
