@@ -365,23 +365,12 @@ class AdamHD(CheckedState, Optimizer):
             and fused_lowbit_reason(group, params) is None
         )
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        max_exp_avg_sqs: list[Tensor],
-        state_steps: list[Tensor],
-        delta_mus: list[Tensor],
-    ) -> None:
-        """Fill the lists (the fields of an ``AdamTensors``) with the group's parameters that have
-        a gradient and their state, created on first use. The lists are arguments, not a record,
-        because ``torch.compile`` runs an optimizer's ``_init_group`` eagerly on list arguments."""
-        t = AdamTensors(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
-        )
+    def _init_group(self, group: dict[str, Any], *lists: list[Tensor]) -> None:
+        """Fill the lists (the fields of an ``AdamTensors``, in order) with the group's parameters
+        that have a gradient and their state, created on first use. The lists are arguments, not
+        a record, because ``torch.compile`` runs an optimizer's ``_init_group`` eagerly on list
+        arguments."""
+        t = AdamTensors(*lists)
         adaptive = group["delta"] == "adaptive" and group["decay"] == "huber"
         on_device = group["capturable"] or group["fused"]
         fresh_mu: list[Tensor] = []
