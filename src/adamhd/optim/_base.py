@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -126,11 +126,11 @@ class CheckedOptimizer(Optimizer):
     checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {}
 
     def __init__(self, params: Params, arguments: dict[str, Any]) -> None:
-        """``arguments``: the subclass constructor's (``locals()``); with ``native_decay``, its
-        ``**decay`` dict holds the decay keys (``adamhd.decay.native.decay_options`` checks
-        them)."""
+        """``arguments``: the subclass constructor's (``locals()``), or its group defaults; with
+        ``native_decay``, a ``**decay`` dict holds the decay keys (checked by
+        ``adamhd.decay.native.decay_options``; the group option ``decay`` is a name)."""
         defaults = {k: v for k, v in arguments.items() if k not in NOT_OPTIONS}
-        if self.native_decay:
+        if self.native_decay and isinstance(defaults.get("decay"), Mapping):
             defaults.update(decay_options(self.name, defaults.pop("decay")))
         super().__init__(params, defaults)
 
