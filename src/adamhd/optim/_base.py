@@ -110,6 +110,12 @@ def check_lr(group: dict[str, Any]) -> None:
 NOT_OPTIONS = frozenset({"self", "params", "__class__"})
 
 
+def options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's group options with their values: its arguments (``locals()`` on its
+    first line) but ``self`` and ``params``."""
+    return {k: v for k, v in arguments.items() if k not in NOT_OPTIONS}
+
+
 class CheckedOptimizer(Optimizer):
     """A ``torch.optim.Optimizer`` that validates every group and the gradients before a step.
 
@@ -129,7 +135,7 @@ class CheckedOptimizer(Optimizer):
         """``arguments``: the subclass constructor's (``locals()``), or its group defaults; with
         ``native_decay``, a ``**decay`` dict holds the decay keys (checked by
         ``adamhd.decay.native.decay_options``; the group option ``decay`` is a name)."""
-        defaults = {k: v for k, v in arguments.items() if k not in NOT_OPTIONS}
+        defaults = options(arguments)
         if self.native_decay and isinstance(defaults.get("decay"), Mapping):
             defaults.update(decay_options(self.name, defaults.pop("decay")))
         super().__init__(params, defaults)
