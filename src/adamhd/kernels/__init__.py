@@ -364,4 +364,5 @@ def fused_decay_(
     ``mu`` starts at ``mean|p_t|``)."""
     if params:
         _cpu_op()  # loads the extension
-        torch.ops.adamhd.decay_(*spec.decay_op_args(params, rule, tau, p_ts, mus, ds))
+        call = spec.DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
+        torch.ops.adamhd.decay_(*spec.decay_op_args(call))
