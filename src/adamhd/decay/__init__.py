@@ -16,7 +16,7 @@ These four modules import nothing else of ``adamhd``; ``adamhd.distributed`` (wh
 ``mean|p|`` of sharded parameters) builds on ``threshold``. See ``docs/decay.md``.
 """
 
-from adamhd.decay import rules
+import adamhd.decay.rules as rules
 from adamhd.decay.options import (
     DECAY_DEFAULTS,
     DECAY_RULES,
