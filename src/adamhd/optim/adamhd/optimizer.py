@@ -43,8 +43,10 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_hyperparameters(group: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
+def _check_hyperparameters(group: dict[str, Any], read_tensors: bool = True) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``; with
+    ``read_tensors=False`` (at each step) Tensor ``lr``/``betas`` are checked for shape only,
+    since reading their values would synchronise a CUDA stream."""
     lr = group["lr"]
     tensor_ok = group["capturable"] or not group["foreach"]
     if isinstance(lr, Tensor):
@@ -54,14 +56,14 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
             )
         if lr.numel() != 1:
             raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        lr_value = float(lr.detach().reshape(()))
+        lr_value = float(lr.detach().reshape(())) if read_tensors else 0.0
     elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
         lr_value = float(lr)
     else:
         raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
     if not lr_value >= 0.0 or math.isinf(lr_value):
         raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
-    _check_betas(group["betas"], tensor_ok)
+    _check_betas(group["betas"], tensor_ok, read_tensors)
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
@@ -92,7 +94,7 @@ def _check_fused_rule(group: dict[str, Any]) -> None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
 
-def _check_betas(betas: Any, tensor_ok: bool) -> None:
+def _check_betas(betas: Any, tensor_ok: bool, read_tensors: bool = True) -> None:
     """torch.optim.AdamW's rules: two floats or two 1-element Tensors, each in [0, 1); Tensors
     only where the path can take them (not foreach without capturable)."""
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -108,7 +110,7 @@ def _check_betas(betas: Any, tensor_ok: bool) -> None:
                 )
             if beta.numel() != 1:
                 raise ValueError(f"Tensor betas[{i}] must be 1-element, got {tuple(beta.shape)}")
-            value = float(beta.detach().reshape(()))
+            value = float(beta.detach().reshape(())) if read_tensors else 0.0
         elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
             value = float(beta)
         else:
@@ -430,7 +432,12 @@ class AdamHD(CheckedState, Optimizer):
     def _check_before_step(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
         self.check_state_once()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            try:  # a group may have been changed since it was checked
+                _check_hyperparameters(group, read_tensors=False)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
+            _check_fused_rule(group)
             if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
                 raise RuntimeError(
                     "lr and betas as Tensors are not supported for capturable=False and "
@@ -446,6 +453,17 @@ class AdamHD(CheckedState, Optimizer):
                     )
                 if torch.is_complex(p):
                     raise RuntimeError("AdamHD does not support complex parameters")
+
+    def _convert_if_state_dtype_changed(self, index: int, group: dict[str, Any]) -> None:
+        """Moments stored as the group's ``state_dtype``/``min_8bit_size`` ask, also after
+        either was changed in ``param_groups`` (converted as a checkpoint load converts them)."""
+        wanted = (group.get("state_dtype"), group.get("min_8bit_size"))
+        formats = self.__dict__.setdefault("_state_formats", {})
+        if formats.get(index) == wanted:
+            return
+        for p in group["params"]:
+            lowbit.convert_moments(self.state.get(p, {}), p, lowbit.wanted_format(group, p))
+        formats[index] = wanted
 
     def _positions(self, params: list[Tensor]) -> list[int]:
         """Each parameter's index in the optimizer (all groups, in order)."""
@@ -477,6 +495,7 @@ class AdamHD(CheckedState, Optimizer):
         # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
         hypers = [AdamStep.from_group(group) for group in self.param_groups]
         for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            self._convert_if_state_dtype_changed(index, group)
             tensors = AdamTensors()
             self._init_group(group, *tensors.lists())
             if not tensors.params:
