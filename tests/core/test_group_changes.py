@@ -38,7 +38,7 @@ def _assert_unchanged(w, opt, before):
 
 
 ADAMHD_BAD = [
-    ("lr", -1.0, "learning rate"),
+    ("lr", math.inf, "learning rate"),
     ("lr", math.nan, "learning rate"),
     ("betas", (1.5, 0.9), "beta"),
     ("eps", -1e-8, "epsilon"),
@@ -70,14 +70,15 @@ def test_adamhd_refuses_a_tensor_lr_of_two_elements_set_after_construction():
     _assert_unchanged(w, opt, before)
 
 
-def test_adamhd_accepts_a_valid_change_and_uses_it():
-    """A scheduler-like change of lr is used at the next step, as AdamW uses it (bit for bit
-    at ``delta=inf``); the check at the step does not refuse it."""
+@pytest.mark.parametrize("lr", [3e-3, -1e-19])
+def test_adamhd_accepts_a_scheduler_change_and_uses_it_as_adamw_does(lr):
+    """A scheduler's change of lr is used at the next step as AdamW uses it (bit for bit at
+    ``delta=inf``), a float drift below 0 included (AdamW does not refuse it at the step)."""
     options = dict(lr=1e-2, weight_decay=0.1, foreach=False)
     w_hd, opt_hd = _stepped(lambda ps: AdamHD(ps, delta=math.inf, fused=False, **options))
     w_aw, opt_aw = _stepped(lambda ps: torch.optim.AdamW(ps, **options))
     for opt in (opt_hd, opt_aw):
-        opt.param_groups[0]["lr"] = 3e-3
+        opt.param_groups[0]["lr"] = lr
         opt.step()
     assert torch.equal(w_hd.detach(), w_aw.detach())
     for key in ("exp_avg", "exp_avg_sq"):

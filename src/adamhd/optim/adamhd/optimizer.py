@@ -43,10 +43,12 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_hyperparameters(group: dict[str, Any], read_tensors: bool = True) -> None:
-    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``; with
-    ``read_tensors=False`` (at each step) Tensor ``lr``/``betas`` are checked for shape only,
-    since reading their values would synchronise a CUDA stream."""
+def _check_hyperparameters(group: dict[str, Any], at_step: bool = False) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``. ``at_step``:
+    the check before each step, of groups that schedulers or users may have changed: Tensor
+    ``lr``/``betas`` are checked for shape only (reading them would synchronise a CUDA stream),
+    and a negative float ``lr`` passes, as torch's AdamW lets it (a scheduler's float drift
+    below 0 at the end of a cosine must not stop a run); a NaN or infinite one does not."""
     lr = group["lr"]
     tensor_ok = group["capturable"] or not group["foreach"]
     if isinstance(lr, Tensor):
@@ -56,14 +58,14 @@ def _check_hyperparameters(group: dict[str, Any], read_tensors: bool = True) -> 
             )
         if lr.numel() != 1:
             raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        lr_value = float(lr.detach().reshape(())) if read_tensors else 0.0
+        lr_value = 0.0 if at_step else float(lr.detach().reshape(()))
     elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
         lr_value = float(lr)
     else:
         raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
-    if not lr_value >= 0.0 or math.isinf(lr_value):
+    if not (lr_value >= 0.0 or at_step) or not math.isfinite(lr_value):
         raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
-    _check_betas(group["betas"], tensor_ok, read_tensors)
+    _check_betas(group["betas"], tensor_ok, read_tensors=not at_step)
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
@@ -433,16 +435,16 @@ class AdamHD(CheckedState, Optimizer):
         """Reject what this optimizer cannot do before any state or weight changes."""
         self.check_state_once()
         for index, group in enumerate(self.param_groups):
-            try:  # a group may have been changed since it was checked
-                _check_hyperparameters(group, read_tensors=False)
-            except ValueError as error:
-                raise ValueError(f"param_groups[{index}]: {error}") from None
-            _check_fused_rule(group)
             if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
                 raise RuntimeError(
                     "lr and betas as Tensors are not supported for capturable=False and "
                     "foreach=True (a param group was changed after construction)"
                 )
+            try:  # a group may have been changed since it was checked
+                _check_hyperparameters(group, at_step=True)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
+            _check_fused_rule(group)
             for p in group["params"]:
                 if p.grad is None:
                     continue
