@@ -37,6 +37,16 @@ def _assert_unchanged(w, opt, before):
         assert torch.equal(now, value) if torch.is_tensor(value) else now == value, key
 
 
+def _assert_refused_unchanged(w, opt, key, value, named):
+    """Set ``key`` of group 0 to ``value``: the step raises naming the group and ``named``, and
+    leaves weights and state as they were."""
+    before = _snapshot(w, opt)
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=rf"param_groups\[0\]: .*{named}"):
+        opt.step()
+    _assert_unchanged(w, opt, before)
+
+
 ADAMHD_BAD = [
     ("lr", math.inf, "learning rate"),
     ("lr", math.nan, "learning rate"),
@@ -54,11 +64,7 @@ ADAMHD_BAD = [
 @pytest.mark.parametrize("key,value,named", ADAMHD_BAD)
 def test_adamhd_refuses_a_group_changed_to_a_bad_value_before_anything_changes(key, value, named):
     w, opt = _stepped(lambda ps: AdamHD(ps, lr=1e-2, weight_decay=0.1))
-    before = _snapshot(w, opt)
-    opt.param_groups[0][key] = value
-    with pytest.raises(ValueError, match=rf"param_groups\[0\]: .*{named}"):
-        opt.step()
-    _assert_unchanged(w, opt, before)
+    _assert_refused_unchanged(w, opt, key, value, named)
 
 
 def test_adamhd_refuses_a_tensor_lr_of_two_elements_set_after_construction():
@@ -94,11 +100,7 @@ def test_adamhd_accepts_a_scheduler_change_and_uses_it_as_adamw_does(lr):
 def test_wrapper_refuses_a_group_changed_to_a_bad_decay_option(base, key, value, named):
     cls = adamhd.with_decoupled_decay(base)
     w, opt = _stepped(lambda ps: cls(ps, lr=1e-2, weight_decay=0.1))
-    before = _snapshot(w, opt)
-    opt.param_groups[0][key] = value
-    with pytest.raises(ValueError, match=rf"param_groups\[0\]: .*{named}"):
-        opt.step()
-    _assert_unchanged(w, opt, before)
+    _assert_refused_unchanged(w, opt, key, value, named)
 
 
 @pytest.mark.parametrize(
