@@ -44,10 +44,11 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_group(group: dict[str, Any]) -> None:
-    """A group's options (constructor and ``add_param_group``): ``ValueError`` naming the first
-    invalid hyperparameter, then ``RuntimeError`` for a fused rule the kernels lack."""
-    _check_hyperparameters(group)
+def _check_group(group: dict[str, Any], at_step: bool = False) -> None:
+    """A group's options (constructor, ``add_param_group``, before each step: ``at_step``, see
+    ``_check_hyperparameters``): ``ValueError`` naming the first invalid hyperparameter, then
+    ``RuntimeError`` for a fused rule the kernels lack."""
+    _check_hyperparameters(group, at_step)
     _check_fused_rule(group)
 
 
@@ -62,8 +63,9 @@ def _check_paths(defaults: dict[str, Any]) -> None:
         raise RuntimeError("foreach=True does not support differentiable=True")
 
 
-def _scalar(name: str, value: Any, tensor_ok: bool) -> float:
-    """``lr`` or a beta as a float: a number, or a 1-element Tensor where the path takes one."""
+def _scalar(name: str, value: Any, tensor_ok: bool, read_tensor: bool = True) -> float:
+    """``lr`` or a beta as a float: a number, or a 1-element Tensor where the path takes one
+    (``read_tensor=False``: its shape checked, 0.0 returned, no host synchronisation)."""
     if isinstance(value, Tensor):
         if not tensor_ok:
             raise ValueError(
@@ -71,19 +73,23 @@ def _scalar(name: str, value: Any, tensor_ok: bool) -> float:
             )
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
-        return float(value.detach().reshape(()))
+        return float(value.detach().reshape(())) if read_tensor else 0.0
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise ValueError(f"{name} must be a float or a 1-element Tensor, got {value!r}")
 
 
-def _check_hyperparameters(group: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
+def _check_hyperparameters(group: dict[str, Any], at_step: bool = False) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``. ``at_step``:
+    the check before each step, of groups that schedulers or users may have changed: Tensor
+    ``lr``/``betas`` are checked for shape only (reading them would synchronise a CUDA stream),
+    and a negative float ``lr`` passes, as torch's AdamW lets it (a scheduler's float drift
+    below 0 at the end of a cosine must not stop a run); a NaN or infinite one does not."""
     tensor_ok = group["capturable"] or not group["foreach"]
-    lr_value = _scalar("lr", group["lr"], tensor_ok)
-    if not lr_value >= 0.0 or math.isinf(lr_value):
+    lr_value = _scalar("lr", group["lr"], tensor_ok, read_tensor=not at_step)
+    if not (lr_value >= 0.0 or at_step) or not math.isfinite(lr_value):
         raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
-    _check_betas(group["betas"], tensor_ok)
+    _check_betas(group["betas"], tensor_ok, read_tensors=not at_step)
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
@@ -114,7 +120,7 @@ def _check_fused_rule(group: dict[str, Any]) -> None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
 
-def _check_betas(betas: Any, tensor_ok: bool) -> None:
+def _check_betas(betas: Any, tensor_ok: bool, read_tensors: bool = True) -> None:
     """torch.optim.AdamW's rules: two floats or two 1-element Tensors, each in [0, 1); Tensors
     only where the path can take them (not foreach without capturable)."""
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -122,7 +128,7 @@ def _check_betas(betas: Any, tensor_ok: bool) -> None:
     if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
         raise ValueError(f"betas must be either both floats or both Tensors, got {betas!r}")
     for i, beta in enumerate(betas):
-        value = _scalar(f"betas[{i}]", beta, tensor_ok)
+        value = _scalar(f"betas[{i}]", beta, tensor_ok, read_tensors)
         if not 0.0 <= value < 1.0:
             raise ValueError(
                 f"Invalid beta parameter at index {i}: {value} (need 0 <= betas[{i}] < 1)"
@@ -394,12 +400,16 @@ class AdamHD(CheckedState, Optimizer):
     def _check_before_step(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
         self.check_state_once()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
                 raise RuntimeError(
                     "lr and betas as Tensors are not supported for capturable=False and "
                     "foreach=True (a param group was changed after construction)"
                 )
+            try:  # a group may have been changed since it was checked
+                _check_group(group, at_step=True)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -410,6 +420,17 @@ class AdamHD(CheckedState, Optimizer):
                     )
                 if torch.is_complex(p):
                     raise RuntimeError("AdamHD does not support complex parameters")
+
+    def _convert_if_state_dtype_changed(self, index: int, group: dict[str, Any]) -> None:
+        """Moments stored as the group's ``state_dtype``/``min_8bit_size`` ask, also after
+        either was changed in ``param_groups`` (converted as a checkpoint load converts them)."""
+        wanted = (group.get("state_dtype"), group.get("min_8bit_size"))
+        formats = self.__dict__.setdefault("_state_formats", {})
+        if formats.get(index) == wanted:
+            return
+        for p in group["params"]:
+            lowbit.convert_moments(self.state.get(p, {}), p, lowbit.wanted_format(group, p))
+        formats[index] = wanted
 
     def _positions(self, params: list[Tensor]) -> list[int]:
         """Each parameter's index in the optimizer (all groups, in order)."""
@@ -441,6 +462,7 @@ class AdamHD(CheckedState, Optimizer):
         # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
         hypers = [AdamStep.from_group(group) for group in self.param_groups]
         for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            self._convert_if_state_dtype_changed(index, group)
             tensors = AdamTensors()
             self._init_group(group, *tensors.lists())
             if not tensors.params:
