@@ -723,6 +723,71 @@ double advance_threshold(const at::Tensor& mu, double abs_mean, double beta, dou
   return *mp * scale;
 }
 
+// ---- one step's per-tensor scalars and threshold statistic (fused_step_ and the low-bit op) ------
+
+// Per tensor: this step's sum|p_t| for the adaptive threshold (cached, or, where stale, summed from
+// the chunk sums `part` taken in the step's parallel region, each tensor just before its update:
+// two_phase), the step count (read and advanced) and the threshold d; the chunk sums `part2` of
+// sum|p_new| become the next step's cached statistic (finish, after the versions are bumped).
+struct StepStats {
+  at::TensorList steps, mus;
+  double delta, delta_scale, delta_beta;
+  bool advance;  // adaptive threshold with a decay
+  std::vector<double> abs_sum;
+  std::vector<char> stale;
+  std::vector<double> part, part2;
+
+  StepStats(std::vector<Job>& jobs, const std::vector<int64_t>& all, at::TensorList params,
+            at::TensorList steps_, at::TensorList mus_, double delta_, double delta_scale_,
+            double delta_beta_, bool advance_)
+      : steps(steps_), mus(mus_), delta(delta_), delta_scale(delta_scale_),
+        delta_beta(delta_beta_), advance(advance_), abs_sum(params.size(), 0.0),
+        stale(params.size(), 0), part2(list_chunks(jobs, all).job.size(), 0.0) {
+    if (!advance) return;
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < params.size(); ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
+  }
+
+  // tensor i's step count (advanced) and threshold d (the EMA advanced with mean|p_t|)
+  std::pair<double, double> next(const Job& job, int64_t i) {
+    if (stale[i]) abs_sum[i] = chunk_total(job, part);
+    const double step = read_step_and_increment(steps[i]);
+    if (!advance) return {step, delta};
+    const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
+    return {step, advance_threshold(mus[i], mean, delta_beta, delta_scale)};
+  }
+
+  // set_constants(i) for the tensors whose sum|p_t| is cached (before the parallel region)
+  template <typename SetConstants>
+  void set_cached(size_t n, const SetConstants& set_constants) const {
+    for (size_t i = 0; i < n; ++i) {
+      if (!stale[i]) set_constants(static_cast<int64_t>(i));
+    }
+  }
+
+  // The steps of `all` (job.fn) in one region, the stale sums first (two_phase)
+  template <typename SetConstants>
+  void run(std::vector<Job>& jobs, const std::vector<int64_t>& all,
+           const SetConstants& set_constants) {
+    two_phase(
+        jobs, all, stale, part,
+        [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); },
+        set_constants, [&](const Job& job, int64_t b, int64_t e) {
+          part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
+        });
+  }
+
+  // the new sum|p| of each tensor cached (call after bumping the parameters' versions)
+  void finish(const std::vector<Job>& jobs, const std::vector<int64_t>& all,
+              at::TensorList params) const {
+    if (!advance) return;
+    std::vector<double> new_sum(params.size(), 0.0);
+    sum_chunks(jobs, all, part2, new_sum);
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    for (size_t i = 0; i < params.size(); ++i) store_sum(params[i], new_sum[i]);
+  }
+};
+
 // ---- checks, all before anything changes ------------------------------------------------------
 
 bool is_float_kind(at::ScalarType t) {
@@ -1358,22 +1423,10 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
 
   // this step's sum|p_t| for the adaptive threshold: cached, or recomputed in the same parallel
   // region, each tensor just before its update (two_phase: read again while in the cache)
-  std::vector<double> abs_sum(n, 0.0);
-  std::vector<char> stale(n, 0);
-  if (advance) {
-    std::lock_guard<std::mutex> lock(g_cache_mutex);
-    for (size_t i = 0; i < n; ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
-  }
-  std::vector<double> part, part2(list_chunks(jobs, all).job.size(), 0.0);
+  StepStats stats(jobs, all, params, steps, mus, delta, delta_scale, delta_beta, advance);
   auto set_constants = [&](int64_t i) {
     Job& job = jobs[i];
-    if (stale[i]) abs_sum[i] = chunk_total(job, part);
-    const double step = read_step_and_increment(steps[i]);
-    double d = delta;
-    if (advance) {
-      const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
-      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
-    }
+    const auto [step, d] = stats.next(job, i);
     const double bc1 = 1.0 - std::pow(beta1, step);
     const double weight1 = 1.0 - beta1;
     job.c = Consts<double>{weight1,     beta2,    1.0 - beta2, -(lr / bc1),
@@ -1385,9 +1438,7 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
                            1.0 / update_a};
     job.f = Flags{weight1 < 0.5, maximize, scale > 0, update_kind, cautious};
   };
-  for (size_t i = 0; i < n; ++i) {
-    if (!stale[i]) set_constants(static_cast<int64_t>(i));
-  }
+  stats.set_cached(n, set_constants);
   std::vector<at::Tensor> prevs(diffgrad ? n : 0);  // prev_grads, or copies in p's layout
   for (size_t i = 0; i < prevs.size(); ++i) {
     const bool same = ops[i].direct && prev_grads[i].strides() == params[i].strides();
@@ -1395,22 +1446,16 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
   }
   std::vector<double> new_sq;  // trust ratio: sum p_new^2, the next step's ||p_t||^2
   if (with_options) {
-    option_step(jobs, all, stale, part, part2, set_constants, params, prevs, adanorm_es, options,
-                decay_kind, advance, adanorm_gamma, cautious_floor, scale, new_sq);
+    option_step(jobs, all, stats.stale, stats.part, stats.part2, set_constants, params, prevs,
+                adanorm_es, options, decay_kind, advance, adanorm_gamma, cautious_floor, scale,
+                new_sq);
   } else {
-    two_phase(
-        jobs, all, stale, part,
-        [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); },
-        set_constants, [&](const Job& job, int64_t b, int64_t e) {
-          part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
-        });
+    stats.run(jobs, all, set_constants);
   }
   for (size_t i = 0; i < prevs.size(); ++i) {
     if (!prevs[i].is_same(prev_grads[i])) prev_grads[i].copy_(prevs[i]);
   }
 
-  std::vector<double> new_sum(n, 0.0);
-  if (advance) sum_chunks(jobs, all, part2, new_sum);
   for (size_t i = 0; i < n; ++i) {
     const Operands& o = ops[i];
     if (!o.direct) {
@@ -1422,10 +1467,7 @@ void fused_step_(at::TensorList params, at::TensorList grads, at::TensorList exp
     }
     if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
   }
-  if (advance) {
-    std::lock_guard<std::mutex> lock(g_cache_mutex);
-    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
-  }
+  stats.finish(jobs, all, params);
   if (trust_ratio) {
     std::lock_guard<std::mutex> lock(g_cache_mutex);
     for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sq[i], g_sq_cache);
@@ -2140,45 +2182,20 @@ void lowbit_run(at::TensorList params, at::TensorList grads, at::TensorList exp_
     });
     all.push_back(static_cast<int64_t>(i));
   }
-  std::vector<double> abs_sum(n, 0.0);
-  std::vector<char> stale(n, 0);
-  if (advance) {
-    std::lock_guard<std::mutex> lock(g_cache_mutex);
-    for (size_t i = 0; i < n; ++i) stale[i] = !cached_sum(params[i], &abs_sum[i]);
-  }
-  std::vector<double> part, part2(list_chunks(jobs, all).job.size(), 0.0);
+  StepStats stats(jobs, all, params, steps, mus, delta, delta_scale, delta_beta, advance);
   auto set_constants = [&](int64_t i) {
-    Job& job = jobs[i];
-    if (stale[i]) abs_sum[i] = chunk_total(job, part);
-    const double step = read_step_and_increment(steps[i]);
-    double d = delta;
-    if (advance) {
-      const double mean = abs_sum[i] / static_cast<double>(std::max<int64_t>(job.numel, 1));
-      d = advance_threshold(mus[i], mean, delta_beta, delta_scale);
-    }
-    lowbit_constants(job, extra[i], step, d, lr, beta1, beta2, eps, tau, scale, maximize,
+    const auto [step, d] = stats.next(jobs[i], i);
+    lowbit_constants(jobs[i], extra[i], step, d, lr, beta1, beta2, eps, tau, scale, maximize,
                      cautious, seed);
   };
-  for (size_t i = 0; i < n; ++i) {
-    if (!stale[i]) set_constants(static_cast<int64_t>(i));
-  }
-  two_phase(
-      jobs, all, stale, part,
-      [](const Job& job, int64_t b, int64_t e) { return job.abs_fn(job, b, e); }, set_constants,
-      [&](const Job& job, int64_t b, int64_t e) {
-        part2[job.first_chunk + b / kChunk] = job.fn(job, b, e, advance);
-      });
-  std::vector<double> new_sum(n, 0.0);
-  if (advance) sum_chunks(jobs, all, part2, new_sum);
+  stats.set_cached(n, set_constants);
+  stats.run(jobs, all, set_constants);
   for (size_t i = 0; i < n; ++i) {
     if (!p_work[i].is_same(params[i])) params[i].copy_(p_work[i]);
     if (scale > 0 && !g_work[i].is_same(grads[i])) grads[i].copy_(g_work[i]);
     if (!params[i].is_inference()) torch::autograd::impl::bump_version(params[i]);
   }
-  if (advance) {
-    std::lock_guard<std::mutex> lock(g_cache_mutex);
-    for (size_t i = 0; i < n; ++i) store_sum(params[i], new_sum[i]);
-  }
+  stats.finish(jobs, all, params);
 }
 
 }  // namespace
