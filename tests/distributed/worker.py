@@ -121,6 +121,13 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
     dcp.load(state, checkpoint_id=str(out / "ckpt_lowbit"))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     result["loaded"] = lowbit_snapshot(model, opt, world)
+    # the way to another layout: decoded to float32 moments on this layout, saved with DCP
+    opt32 = common.make_optimizer(model, **{**config, "state_dtype": "float32"})
+    opt32.load_state_dict(opt.state_dict())
+    msd, osd = get_state_dict(model, opt32)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "ckpt_lowbit_fp32"))
+    result["decoded"] = {k: common.state_by_name(model, opt32, k)
+                         for k in ("exp_avg", "exp_avg_sq")}
     common.train(model, opt, data[2:], rank, world)
     result["resumed"] = lowbit_snapshot(model, opt, world)
 
