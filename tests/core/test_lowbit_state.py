@@ -100,9 +100,12 @@ def test_float32_checkpoint_into_int8_and_back():
     assert torch.equal(half.state[weight]["exp_avg"], m32.to(torch.bfloat16))
 
 
-def test_grad_scaler_skip_changes_nothing():
+@pytest.mark.parametrize("state_dtype,foreach", [("int8", None), ("int8", True),
+                                                 ("bfloat16", False)])
+def test_grad_scaler_skip_changes_nothing(state_dtype, foreach):
+    """Weights, codes, scales and the step (the rounding noise's counter) unchanged."""
     model = make_model()
-    opt = AdamHD(model.parameters(), state_dtype="int8", **KW)
+    opt = AdamHD(model.parameters(), state_dtype=state_dtype, foreach=foreach, **KW)
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     train(model, opt, 2)
     before_p = [p.detach().clone() for p in model.parameters()]

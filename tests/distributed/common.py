@@ -47,6 +47,10 @@ LOWBIT: dict[str, dict] = {
     "bf16_foreach": dict(foreach=True, state_dtype="bfloat16", rounding_seed=3),
 }
 
+#: DCP of int8 state: every tensor coded (min_8bit_size=0), shards of 1-2 blocks, bias shards
+#: of 4, 2 and 1 elements
+LOWBIT_DCP = dict(foreach=True, state_dtype="int8", min_8bit_size=0)
+
 
 def lowbit_model() -> nn.Module:
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adamhd import AdamHD
+from adamhd.optim.adamhd import lowbit
 from tests.distributed import common
 
 
@@ -81,6 +82,68 @@ def lowbit_run(rank: int, world: int, config: dict) -> dict:
         "scales": everyone,
         "paths": opt.paths,
     }
+
+
+def lowbit_sharded(config: dict):
+    model = common.lowbit_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, common.make_optimizer(model, **config)
+
+
+def lowbit_snapshot(model, opt, world: int) -> dict:
+    """Weights and every state byte (codes and bf16 moments gathered, each rank's scales)."""
+    keys = ("step", "delta_mu", "exp_avg", "exp_avg_sq")
+    scales = {n: {k: opt.state[p][k].clone() for k in lowbit.SCALE_KEYS if k in opt.state[p]}
+              for n, p in model.named_parameters()}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, scales)
+    return {"weights": common.weights(model), "scales": everyone,
+            **{k: common.state_by_name(model, opt, k) for k in keys}}
+
+
+def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
+    """int8 state under FSDP2: DCP save after 2 steps, resume on the same 2 ranks."""
+    config, data = common.LOWBIT_DCP, common.lowbit_batches()
+    model, opt = lowbit_sharded(config)
+    common.train(model, opt, data[:2], rank, world)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "ckpt_lowbit"))
+    saved = lowbit_snapshot(model, opt, world)
+    common.train(model, opt, data[2:], rank, world)
+    result = {"saved": saved, "continued": lowbit_snapshot(model, opt, world)}
+
+    model, opt = lowbit_sharded(config)
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(out / "ckpt_lowbit"))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    result["loaded"] = lowbit_snapshot(model, opt, world)
+    # the way to another layout: decoded to float32 moments on this layout, saved with DCP
+    opt32 = common.make_optimizer(model, **{**config, "state_dtype": "float32"})
+    opt32.load_state_dict(opt.state_dict())
+    msd, osd = get_state_dict(model, opt32)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / "ckpt_lowbit_fp32"))
+    result["decoded"] = {k: common.state_by_name(model, opt32, k)
+                         for k in ("exp_avg", "exp_avg_sq")}
+    common.train(model, opt, data[2:], rank, world)
+    result["resumed"] = lowbit_snapshot(model, opt, world)
+
+    # a 1-process state_dict (plain per-tensor scales) into the sharded optimizer: refused
+    plain = common.lowbit_model()
+    plain_opt = common.make_optimizer(plain, **config)
+    common.train(plain, plain_opt, data[:1])
+    before = lowbit_snapshot(model, opt, world)
+    try:
+        opt.load_state_dict(plain_opt.state_dict())
+        result["plain_error"] = ""
+    except ValueError as err:
+        result["plain_error"] = str(err)
+    result["after_refusal"] = lowbit_snapshot(model, opt, world)
+    result["before_refusal"] = before
+    return result
 
 
 def ddp_run(rank: int, world: int) -> dict:
@@ -153,6 +216,7 @@ def dcp_run(rank: int, world: int, out: Path) -> dict:
 def collect(rank: int, world: int, out: Path) -> dict:
     return {
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
+        "lowbit_dcp": lowbit_dcp_run(rank, world, out),
         "lowbit": {name: lowbit_run(rank, world, cfg) for name, cfg in common.LOWBIT.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),

@@ -438,12 +438,19 @@ class AdamHD(CheckedState, Optimizer):
                  enumerate(p for group in self.param_groups for p in group["params"])}
         return [index[id(p)] for p in params]
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict; the int8 scales of DTensor (FSDP2) parameters as DTensors, so
+        that DCP saves every shard's (``lowbit.scale_form``)."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        return lowbit.with_scale_forms(params, super().state_dict())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``CheckedState``'s load; then the moments are restored from ``state_dict`` as saved
         (torch's load casts every state tensor to the parameter's dtype) and converted to this
         optimizer's ``state_dtype``: the storage precision is this process's choice
         (``state_dtype`` and ``min_8bit_size`` keep this optimizer's values)."""
         keep = [{k: g[k] for k in ("state_dtype", "min_8bit_size")} for g in self.param_groups]
+        state_dict = lowbit.local_scales(self, state_dict)
         super().load_state_dict(state_dict)
         for group, kept in zip(self.param_groups, keep):
             group.update(kept)
