@@ -17,11 +17,12 @@
   softmax head's gradient in closed form (arXiv 2201.05938; the weight map is not built).
 """
 
-# the former module paths of AdamHD's parts (docs/architecture.md), importable as attributes
+# optim, and the former module paths of AdamHD's parts (docs/architecture.md), as attributes
 from adamhd import (  # noqa: F401
     functional,
     functional_rules,
     hyper,
+    optim,
     optimizer,
     transforms,
     update_rules,
@@ -31,48 +32,16 @@ from adamhd.decay.wrapper import with_decoupled_decay
 from adamhd.gradtail import GradTailState, head_gradient_alignment
 from adamhd.groups import param_groups
 from adamhd.losses import soft_median
-from adamhd.optim import (
-    NSGDA,
-    SGDW,
-    SM3,
-    SMMF,
-    Adafactor,
-    AdafactorHD,
-    AdaLo,
-    AdamHD,
-    AdaMomentum,
-    AdaptiveMemorySGD,
-    Amos,
-    FCAdam,
-    Lookahead,
-    MuonHD,
-    NAdamHD,
-    RAdamHD,
-)
+from adamhd.optim import *  # noqa: F403  (the optimizer family: adamhd.optim.__all__)
 
 __all__ = [
-    "NSGDA",
-    "SGDW",
-    "SM3",
-    "SMMF",
-    "AdaLo",
-    "AdaMomentum",
-    "AdaptiveMemorySGD",
-    "Amos",
-    "Adafactor",
-    "AdafactorHD",
-    "AdamHD",
-    "FCAdam",
     "GradTailState",
     "HuberDecay",
-    "Lookahead",
-    "MuonHD",
-    "NAdamHD",
-    "RAdamHD",
     "head_gradient_alignment",
     "param_groups",
     "soft_median",
     "transforms",
     "with_decoupled_decay",
 ]
+__all__ += optim.__all__  # the optimizer family
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ CASES = [
 
 
 def lr_at(step: int) -> float:
-    return 0.05 * (0.3 + 0.7 * math.cos(step / 3))  # changes every step, stays > 0
+    return 0.05 * (0.3 + 0.7 * math.cos(step / 3))  # changes every step; below 0 at steps 7-12
 
 
 def grads(shape, steps, seed=0):

@@ -16,29 +16,14 @@ These four modules import nothing else of ``adamhd``; ``adamhd.distributed`` (wh
 ``mean|p|`` of sharded parameters) builds on ``threshold``. See ``docs/decay.md``.
 """
 
+import adamhd.decay.rules as rules
 from adamhd.decay.options import (
     DECAY_DEFAULTS,
     DECAY_RULES,
     check_decay_options,
     rule_from_group,
 )
-from adamhd.decay.rules import (
-    DECAY_FORMS,
-    DecayRule,
-    HuberDecay,
-    L2Decay,
-    TensorDecay,
-    Threshold,
-    cautious_mask,
-    cautious_weights,
-    clip,
-    foreach_cautious_mask,
-    foreach_clip,
-    foreach_huber_explicit_,
-    foreach_huber_proximal_,
-    huber_explicit_,
-    huber_proximal_,
-)
+from adamhd.decay.rules import *  # noqa: F403  (the rules: adamhd.decay.rules.__all__)
 from adamhd.decay.strength import (
     DECAY_SCALINGS,
     decay_coefficient,
@@ -56,32 +41,18 @@ from adamhd.decay.threshold import (
 
 __all__ = [
     "DECAY_DEFAULTS",
-    "DECAY_FORMS",
     "DECAY_RULES",
     "DECAY_SCALINGS",
-    "DecayRule",
-    "HuberDecay",
-    "L2Decay",
-    "TensorDecay",
-    "Threshold",
-    "cautious_mask",
-    "cautious_weights",
     "check_decay_options",
-    "clip",
     "decay_coefficient",
     "decay_strength",
-    "foreach_cautious_mask",
-    "foreach_clip",
-    "foreach_huber_explicit_",
-    "foreach_huber_proximal_",
     "foreach_mean_abs",
     "foreach_update_adaptive_threshold",
     "group_decay_coefficient",
-    "huber_explicit_",
-    "huber_proximal_",
     "mean_abs",
     "mu_dtype",
     "remember_initial_lr",
     "rule_from_group",
     "update_adaptive_threshold",
 ]
+__all__ += rules.__all__  # the rules and their formulas

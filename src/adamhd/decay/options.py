@@ -14,7 +14,7 @@ Keys (per group; every optimizer with decoupled decay uses these names):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adamhd.decay.rules import DECAY_FORMS, DecayRule, HuberDecay, L2Decay
@@ -59,9 +59,7 @@ def check_decay_options(
         raise ValueError(
             f"Invalid weight_decay value: {weight_decay} (weight_decay must be finite and >= 0)"
         )
-    decay = _get(group, "decay")
-    if not isinstance(decay, str) or decay not in rules:
-        raise ValueError(f"Invalid decay: {decay!r} (one of {', '.join(map(repr, rules))})")
+    _check_choice(group, "decay", rules)
     delta = _get(group, "delta")
     if isinstance(delta, str):
         if delta != "adaptive":
@@ -70,28 +68,27 @@ def check_decay_options(
         raise ValueError(
             f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
         )
-    delta_scale = _get(group, "delta_scale")
-    if not _is_number(delta_scale) or not 0.0 < delta_scale < math.inf:
-        raise ValueError(
-            f"Invalid delta_scale: delta_scale={delta_scale!r} (must be finite and > 0)"
-        )
-    delta_beta = _get(group, "delta_beta")
-    if not _is_number(delta_beta) or not 0.0 <= delta_beta < 1.0:
-        raise ValueError(
-            f"Invalid delta_beta: delta_beta={delta_beta!r} (need 0 <= delta_beta < 1)"
-        )
-    form = _get(group, "decay_form")
-    if not isinstance(form, str) or form not in DECAY_FORMS:
-        raise ValueError(f"Invalid decay_form: {form!r} (one of {', '.join(DECAY_FORMS)})")
+    _check_number(group, "delta_scale", lambda v: 0.0 < v < math.inf, "must be finite and > 0")
+    _check_number(group, "delta_beta", lambda v: 0.0 <= v < 1.0, "need 0 <= delta_beta < 1")
+    _check_choice(group, "decay_form", DECAY_FORMS)
     cautious = _get(group, "cautious_decay")
     if not isinstance(cautious, bool):
         raise ValueError(f"Invalid cautious_decay: {cautious!r} (True or False)")
-    scaling = _get(group, "decay_scaling")
-    if not isinstance(scaling, str) or scaling not in scalings:
-        raise ValueError(
-            f"Invalid decay_scaling: {scaling!r} (one of {', '.join(map(repr, scalings))})"
-        )
+    _check_choice(group, "decay_scaling", scalings)
     check_schedule_start(group)
+
+
+def _check_number(group: Mapping[str, Any], key: str, ok: Callable[[float], bool],
+                  need: str) -> None:
+    value = _get(group, key)
+    if not _is_number(value) or not ok(value):
+        raise ValueError(f"Invalid {key}: {key}={value!r} ({need})")
+
+
+def _check_choice(group: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> None:
+    value = _get(group, key)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Invalid {key}: {value!r} (one of {', '.join(map(repr, choices))})")
 
 
 def rule_from_group(group: Mapping[str, Any]) -> DecayRule:

@@ -175,6 +175,11 @@ class _DecoupledDecay:
         if kwargs or (loss is not None and not takes_loss):
             extra = sorted(kwargs) if kwargs else ["loss"]
             raise TypeError(f"{type(self).__name__}.step() got unexpected arguments {extra}")
+        for index, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
+            try:  # a group may have been changed since it was checked
+                _check_options(self._decay_base, group)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()

@@ -250,32 +250,6 @@ def fused_is_default(params: list[Tensor]) -> bool:
     return plan.device_type != "cpu" or _cpu_fused_by_default()
 
 
-def fused_adamhd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    delta_mus: list[Tensor],
-    hyper: AdamStep,
-    *,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    rule_states: list[dict[str, Any]] | None = None,
-) -> None:
-    """One fused step of a group's lists (the fields of ``AdamTensors``, in order);
-    ``rule_states``: each parameter's state dict where the update rule keeps state
-    (``prev_grad`` for ``diffgrad``, ``adanorm_e`` for ``adanorm``)."""
-    from adamhd.optim.adamhd.step import AdamTensors
-
-    tensors = AdamTensors(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
-    )
-    fused_step(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf,
-               rule_states=rule_states)
-
-
 def fused_step(
     tensors: AdamTensors,
     hyper: AdamStep,
@@ -313,6 +287,18 @@ def fused_step(
             _fused_cpu(part, hyper, grad_scale, found_inf, states)
         else:
             _fused_triton(part, hyper, grad_scale, found_inf)
+
+
+def _on_lists() -> Any:
+    from adamhd.optim.adamhd.step import on_lists
+
+    return on_lists(fused_step, "fused_adamhd", """One fused step of a group's lists (the fields
+    of ``AdamTensors``, in order), then ``hyper``; ``fused_step`` on the record. ``rule_states``:
+    each parameter's state dict where the update rule keeps state (``prev_grad`` for
+    ``diffgrad``, ``adanorm_e`` for ``adanorm``).""")
+
+
+fused_adamhd = _on_lists()
 
 
 def _check_update(hyper: AdamStep, device_types: list[str]) -> None:
@@ -378,4 +364,5 @@ def fused_decay_(
     ``mu`` starts at ``mean|p_t|``)."""
     if params:
         _cpu_op()  # loads the extension
-        torch.ops.adamhd.decay_(*spec.decay_op_args(params, rule, tau, p_ts, mus, ds))
+        call = spec.DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
+        torch.ops.adamhd.decay_(*spec.decay_op_args(call))

@@ -330,16 +330,8 @@ def decay_pass_reason(rule: Any, params: list[Tensor]) -> str | None:
     return None
 
 
-def decay_op_args(
-    params: list[Tensor],
-    rule: Any,
-    tau: float | Tensor,
-    p_ts: list[Tensor] | None = None,
-    mus: list[Tensor] | None = None,
-    ds: list[Any] | None = None,
-) -> list[Any]:
+def decay_op_args(call: DecayCall) -> list[Any]:
     """The positional arguments of ``torch.ops.adamhd.decay_`` for one call."""
-    call = DecayCall(params, p_ts or [], mus or [], ds or [], rule, tau)
     return [arg.value(call) for arg in DECAY_ARGS]
 
 

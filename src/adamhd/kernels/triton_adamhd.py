@@ -239,14 +239,7 @@ def _launch_tables(lists: list[list[Tensor]], device: torch.device,
 
 
 def fused_adamhd_triton(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    delta_mus: list[Tensor],
-    *,
+    *lists: list[Tensor],
     decay,
     amsgrad: bool,
     beta1: float,
@@ -260,8 +253,8 @@ def fused_adamhd_triton(
     found_inf: Tensor | None = None,
     update: tuple[int, float, float] = (0, 1.0, 1.0),
 ) -> None:
-    """``launch`` with the lists and hyperparameters spelled out (``update``: ``(kind, a, b)`` as
-    ``adamhd.kernels.spec.update_args`` gives it)."""
+    """``launch`` with the lists (the fields of ``AdamTensors``, in order) and hyperparameters
+    spelled out (``update``: ``(kind, a, b)`` as ``adamhd.kernels.spec.update_args`` gives it)."""
     from adamhd.optim.adamhd.step import AdamStep, AdamTensors
     from adamhd.optim.adamhd.update_rules import UpdateRule
 
@@ -275,10 +268,7 @@ def fused_adamhd_triton(
     hyper = AdamStep(decay=decay, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                      weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                      capturable=capturable, update=rule)
-    tensors = AdamTensors(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
-    )
-    launch(tensors, hyper, grad_scale=grad_scale, found_inf=found_inf)
+    launch(AdamTensors(*lists), hyper, grad_scale=grad_scale, found_inf=found_inf)
 
 
 def launch(

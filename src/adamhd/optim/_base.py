@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from adamhd.decay.native import MU_KEY, StepDecay, check_native_decay
+from adamhd.decay.native import MU_KEY, StepDecay, check_native_decay, decay_options
 from adamhd.decay.strength import remember_initial_lr
 from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
@@ -46,12 +46,58 @@ def check(name: str, value: Any, ok: Callable[[float], bool], need: str) -> None
         raise ValueError(f"Invalid {name}: {name}={value!r} (need {need})")
 
 
-def finite_nonneg(name: str, value: Any) -> None:
-    check(name, value, lambda v: 0.0 <= v < math.inf, "a finite number >= 0")
+# The checks of the group options, each ``(name, value) -> None`` raising ``ValueError`` naming
+# the option; an optimizer lists its options' checks in ``CheckedOptimizer.checks``.
 
 
-def in_unit(name: str, value: Any) -> None:
-    check(name, value, lambda v: 0.0 <= v < 1.0, "0 <= value < 1")
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A real number with ``ok(value)`` (``need`` says which)."""
+
+    ok: Callable[[float], bool]
+    need: str
+
+    def __call__(self, name: str, value: Any) -> None:
+        check(name, value, self.ok, self.need)
+
+
+finite_nonneg = Range(lambda v: 0.0 <= v < math.inf, "a finite number >= 0")
+positive = Range(lambda v: 0.0 < v < math.inf, "a finite number > 0")
+in_unit = Range(lambda v: 0.0 <= v < 1.0, "0 <= value < 1")
+in_open_closed_unit = Range(lambda v: 0.0 < v <= 1.0, "0 < value <= 1")
+decay_exponent = Range(lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
+
+
+def positive_or_none(name: str, value: Any) -> None:
+    if value is not None:
+        check(name, value, positive.ok, "a finite number > 0 or None")
+
+
+def beta_pair(name: str, value: Any) -> None:
+    """A pair ``(beta1, beta2)``, each in [0, 1)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"Invalid {name}: {name}={value!r} (need a pair (beta1, beta2))")
+    in_unit("beta1", value[0])
+    in_unit("beta2", value[1])
+
+
+def flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {name}={value!r} (need True or False)")
+
+
+def integer(minimum: int) -> Callable[[str, Any], None]:
+    def check_integer(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"Invalid {name}: {name}={value!r} (need an integer >= {minimum})")
+    return check_integer
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def check_choice(name: str, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"Invalid {name}: {value!r} (one of {', '.join(choices)})")
+    return check_choice
 
 
 def check_lr(group: dict[str, Any]) -> None:
@@ -60,20 +106,45 @@ def check_lr(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid learning rate: lr={value} (must be finite and >= 0)")
 
 
+#: what ``locals()`` on the first line of a constructor holds besides its group options
+NOT_OPTIONS = frozenset({"self", "params", "__class__"})
+
+
+def options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's group options with their values: its arguments (``locals()`` on its
+    first line) but ``self`` and ``params``."""
+    return {k: v for k, v in arguments.items() if k not in NOT_OPTIONS}
+
+
 class CheckedOptimizer(Optimizer):
     """A ``torch.optim.Optimizer`` that validates every group and the gradients before a step.
 
     Subclasses set ``name``, ``stat_keys`` (float state kept in ``stat_dtype``), ``dtensor_reason``
-    (``None`` if sharded DTensor parameters are supported, else why not) and implement
-    ``check_group``.
+    (``None`` if sharded DTensor parameters are supported, else why not) and ``checks``, and pass
+    their constructor's arguments on as they are (``super().__init__(params, locals())``): every
+    argument is a group option, with the signature's default.
     """
 
     name = "optimizer"
     stat_keys: tuple[str, ...] = ()
     dtensor_reason: str | None = None
+    #: each group option's check (but ``lr``'s, ``check_lr``), in the order they run
+    checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {}
 
-    def check_group(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def __init__(self, params: Params, arguments: dict[str, Any]) -> None:
+        """``arguments``: the subclass constructor's (``locals()``), or its group defaults; with
+        ``native_decay``, a ``**decay`` dict holds the decay keys (checked by
+        ``adamhd.decay.native.decay_options``; the group option ``decay`` is a name)."""
+        defaults = options(arguments)
+        if self.native_decay and isinstance(defaults.get("decay"), Mapping):
+            defaults.update(decay_options(self.name, defaults.pop("decay")))
+        super().__init__(params, defaults)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        """``lr`` and then ``checks``, in order: ``ValueError`` naming the first bad option."""
+        check_lr(group)
+        for key, check_option in self.checks.items():
+            check_option(key, group[key])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
@@ -125,8 +196,15 @@ class CheckedOptimizer(Optimizer):
             check_native_decay(group, self.name, self.cautious_decay_reason)
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """``p``'s state, created on its first step."""
-        raise NotImplementedError
+        """``p``'s state: ``new_state`` on its first step."""
+        state = self.state[p]
+        if not state:
+            state.update(self.new_state(p, group))
+        return state
+
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """``p``'s state before its first step (default: none)."""
+        return {}
 
     def group_step(
         self, params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]], hyper: Any
@@ -204,11 +282,22 @@ class GroupBatch:
     hyper: Any
 
 
+def state_lists(states: list[dict[str, Any]], **keys: str) -> dict[str, list[Any]]:
+    """Per field of a group record, the list of one state key: ``field=key`` gives
+    ``{field: [state[key] for state in states]}``."""
+    return {name: [state[key] for state in states] for name, key in keys.items()}
+
+
 def run_closure(closure: Callable[[], Any] | None) -> Any:
     if closure is None:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def zero_moment(p: Tensor) -> Tensor:
+    """A moment of ``p`` (its shape, dtype, device and layout), zero."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def new_step(p: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.distributed import (
     all_reduce_partials,
     is_dtensor,
@@ -62,11 +62,12 @@ from adamhd.distributed import (
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check,
-    check_lr,
+    decay_exponent,
     finite_nonneg,
     new_step,
+    positive,
     stat_dtype,
+    zero_moment,
 )
 from adamhd.optim._paths import ForeachOption, batches
 
@@ -284,6 +285,8 @@ class Adafactor(ForeachOption, CheckedOptimizer):
     native_decay = True
     stat_keys = ("exp_avg_sq_row", "exp_avg_sq_col")
     hyper_type = AdafactorHyper
+    checks = {"eps1": finite_nonneg, "eps2": finite_nonneg, "d": positive,
+              "decay_rate": decay_exponent}
 
     def __init__(
         self,
@@ -301,30 +304,14 @@ class Adafactor(ForeachOption, CheckedOptimizer):
         foreach: bool | None = None,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, eps1=eps1, eps2=eps2, d=d, decay_rate=decay_rate,
-                        weight_decay=weight_decay, relative_step=relative_step,
-                        scale_parameter=scale_parameter, maximize=maximize, foreach=foreach,
-                        **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        finite_nonneg("eps1", group["eps1"])
-        finite_nonneg("eps2", group["eps2"])
-        check("d", group["d"], lambda v: 0.0 < v < math.inf, "a finite number > 0")
-        check("decay_rate", group["decay_rate"], lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = new_step(p)
-            if p.dim() >= 2:
-                dims, dtype = list(range(p.dim())), stat_dtype(p)
-                state["exp_avg_sq_row"] = zeros_over(p, dims[:-1], dtype)
-                state["exp_avg_sq_col"] = zeros_over(p, dims[:-2] + dims[-1:], dtype)
-            else:
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        if p.dim() < 2:
+            return {"step": new_step(p), "exp_avg_sq": zero_moment(p)}
+        dims, dtype = list(range(p.dim())), stat_dtype(p)
+        return {"step": new_step(p), "exp_avg_sq_row": zeros_over(p, dims[:-1], dtype),
+                "exp_avg_sq_col": zeros_over(p, dims[:-2] + dims[-1:], dtype)}
 
     def group_step(self, params, grads, states, hyper) -> None:
         adafactor(params, grads, states, hyper)

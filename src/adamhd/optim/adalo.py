@@ -47,16 +47,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check,
-    check_lr,
+    beta_pair,
     finite_nonneg,
-    in_unit,
     lr_value,
+    one_of,
+    positive,
     stat_dtype,
+    zero_moment,
 )
 
 __all__ = ["MODES", "AdaLo", "AdaLoHyper", "adalo", "loss_level"]
@@ -118,6 +119,7 @@ class AdaLo(CheckedOptimizer):
     stat_keys = ("loss_ema",)
     _step_supports_amp_scaling = True  # unscales and skips inf steps itself (see module doc)
     _step_requires_loss = True  # with_decoupled_decay(AdaLo) checks this before it decays
+    checks = {"betas": beta_pair, "kappa": positive, "eps": finite_nonneg, "mode": one_of(MODES)}
 
     def __init__(
         self,
@@ -132,21 +134,7 @@ class AdaLo(CheckedOptimizer):
         maximize: bool = False,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, kappa=kappa, eps=eps,
-                        mode=mode, maximize=maximize, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
-
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        in_unit("betas[0]", betas[0])
-        in_unit("betas[1]", betas[1])
-        check("kappa", group["kappa"], lambda v: 0.0 < v < float("inf"), "a finite number > 0")
-        finite_nonneg("eps", group["eps"])
-        if group["mode"] not in MODES:
-            raise ValueError(f"Invalid mode: {group['mode']!r} (one of {', '.join(MODES)})")
+        super().__init__(params, locals())
 
     @torch.no_grad()
     def step(
@@ -180,12 +168,9 @@ class AdaLo(CheckedOptimizer):
         self.step_groups(level=loss_level(loss.detach().to(torch.float64)))
         return loss
 
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["loss_ema"] = torch.zeros((), dtype=stat_dtype(p), device=p.device)
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"exp_avg": zero_moment(p),
+                "loss_ema": torch.zeros((), dtype=stat_dtype(p), device=p.device)}
 
     def group_grads(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
         """The gradients, unscaled when ``GradScaler.step`` called this step."""

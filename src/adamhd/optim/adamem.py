@@ -43,12 +43,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     GroupBatch,
     Params,
-    check_lr,
     finite_nonneg,
     in_unit,
     lr_value,
@@ -122,26 +121,21 @@ class AdaptiveMemorySGD(CheckedOptimizer):
     native_decay = True
     dtensor_reason = ("beta_t is one statistic of the whole model (needs an all-reduce of "
                       "|g|^2, <g,d>, |d|^2), not built")
+    checks = {"lam": finite_nonneg, "beta_max": in_unit}
 
     def __init__(self, params: Params, lr: float | Tensor = 0.1, lam: float = 0.1,
                  beta_max: float = 0.9, weight_decay: float = 0.0, *,
                  maximize: bool = False, **decay: Any) -> None:
-        defaults = dict(lr=lr, lam=lam, beta_max=beta_max, weight_decay=weight_decay,
-                        maximize=maximize, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
     def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        finite_nonneg("lam", group["lam"])
-        in_unit("beta_max", group["beta_max"])
+        """The checks, then: ``lam`` and ``beta_max`` are the same in every group."""
+        super().check_group(group)
         for other in getattr(self, "param_groups", []):
             for key in ("lam", "beta_max"):
                 if other[key] != group[key]:
                     raise ValueError(f"Invalid {key}: {key}={group[key]!r} differs from another "
                                      f"group's {other[key]!r} (beta_t is one for the model)")
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return self.state[p]  # "direction" = g on the first step (step_batches)
 
     def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
         return dict(lr=lr_value(group["lr"]), step_decay=StepDecay.from_group(group))

@@ -27,15 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check_lr,
-    finite_nonneg,
-    in_unit,
+    Range,
+    beta_pair,
     lr_value,
     new_step,
+    positive,
+    state_lists,
+    zero_moment,
 )
 
 __all__ = ["AdaMomentum", "AdaMomentumGroup", "adamomentum", "check_betas"]
@@ -74,11 +76,7 @@ def adamomentum(g: AdaMomentumGroup) -> None:
 
 
 def check_betas(group: dict[str, Any]) -> None:
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: betas={betas!r} (need a pair (beta1, beta2))")
-    in_unit("beta1", betas[0])
-    in_unit("beta2", betas[1])
+    beta_pair("betas", group["betas"])
 
 
 class AdaMomentum(CheckedOptimizer):
@@ -98,6 +96,7 @@ class AdaMomentum(CheckedOptimizer):
 
     name = "AdaMomentum"
     native_decay = True
+    checks = {"betas": beta_pair, "eps": Range(positive.ok, "a finite number > 0: the floor of v")}
 
     def __init__(
         self,
@@ -110,33 +109,17 @@ class AdaMomentum(CheckedOptimizer):
         maximize: bool = False,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        check_betas(group)
-        finite_nonneg("eps", group["eps"])
-        if group["eps"] == 0:
-            raise ValueError("Invalid eps: eps=0 (need eps > 0: it is the floor of v)")
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = new_step(p)
-            for key in ("exp_avg", "exp_avg_sq"):
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": new_step(p), "exp_avg": zero_moment(p), "exp_avg_sq": zero_moment(p)}
 
     def group_step(self, params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
         adamomentum(AdaMomentumGroup(
             params=params,
             grads=grads,
-            exp_avgs=[s["exp_avg"] for s in states],
-            exp_avg_sqs=[s["exp_avg_sq"] for s in states],
-            steps=[s["step"] for s in states],
+            **state_lists(states, exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", steps="step"),
             lr=lr_value(hyper["lr"]),
             beta1=hyper["betas"][0],
             beta2=hyper["betas"][1],

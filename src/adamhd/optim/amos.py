@@ -40,13 +40,14 @@ from adamhd.optim._base import (
     CheckedOptimizer,
     GroupBatch,
     Params,
-    check,
-    check_lr,
     finite_nonneg,
+    flag,
     in_unit,
     lr_value,
     new_step,
+    positive_or_none,
     stat_dtype,
+    state_lists,
 )
 from adamhd.optim._reduce import sq_sums
 
@@ -122,30 +123,18 @@ class Amos(CheckedOptimizer):
 
     name = "Amos"
     stat_keys = ("amos_v", "amos_b")
+    checks = {"beta": in_unit, "eta": positive_or_none, "weight_decay": finite_nonneg,
+              "cautious_decay": flag}
 
     def __init__(self, params: Params, lr: float | Tensor = 1e-2, beta: float = 0.999,
                  eta: float | None = None, weight_decay: float = 0.0, *,
                  cautious_decay: bool = False, maximize: bool = False) -> None:
-        defaults = dict(lr=lr, beta=beta, eta=eta, weight_decay=weight_decay,
-                        cautious_decay=cautious_decay, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        in_unit("beta", group["beta"])
-        if group["eta"] is not None:
-            check("eta", group["eta"], lambda x: 0.0 < x < math.inf, "a finite number > 0 or None")
-        finite_nonneg("weight_decay", group["weight_decay"])
-        if not isinstance(group["cautious_decay"], bool):
-            raise ValueError(f"Invalid cautious_decay: {group['cautious_decay']!r} (True/False)")
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            dev = p.to_local().device if hasattr(p, "to_local") else p.device
-            zero = torch.zeros((), dtype=stat_dtype(p), device=dev)
-            state.update(step=new_step(p), amos_v=zero, amos_b=zero.clone())
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        dev = p.to_local().device if hasattr(p, "to_local") else p.device
+        zero = torch.zeros((), dtype=stat_dtype(p), device=dev)
+        return {"step": new_step(p), "amos_v": zero, "amos_b": zero.clone()}
 
     def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
         return dict(eta=group["eta"], xi=lr_value(group["lr"]), beta=group["beta"],
@@ -155,8 +144,7 @@ class Amos(CheckedOptimizer):
         """All groups in one ``amos`` call (one all-reduce of ``mean(g**2)`` under FSDP2)."""
         amos([
             AmosGroup(params=b.params, grads=b.grads,
-                      vs=[s["amos_v"] for s in b.states], bs=[s["amos_b"] for s in b.states],
-                      steps=[s["step"] for s in b.states],
+                      **state_lists(b.states, vs="amos_v", bs="amos_b", steps="step"),
                       etas=[b.hyper["eta"] or default_eta(p) for p in b.params],
                       **{k: v for k, v in b.hyper.items() if k != "eta"})
             for b in batches

@@ -33,17 +33,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check,
-    check_lr,
+    beta_pair,
     finite_nonneg,
+    flag,
+    in_open_closed_unit,
+    integer,
     lr_value,
     new_step,
+    state_lists,
+    zero_moment,
 )
-from adamhd.optim.adamomentum import check_betas
 
 __all__ = ["FCAdam", "FCAdamGroup", "fcadam", "gl_weights"]
 
@@ -133,6 +136,8 @@ class FCAdam(CheckedOptimizer):
     name = "FCAdam"
     native_decay = True
     dtensor_reason = "its (K, *shape) gradient history is not sharded like the parameter"
+    checks = {"betas": beta_pair, "eps": finite_nonneg, "alpha": in_open_closed_unit,
+              "history": integer(1), "seed": integer(0), "drop": flag}
 
     def __init__(
         self,
@@ -149,23 +154,7 @@ class FCAdam(CheckedOptimizer):
         maximize: bool = False,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha,
-                        history=history, drop=drop, seed=seed, maximize=maximize,
-                        **decay_options(self.name, decay))
-        super().__init__(params, defaults)
-
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        check_betas(group)
-        finite_nonneg("eps", group["eps"])
-        check("alpha", group["alpha"], lambda a: 0.0 < a <= 1.0, "0 < alpha <= 1")
-        for key in ("history", "seed"):
-            value = group[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < (key == "history"):
-                raise ValueError(f"Invalid {key}: {key}={value!r} (need an integer >= "
-                                 f"{int(key == 'history')})")
-        if not isinstance(group["drop"], bool):
-            raise ValueError(f"Invalid drop: drop={group['drop']!r} (True or False)")
+        super().__init__(params, locals())
 
     def _check_history(self) -> None:
         """A changed ``history`` cannot reuse the saved ring buffer: refuse before any change."""
@@ -180,24 +169,17 @@ class FCAdam(CheckedOptimizer):
         super().check_grads()
         self._check_history()
 
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = new_step(p)
-            state["grad_history"] = p.new_zeros((group["history"], *p.shape))
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": new_step(p), "grad_history": p.new_zeros((group["history"], *p.shape)),
+                "exp_avg": zero_moment(p), "exp_avg_sq": zero_moment(p)}
 
     def group_step(self, params: list[Tensor], grads: list[Tensor],
                    states: list[dict[str, Tensor]], hyper: dict[str, Any]) -> None:
         fcadam(FCAdamGroup(
             params=params,
             grads=grads,
-            histories=[s["grad_history"] for s in states],
-            exp_avgs=[s["exp_avg"] for s in states],
-            exp_avg_sqs=[s["exp_avg_sq"] for s in states],
-            steps=[s["step"] for s in states],
+            **state_lists(states, histories="grad_history", exp_avgs="exp_avg",
+                          exp_avg_sqs="exp_avg_sq", steps="step"),
             lr=lr_value(hyper["lr"]), betas=tuple(hyper["betas"]), eps=hyper["eps"],
             states=states, step_decay=hyper["step_decay"], alpha=hyper["alpha"],
             drop=hyper["drop"],

@@ -31,17 +31,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.optim._base import (
     CheckedOptimizer,
     GroupBatch,
     Params,
-    check_lr,
     finite_nonneg,
     in_unit,
     lr_value,
     new_step,
     stat_dtype,
+    state_lists,
+    zero_moment,
 )
 from adamhd.optim._reduce import sq_sums
 
@@ -115,6 +116,7 @@ class NSGDA(CheckedOptimizer):
 
     name = "NSGDA"
     native_decay = True
+    checks = {"momentum": in_unit, "eps": finite_nonneg}
 
     def __init__(
         self,
@@ -128,21 +130,10 @@ class NSGDA(CheckedOptimizer):
         foreach: bool | None = None,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        in_unit("momentum", group["momentum"])
-        finite_nonneg("eps", group["eps"])
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = new_step(p)
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": new_step(p), "momentum_buffer": zero_moment(p)}
 
     def group_hyper(self, group: dict[str, Any], **step_values: Any) -> dict[str, Any]:
         return dict(lr=lr_value(group["lr"]), momentum=group["momentum"], eps=group["eps"],
@@ -151,8 +142,7 @@ class NSGDA(CheckedOptimizer):
     def step_batches(self, batches: list[GroupBatch]) -> None:
         """All groups in one ``nsgda`` call (one all-reduce of the norms under FSDP2)."""
         nsgda([
-            NSGDAGroup(params=b.params, grads=b.grads,
-                       momenta=[s["momentum_buffer"] for s in b.states],
-                       steps=[s["step"] for s in b.states], states=b.states, **b.hyper)
+            NSGDAGroup(params=b.params, grads=b.grads, states=b.states, **b.hyper,
+                       **state_lists(b.states, momenta="momentum_buffer", steps="step"))
             for b in batches
         ])

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.distributed import (
     all_reduce_partials,
     is_dtensor,
@@ -51,10 +51,10 @@ from adamhd.distributed import (
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check_lr,
     finite_nonneg,
     in_unit,
     stat_dtype,
+    zero_moment,
 )
 from adamhd.optim._paths import ForeachOption, batches
 
@@ -212,6 +212,7 @@ class SM3(ForeachOption, CheckedOptimizer):
     native_decay = True
     stat_keys = ("accumulator",) + tuple(f"accumulator_{d}" for d in range(16))
     hyper_type = SM3Hyper
+    checks = {"momentum": in_unit, "eps": finite_nonneg}
 
     def __init__(
         self,
@@ -225,27 +226,19 @@ class SM3(ForeachOption, CheckedOptimizer):
         foreach: bool | None = None,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        in_unit("momentum", group["momentum"])
-        finite_nonneg("eps", group["eps"])
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        dtype = stat_dtype(p)
+        if p.dim() < 2:
+            return {"accumulator": zeros_over(p, list(range(p.dim())), dtype)}
+        return {key: zeros_over(p, [d], dtype) for d, key in enumerate(_accumulator_keys(p))}
 
     def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        momentum = group["momentum"]
-        state = self.state[p]
-        if not state:
-            dtype = stat_dtype(p)
-            if p.dim() >= 2:
-                for d, key in enumerate(_accumulator_keys(p)):
-                    state[key] = zeros_over(p, [d], dtype)
-            else:
-                state["accumulator"] = zeros_over(p, list(range(p.dim())), dtype)
-        if momentum and "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        """The accumulators (first step), and the momentum once ``momentum`` is not 0."""
+        state = super().init_state(p, group)
+        if group["momentum"] and "momentum_buffer" not in state:
+            state["momentum_buffer"] = zero_moment(p)
         return state
 
     def group_step(self, params, grads, states, hyper) -> None:

@@ -44,14 +44,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamhd.decay.native import StepDecay, decay_options, decayed_update_
+from adamhd.decay.native import StepDecay, decayed_update_
 from adamhd.distributed import all_reduce_partials, is_dtensor, like_param, local_shard
 from adamhd.optim._base import (
     CheckedOptimizer,
     Params,
-    check,
-    check_lr,
+    decay_exponent,
     finite_nonneg,
+    in_open_closed_unit,
     in_unit,
     new_step,
     stat_dtype,
@@ -413,6 +413,8 @@ class SMMF(ForeachOption, CheckedOptimizer):
     native_decay = True
     stat_keys = ("row_m", "col_m", "row_v", "col_v")
     hyper_type = SMMFHyper
+    checks = {"beta": in_unit, "eps": finite_nonneg, "decay_rate": decay_exponent,
+              "growth_rate": in_open_closed_unit}
 
     def __init__(
         self,
@@ -428,29 +430,17 @@ class SMMF(ForeachOption, CheckedOptimizer):
         foreach: bool | None = None,
         **decay: Any,
     ) -> None:
-        defaults = dict(lr=lr, beta=beta, eps=eps, decay_rate=decay_rate,
-                        growth_rate=growth_rate, weight_decay=weight_decay, maximize=maximize,
-                        foreach=foreach, **decay_options(self.name, decay))
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    def check_group(self, group: dict[str, Any]) -> None:
-        check_lr(group)
-        in_unit("beta", group["beta"])
-        finite_nonneg("eps", group["eps"])
-        check("decay_rate", group["decay_rate"], lambda v: -1.0 <= v <= 0.0, "-1 <= value <= 0")
-        check("growth_rate", group["growth_rate"], lambda v: 0.0 < v <= 1.0, "0 < value <= 1")
-
-    def init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = self.state[p]
-        if not state:
-            rows, cols = square_shape(p.numel())
-            kw = dict(dtype=stat_dtype(p), device=p.device)
-            state["step"] = new_step(p)
-            signs = (local_shard(p).numel() + 7) // 8  # of this rank's shard
-            state["sign"] = torch.zeros(signs, dtype=torch.uint8, device=p.device)
-            for key in ("m", "v"):
-                state[f"row_{key}"] = torch.zeros(rows, **kw)
-                state[f"col_{key}"] = torch.zeros(cols, **kw)
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        rows, cols = square_shape(p.numel())
+        kw = dict(dtype=stat_dtype(p), device=p.device)
+        signs = (local_shard(p).numel() + 7) // 8  # of this rank's shard
+        state = {"step": new_step(p),
+                 "sign": torch.zeros(signs, dtype=torch.uint8, device=p.device)}
+        for key in ("m", "v"):
+            state[f"row_{key}"] = torch.zeros(rows, **kw)
+            state[f"col_{key}"] = torch.zeros(cols, **kw)
         return state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from torch.optim.optimizer import _get_value, _stack_if_compiling
 from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import DecayRule, decay_strength
 from adamhd.distributed import any_dtensor, global_mean_abs, whole_mean_abs
-from adamhd.optim.adamhd.step import AdamStep, AdamTensors
+from adamhd.optim.adamhd.step import AdamStep, AdamTensors, on_lists
 
 __all__ = ["AdamStep", "AdamTensors", "adamhd", "adamhd_step"]
 
@@ -61,21 +61,6 @@ def adamhd(
     tensors = AdamTensors(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
     )
-    adamhd_step(tensors, hyper, foreach=foreach, fused=fused, grad_scale=grad_scale,
-                found_inf=found_inf, rule_states=rule_states)
-
-
-def adamhd_step(
-    tensors: AdamTensors,
-    hyper: AdamStep,
-    *,
-    foreach: bool = False,
-    fused: bool = False,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-    rule_states: list[dict[str, Tensor]] | None = None,
-) -> None:
-    """``adamhd`` on a group's record of tensor lists (``AdamTensors``)."""
     if fused:
         from adamhd import kernels
 
@@ -99,21 +84,9 @@ def adamhd_step(
         _single_tensor_step(tensors, hyper)
 
 
-def _single_tensor_adamhd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    delta_mus: list[Tensor],
-    hyper: AdamStep,
-) -> None:
-    """The single-tensor path on seven lists (kept for callers of the former signature)."""
-    _single_tensor_step(
-        AdamTensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus),
-        hyper,
-    )
+def adamhd_step(tensors: AdamTensors, hyper: AdamStep, **options: Any) -> None:
+    """``adamhd`` on a group's record of tensor lists (``AdamTensors``), with its options."""
+    adamhd(*tensors.lists(), hyper, **options)
 
 
 def _single_tensor_step(t: AdamTensors, hyper: AdamStep) -> None:
@@ -191,6 +164,12 @@ def _single_tensor_step(t: AdamTensors, hyper: AdamStep) -> None:
         param.addcdiv_(numer, denom, value=value)
         if decays and not decay.before_update:
             decay.apply_([param], tau, thresholds, foreach=False, masks=masks)
+
+
+_single_tensor_adamhd = on_lists(
+    _single_tensor_step, "_single_tensor_adamhd",
+    "The single-tensor path on seven lists (kept for callers of the former signature).",
+)
 
 
 def _multi_tensor_step(t: AdamTensors, hyper: AdamStep) -> None:

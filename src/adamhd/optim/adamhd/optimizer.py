@@ -27,6 +27,7 @@ from adamhd.decay import (
 )
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.kernels.lowbit import fused_lowbit_reason, fused_lowbit_step
+from adamhd.optim._base import options
 from adamhd.optim.adamhd import lowbit
 from adamhd.optim.adamhd.functional import adamhd_step
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors
@@ -43,25 +44,52 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _check_hyperparameters(group: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``."""
-    lr = group["lr"]
-    tensor_ok = group["capturable"] or not group["foreach"]
-    if isinstance(lr, Tensor):
+def _check_group(group: dict[str, Any], at_step: bool = False) -> None:
+    """A group's options (constructor, ``add_param_group``, before each step: ``at_step``, see
+    ``_check_hyperparameters``): ``ValueError`` naming the first invalid hyperparameter, then
+    ``RuntimeError`` for a fused rule the kernels lack."""
+    _check_hyperparameters(group, at_step)
+    _check_fused_rule(group)
+
+
+def _check_paths(defaults: dict[str, Any]) -> None:
+    """The constructor's choice of path: torch AdamW's refusals."""
+    if defaults["fused"]:
+        if defaults["differentiable"]:
+            raise RuntimeError("fused=True does not support differentiable=True")
+        if defaults["foreach"]:
+            raise RuntimeError("fused=True and foreach=True cannot both be set")
+    if defaults["foreach"] and defaults["differentiable"]:
+        raise RuntimeError("foreach=True does not support differentiable=True")
+
+
+def _scalar(name: str, value: Any, tensor_ok: bool, read_tensor: bool = True) -> float:
+    """``lr`` or a beta as a float: a number, or a 1-element Tensor where the path takes one
+    (``read_tensor=False``: its shape checked, 0.0 returned, no host synchronisation)."""
+    if isinstance(value, Tensor):
         if not tensor_ok:
             raise ValueError(
-                "lr as a Tensor is not supported for capturable=False and foreach=True"
+                f"{name} as a Tensor is not supported for capturable=False and foreach=True"
             )
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-        lr_value = float(lr.detach().reshape(()))
-    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
-        lr_value = float(lr)
-    else:
-        raise ValueError(f"lr must be a float or a 1-element Tensor, got {type(lr).__name__}")
-    if not lr_value >= 0.0 or math.isinf(lr_value):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+        return float(value.detach().reshape(())) if read_tensor else 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{name} must be a float or a 1-element Tensor, got {value!r}")
+
+
+def _check_hyperparameters(group: dict[str, Any], at_step: bool = False) -> None:
+    """Raise ``ValueError`` naming the first invalid hyperparameter of ``group``. ``at_step``:
+    the check before each step, of groups that schedulers or users may have changed: Tensor
+    ``lr``/``betas`` are checked for shape only (reading them would synchronise a CUDA stream),
+    and a negative float ``lr`` passes, as torch's AdamW lets it (a scheduler's float drift
+    below 0 at the end of a cosine must not stop a run); a NaN or infinite one does not."""
+    tensor_ok = group["capturable"] or not group["foreach"]
+    lr_value = _scalar("lr", group["lr"], tensor_ok, read_tensor=not at_step)
+    if not (lr_value >= 0.0 or at_step) or not math.isfinite(lr_value):
         raise ValueError(f"Invalid learning rate: {lr_value} (lr must be finite and >= 0)")
-    _check_betas(group["betas"], tensor_ok)
+    _check_betas(group["betas"], tensor_ok, read_tensors=not at_step)
 
     eps = group["eps"]
     if not isinstance(eps, (int, float)) or not eps >= 0.0:
@@ -111,7 +139,7 @@ def _check_fused_rule(group: dict[str, Any]) -> None:
             raise RuntimeError(f"fused=True cannot be honoured: {reason}; use fused=None or False")
 
 
-def _check_betas(betas: Any, tensor_ok: bool) -> None:
+def _check_betas(betas: Any, tensor_ok: bool, read_tensors: bool = True) -> None:
     """torch.optim.AdamW's rules: two floats or two 1-element Tensors, each in [0, 1); Tensors
     only where the path can take them (not foreach without capturable)."""
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -119,19 +147,7 @@ def _check_betas(betas: Any, tensor_ok: bool) -> None:
     if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
         raise ValueError(f"betas must be either both floats or both Tensors, got {betas!r}")
     for i, beta in enumerate(betas):
-        if isinstance(beta, Tensor):
-            if not tensor_ok:
-                raise ValueError(
-                    f"betas[{i}] as a Tensor is not supported for capturable=False and "
-                    "foreach=True"
-                )
-            if beta.numel() != 1:
-                raise ValueError(f"Tensor betas[{i}] must be 1-element, got {tuple(beta.shape)}")
-            value = float(beta.detach().reshape(()))
-        elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
-            value = float(beta)
-        else:
-            raise ValueError(f"betas[{i}] must be a float or a Tensor, got {beta!r}")
+        value = _scalar(f"betas[{i}]", beta, tensor_ok, read_tensors)
         if not 0.0 <= value < 1.0:
             raise ValueError(
                 f"Invalid beta parameter at index {i}: {value} (need 0 <= betas[{i}] < 1)"
@@ -251,65 +267,30 @@ class AdamHD(CheckedState, Optimizer):
         bf16_stochastic_round: bool = False,
         rounding_seed: int = 0,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=_squeeze_betas(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            delta=delta,
-            delta_scale=delta_scale,
-            delta_beta=delta_beta,
-            decay_form=decay_form,
-            decay=decay,
-            cautious_decay=cautious_decay,
-            decay_scaling=decay_scaling,
-            update=update,
-            atan2_a=atan2_a,
-            atan2_b=atan2_b,
-            softplus_beta=softplus_beta,
-            cautious=cautious,
-            trust_ratio=trust_ratio,
-            adanorm=adanorm,
-            diffgrad=diffgrad,
-            state_dtype=state_dtype,
-            min_8bit_size=min_8bit_size,
-            bf16_stochastic_round=bf16_stochastic_round,
-            rounding_seed=rounding_seed,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-            capturable=capturable,
-            differentiable=differentiable,
-        )
-        _check_hyperparameters(defaults)
-        _check_fused_rule(defaults)
-        if fused:
-            if differentiable:
-                raise RuntimeError("fused=True does not support differentiable=True")
-            if foreach:
-                raise RuntimeError("fused=True and foreach=True cannot both be set")
-        if foreach and differentiable:
-            raise RuntimeError("foreach=True does not support differentiable=True")
+        defaults = {**options(locals()), "betas": _squeeze_betas(betas)}
+        _check_group(defaults)
+        _check_paths(defaults)
         super().__init__(params, defaults)
         if fused:
-            for group in self.param_groups:
-                rule = UpdateRule.from_group(group)
-                for p in group["params"]:
-                    reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
-                    reason = reason or kernels.fused_update_reason(rule, p.device.type)
-                    if reason is None and lowbit.is_lowbit(group):
-                        reason = _fused_lowbit_reason(group, [p])
-                    if reason is not None:
-                        raise RuntimeError(f"fused=True cannot be honoured: {reason}")
+            self._check_fused_params()
             # The fused kernels read GradScaler's grad_scale/found_inf themselves.
             self._step_supports_amp_scaling = True
         self._paths: dict[int, str] = {}
 
+    def _check_fused_params(self) -> None:
+        """``fused=True``: ``RuntimeError`` unless a fused kernel serves every parameter."""
+        for group in self.param_groups:
+            rule = UpdateRule.from_group(group)
+            for p in group["params"]:
+                reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
+                reason = reason or kernels.fused_update_reason(rule, p.device.type)
+                if reason is None and lowbit.is_lowbit(group):
+                    reason = _fused_lowbit_reason(group, [p])
+                if reason is not None:
+                    raise RuntimeError(f"fused=True cannot be honoured: {reason}")
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
-        _check_hyperparameters(merged)
-        _check_fused_rule(merged)
+        _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         remember_initial_lr(group)
@@ -384,23 +365,12 @@ class AdamHD(CheckedState, Optimizer):
             and _fused_lowbit_reason(group, params) is None
         )
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        max_exp_avg_sqs: list[Tensor],
-        state_steps: list[Tensor],
-        delta_mus: list[Tensor],
-    ) -> None:
-        """Fill the lists (the fields of an ``AdamTensors``) with the group's parameters that have
-        a gradient and their state, created on first use. The lists are arguments, not a record,
-        because ``torch.compile`` runs an optimizer's ``_init_group`` eagerly on list arguments."""
-        t = AdamTensors(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, delta_mus
-        )
+    def _init_group(self, group: dict[str, Any], *lists: list[Tensor]) -> None:
+        """Fill the lists (the fields of an ``AdamTensors``, in order) with the group's parameters
+        that have a gradient and their state, created on first use. The lists are arguments, not
+        a record, because ``torch.compile`` runs an optimizer's ``_init_group`` eagerly on list
+        arguments."""
+        t = AdamTensors(*lists)
         adaptive = group["delta"] == "adaptive" and group["decay"] == "huber"
         on_device = group["capturable"] or group["fused"]
         fresh_mu: list[Tensor] = []
@@ -449,12 +419,16 @@ class AdamHD(CheckedState, Optimizer):
     def _check_before_step(self) -> None:
         """Reject what this optimizer cannot do before any state or weight changes."""
         self.check_state_once()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if group["foreach"] and not group["capturable"] and _tensor_hyperparameters(group):
                 raise RuntimeError(
                     "lr and betas as Tensors are not supported for capturable=False and "
                     "foreach=True (a param group was changed after construction)"
                 )
+            try:  # a group may have been changed since it was checked
+                _check_group(group, at_step=True)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -465,6 +439,17 @@ class AdamHD(CheckedState, Optimizer):
                     )
                 if torch.is_complex(p):
                     raise RuntimeError("AdamHD does not support complex parameters")
+
+    def _convert_if_state_dtype_changed(self, index: int, group: dict[str, Any]) -> None:
+        """Moments stored as the group's ``state_dtype``/``min_8bit_size`` ask, also after
+        either was changed in ``param_groups`` (converted as a checkpoint load converts them)."""
+        wanted = (group.get("state_dtype"), group.get("min_8bit_size"))
+        formats = self.__dict__.setdefault("_state_formats", {})
+        if formats.get(index) == wanted:
+            return
+        for p in group["params"]:
+            lowbit.convert_moments(self.state.get(p, {}), p, lowbit.wanted_format(group, p))
+        formats[index] = wanted
 
     def _positions(self, params: list[Tensor]) -> list[int]:
         """Each parameter's index in the optimizer (all groups, in order)."""
@@ -496,6 +481,7 @@ class AdamHD(CheckedState, Optimizer):
         # Every group's hyperparameters before any tensor changes (a bad initial_lr raises here).
         hypers = [AdamStep.from_group(group) for group in self.param_groups]
         for index, (group, hyper) in enumerate(zip(self.param_groups, hypers)):
+            self._convert_if_state_dtype_changed(index, group)
             tensors = AdamTensors()
             self._init_group(group, *tensors.lists())
             if not tensors.params:

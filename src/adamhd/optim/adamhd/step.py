@@ -5,13 +5,15 @@
 
 The single-tensor, foreach and rule paths (``adamhd.optim.adamhd.functional``, ``rule_step``) and
 the fused kernels (``adamhd.kernels``, CPU and Triton) all take them. A new per-parameter state
-list is one field of ``AdamTensors``.
+list is one field of ``AdamTensors``. ``on_lists`` gives a function of the record the calling
+convention of ``adamhd.functional.adamhd`` (the lists one by one, in field order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import Tensor
@@ -20,7 +22,7 @@ from adamhd._torch_compat import to_scalar as _to_scalar
 from adamhd.decay import DecayRule, group_decay_coefficient, rule_from_group
 from adamhd.optim.adamhd.update_rules import UpdateRule
 
-__all__ = ["AdamStep", "AdamTensors"]
+__all__ = ["AdamStep", "AdamTensors", "on_lists"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,26 @@ class AdamTensors:
     def select(self, index: Sequence[int]) -> AdamTensors:
         """The tensors at positions ``index`` (an empty list stays empty)."""
         return AdamTensors(*[[xs[i] for i in index] if xs else [] for xs in self.lists()])
+
+
+def on_lists(step: Callable[..., None], name: str, doc: str) -> Callable[..., None]:
+    """``step(tensors, hyper, **options)`` as the function ``name`` (in ``step``'s module), called
+    as ``adamhd.functional.adamhd`` is: the lists of ``AdamTensors`` one by one (positional or by
+    name, in field order), ``hyper``, then ``step``'s keyword options; ``inspect.signature`` says
+    so."""
+    names = tuple(f.name for f in fields(AdamTensors))
+    rest = list(inspect.signature(step).parameters.values())[1:]
+    lists = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                               annotation="list[Tensor]") for n in names]
+    signature = inspect.Signature([*lists, *rest], return_annotation="None")
+
+    def call(*args: Any, **options: Any) -> None:
+        if len(args) != len(names) + 1 or any(n in options for n in names):
+            options = dict(signature.bind(*args, **options).arguments)
+            args = tuple(options.pop(n) for n in (*names, rest[0].name))
+        step(AdamTensors(*args[:-1]), args[-1], **options)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__, call.__doc__ = step.__module__, doc
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    return call
