@@ -61,14 +61,14 @@ SOFTPLUS_THRESHOLD = 20.0
 DIFFERENTIABLE = False
 #: AdamHD's ``state_dtype`` (moment storage, ``optim/adamhd/lowbit.py``) per kernel, and whether
 #: the kernel rounds bf16 parameters stochastically (``bf16_stochastic_round``)
-#: (the CPU kernel runs low-bit groups in its own op, ``LOWBIT_ARGS`` below)
+#: (low-bit groups take their own kernels: the CPU op ``LOWBIT_ARGS`` below, and the Triton
+#: kernel ``adamhd.kernels.triton_lowbit``)
 STATE_DTYPES: dict[str, tuple[str, ...]] = {"cpu": ("float32", "bfloat16", "int8"),
-                                            "cuda": ("float32",)}
-BF16_STOCHASTIC_ROUND = {"cpu": True, "cuda": False}
+                                            "cuda": ("float32", "bfloat16", "int8")}
+BF16_STOCHASTIC_ROUND = {"cpu": True, "cuda": True}
 #: why a kernel lacks a state format (the reason ``fused=True`` reports)
-STATE_DTYPE_GAP = ("the Triton kernel runs full-precision moments only; bf16 and 8-bit moments "
-                   "and stochastic rounding run on the foreach and single-tensor paths there "
-                   "(working copies, adamhd.optim.adamhd.lowbit)")
+STATE_DTYPE_GAP = ("it runs on the foreach and single-tensor paths there (working copies, "
+                   "adamhd.optim.adamhd.lowbit)")
 
 
 def dtype_reason(device_type: str, dtype: torch.dtype) -> str | None:

@@ -80,6 +80,50 @@ if triton is not None:
         return tl.where(bx > threshold, x, tl.log(1.0 + tl.exp(tl.minimum(bx, threshold))) / beta)
 
     @triton.jit
+    def _bias_corrections(step, lr, beta1, beta2):
+        """``(1 - beta1**t, sqrt(1 - beta2**t), -lr / (1 - beta1**t))`` of the step count ``t``."""
+        bc1 = 1.0 - tl.exp(step * tl.log(beta1))
+        bc2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.log(beta2)))
+        return bc1, bc2_sqrt, -(lr / bc1)
+
+    @triton.jit
+    def _moments(g, m, v, beta1, beta2, MAXIMIZE: tl.constexpr):
+        """Adam's moments after the gradient ``g`` (negated with ``maximize``)."""
+        if MAXIMIZE:
+            g = -g
+        m = m + (1.0 - beta1) * (g - m)
+        v = v * beta2 + (1.0 - beta2) * g * g
+        return m, v
+
+    @triton.jit
+    def _decayed_update(p, m, second, mask, d, tau, lr, bc1, bc2_sqrt, neg_step_size, eps,
+                        update_a, update_b, DECAY: tl.constexpr, UPDATE: tl.constexpr,
+                        CAUTIOUS: tl.constexpr):
+        """The new weights from ``p_t``, the new ``m`` and the second moment ``second``: the
+        decay (Huber with threshold ``d``, L2 where ``d = inf``; explicit before the update,
+        proximal after it; cautious: only where ``sign(m) * sign(p_t) >= 0``) and the update
+        rule. The float step both Triton kernels (full-precision and low-bit moments) run."""
+        p_t = p
+        if CAUTIOUS:  # sign(u) * sign(p_t) >= 0; u has m's sign
+            keep = ((m >= 0.0) & (p_t >= 0.0)) | ((m <= 0.0) & (p_t <= 0.0))
+        else:
+            keep = mask
+        if DECAY == 1:
+            p = tl.where(keep, p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau, p)
+        if UPDATE == 1:  # atan2: u = a * atan2(m_hat, b * sqrt(v_hat))
+            u = update_a * _atan2_nonneg_x(m / bc1, update_b * (tl.sqrt(second) / bc2_sqrt))
+            p = p - lr * u
+        elif UPDATE == 2:  # softplus: u = m_hat / softplus_beta(sqrt(v_hat))
+            u = (m / bc1) / _softplus(tl.sqrt(second) / bc2_sqrt, update_a, update_b)
+            p = p - lr * u
+        else:
+            p = p + neg_step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
+        if DECAY == 2:
+            x = p / (1.0 + tau)
+            p = tl.where(keep, x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau, p)
+        return p
+
+    @triton.jit
     def _adamhd_multi_kernel(
         p_tab, g_tab, m_tab, v_tab, x_tab, numel_tab, block_tensor, block_start,
         step_tab, d_tab, sum_tab, lr_ptr, lr_value, scale_ptr, found_ptr,
@@ -108,16 +152,13 @@ if triton is not None:
         m_ptr = tl.load(m_tab + t).to(tl.pointer_type(DTYPE))
         v_ptr = tl.load(v_tab + t).to(tl.pointer_type(DTYPE))
 
-        step = tl.load(step_tab + t)
         if LR_PTR:
             lr = tl.load(lr_ptr).to(tl.float32)
         else:
             lr = lr_value
         d = tl.load(d_tab + t)
         tau = lr * weight_decay
-        bc1 = 1.0 - tl.exp(step * tl.log(beta1))
-        bc2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.log(beta2)))
-        neg_step_size = -(lr / bc1)
+        bc1, bc2_sqrt, neg_step_size = _bias_corrections(tl.load(step_tab + t), lr, beta1, beta2)
 
         p = tl.load(p_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -126,35 +167,15 @@ if triton is not None:
         if HAS_SCALE:
             g = g / tl.load(scale_ptr).to(tl.float32)
             tl.store(g_ptr + offsets, g.to(DTYPE), mask=mask)
-        if MAXIMIZE:
-            g = -g
-
-        m = m + (1.0 - beta1) * (g - m)
-        v = v * beta2 + (1.0 - beta2) * g * g
+        m, v = _moments(g, m, v, beta1, beta2, MAXIMIZE)
         if AMSGRAD:
             x_ptr = tl.load(x_tab + t).to(tl.pointer_type(DTYPE))
             second = tl.maximum(tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32), v)
             tl.store(x_ptr + offsets, second.to(DTYPE), mask=mask)
         else:
             second = v
-        p_t = p
-        if CAUTIOUS:  # sign(u) * sign(p_t) >= 0; u has m's sign
-            keep = ((m >= 0.0) & (p_t >= 0.0)) | ((m <= 0.0) & (p_t <= 0.0))
-        else:
-            keep = mask
-        if DECAY == 1:
-            p = tl.where(keep, p * (1.0 - tau) + (p - tl.minimum(tl.maximum(p, -d), d)) * tau, p)
-        if UPDATE == 1:  # atan2: u = a * atan2(m_hat, b * sqrt(v_hat))
-            u = update_a * _atan2_nonneg_x(m / bc1, update_b * (tl.sqrt(second) / bc2_sqrt))
-            p = p - lr * u
-        elif UPDATE == 2:  # softplus: u = m_hat / softplus_beta(sqrt(v_hat))
-            u = (m / bc1) / _softplus(tl.sqrt(second) / bc2_sqrt, update_a, update_b)
-            p = p - lr * u
-        else:
-            p = p + neg_step_size * m / (tl.sqrt(second) / bc2_sqrt + eps)
-        if DECAY == 2:
-            x = p / (1.0 + tau)
-            p = tl.where(keep, x + (x - tl.minimum(tl.maximum(x, -d), d)) * tau, p)
+        p = _decayed_update(p, m, second, mask, d, tau, lr, bc1, bc2_sqrt, neg_step_size, eps,
+                            update_a, update_b, DECAY, UPDATE, CAUTIOUS)
 
         p_out = p.to(DTYPE)
         tl.store(p_ptr + offsets, p_out, mask=mask)
@@ -186,9 +207,11 @@ class _Tables:
 _tables: dict[tuple[int, ...], _Tables] = {}
 
 
-def _launch_tables(lists: list[list[Tensor]], device: torch.device) -> _Tables:
-    """The tables for these tensors, cached by their addresses (a captured graph reuses them)."""
-    key = tuple(t.data_ptr() for xs in lists for t in xs)
+def _launch_tables(lists: list[list[Tensor]], device: torch.device,
+                   block: int = BLOCK) -> _Tables:
+    """The tables for these tensors (``block`` elements per program), cached by their
+    addresses (a captured graph reuses them)."""
+    key = (block, *(t.data_ptr() for xs in lists for t in xs))
     found = _tables.get(key)
     if found is not None:
         return found
@@ -196,8 +219,8 @@ def _launch_tables(lists: list[list[Tensor]], device: torch.device) -> _Tables:
         _tables.clear()
     params = lists[0]
     sizes = [p.numel() for p in params]
-    block_tensor = [i for i, n in enumerate(sizes) for _ in range(triton.cdiv(n, BLOCK))]
-    block_start = [b * BLOCK for n in sizes for b in range(triton.cdiv(n, BLOCK))]
+    block_tensor = [i for i, n in enumerate(sizes) for _ in range(triton.cdiv(n, block))]
+    block_start = [b * block for n in sizes for b in range(triton.cdiv(n, block))]
 
     def table(values: list[int], dtype: torch.dtype = torch.int64) -> Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
@@ -270,7 +293,7 @@ def launch(
         _step_one_dtype(part, hyper, grad_scale, found_inf)
 
 
-def _next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
+def next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
     """The step's thresholds per tensor (float32, on device) and, for the adaptive threshold,
     ``mean|p_t|`` per tensor (from the previous step's sums where ``p`` is unchanged); the EMA
     ``delta_mus`` is advanced here (``adamhd.decay.threshold``'s rule, on stacked tensors)."""
@@ -296,9 +319,17 @@ def _next_thresholds(t: AdamTensors, hyper: AdamStep, found: Tensor | None):
     return (new_mus * decay.delta_scale).to(torch.float32), abs_means
 
 
-def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
-    from adamhd.kernels import _store_abs_means
+def advance_steps(state_steps: list[Tensor], found: Tensor | None) -> Tensor:
+    """``step += 1`` except where GradScaler found inf/nan (all on device); the new counts as
+    float32, stacked."""
+    if found is None:
+        torch._foreach_add_(state_steps, 1)
+    else:
+        torch._foreach_add_(state_steps, [(1 - found).to(s.dtype) for s in state_steps])
+    return torch.stack([s.reshape(()) for s in state_steps]).to(torch.float32)
 
+
+def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> None:
     params, lr = t.params, hyper.lr
     device = params[0].device
     update_kind, update_a, update_b = spec.update_args(hyper)
@@ -310,16 +341,11 @@ def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> N
         [params, t.grads, t.exp_avgs, t.exp_avg_sqs, t.max_exp_avg_sqs if hyper.amsgrad else []],
         device)
 
-    # step += 1, except where GradScaler found inf/nan (all on device)
-    if found is None:
-        torch._foreach_add_(t.state_steps, 1)
-    else:
-        torch._foreach_add_(t.state_steps, [(1 - found).to(s.dtype) for s in t.state_steps])
-    steps = torch.stack([s.reshape(()) for s in t.state_steps]).to(torch.float32)
+    steps = advance_steps(t.state_steps, found)
 
     lr_t = lr.reshape(()).to(device=device, dtype=torch.float32) if isinstance(lr, Tensor) else None
     dummy = torch.zeros((), device=device, dtype=torch.float32)
-    ds, abs_means = _next_thresholds(t, hyper, found)
+    ds, abs_means = next_thresholds(t, hyper, found)
     sums = dummy if abs_means is None else torch.zeros(
         len(params), device=device, dtype=torch.float32)
 
@@ -337,6 +363,15 @@ def _step_one_dtype(t: AdamTensors, hyper: AdamStep, grad_scale, found_inf) -> N
             MAXIMIZE=hyper.maximize, LR_PTR=lr_t is not None, HAS_SCALE=grad_scale is not None,
             HAS_FOUND=found is not None, WANT_SUM=abs_means is not None, BLOCK_SIZE=BLOCK,
         )
+    finish_step(params, tables, sums, abs_means, found)
+
+
+def finish_step(params: list[Tensor], tables: _Tables, sums: Tensor, abs_means: Tensor | None,
+                found: Tensor | None) -> None:
+    """After a launch: bump the weights' versions and keep ``mean|p_new|`` (from the kernel's
+    ``sums``) for the next step's adaptive threshold (a skipped step keeps the old one)."""
+    from adamhd.kernels import _store_abs_means
+
     torch.autograd.graph.increment_version(params)
     if abs_means is not None:
         means = sums / tables.numel_f

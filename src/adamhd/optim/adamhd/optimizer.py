@@ -109,6 +109,25 @@ def _check_hyperparameters(group: dict[str, Any], at_step: bool = False) -> None
         )
 
 
+def lowbit_kernel(device_type: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(reason, step)`` of the fused low-bit kernel for parameters on ``device_type``: the
+    Triton kernel on CUDA (``kernels.triton_lowbit``), the CPU op elsewhere (which refuses
+    what it cannot take)."""
+    if device_type == "cuda":
+        from adamhd.kernels import triton_lowbit
+
+        return triton_lowbit.lowbit_reason, triton_lowbit.lowbit_step
+    return fused_lowbit_reason, fused_lowbit_step
+
+
+def _fused_lowbit_reason(group: dict[str, Any], params: list[Tensor]) -> str | None:
+    return lowbit_kernel(params[0].device.type)[0](group, params) if params else None
+
+
+def _fused_lowbit_step(tensors: AdamTensors, *args: Any, **kwargs: Any) -> None:
+    lowbit_kernel(tensors.params[0].device.type)[1](tensors, *args, **kwargs)
+
+
 def _check_fused_rule(group: dict[str, Any]) -> None:
     """``fused=True`` with a decay or update rule the kernels lack: a clear error naming it."""
     if group.get("fused"):
@@ -266,7 +285,7 @@ class AdamHD(CheckedState, Optimizer):
                 reason = fused_dtensor_reason(p) or kernels.fused_unsupported_reason(p)
                 reason = reason or kernels.fused_update_reason(rule, p.device.type)
                 if reason is None and lowbit.is_lowbit(group):
-                    reason = fused_lowbit_reason(group, [p])
+                    reason = _fused_lowbit_reason(group, [p])
                 if reason is not None:
                     raise RuntimeError(f"fused=True cannot be honoured: {reason}")
 
@@ -343,7 +362,7 @@ class AdamHD(CheckedState, Optimizer):
             group["fused"] is None
             and kernels.fused_rule_reason(hyper.decay) is None
             and kernels.fused_is_default(params)
-            and fused_lowbit_reason(group, params) is None
+            and _fused_lowbit_reason(group, params) is None
         )
 
     def _init_group(self, group: dict[str, Any], *lists: list[Tensor]) -> None:
@@ -481,7 +500,7 @@ class AdamHD(CheckedState, Optimizer):
                 states = [self.state[p] for p in tensors.params]
                 positions = self._positions(tensors.params)
                 if fused:
-                    fused_lowbit_step(tensors, hyper, group, states, positions,
+                    _fused_lowbit_step(tensors, hyper, group, states, positions,
                                       grad_scale=getattr(self, "grad_scale", None),
                                       found_inf=getattr(self, "found_inf", None))
                 else:
