@@ -124,6 +124,25 @@ if triton is not None:
         return p
 
     @triton.jit
+    def _program_block(block_tensor, block_start, numel_tab, found_ptr, lr_ptr, lr_value,
+                       HAS_FOUND: tl.constexpr, LR_PTR: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+        """This program's tensor ``t``, its block's first element ``start``, ``offsets`` and
+        ``mask`` (all off when GradScaler found inf/nan: touch nothing), and ``lr``; the start
+        of both Triton kernels (full-precision and low-bit moments)."""
+        pid = tl.program_id(0)
+        t = tl.load(block_tensor + pid)
+        start = tl.load(block_start + pid)
+        offsets = start + tl.arange(0, BLOCK_SIZE).to(tl.int64)
+        limit = tl.load(numel_tab + t)
+        if HAS_FOUND:
+            limit = tl.where(tl.load(found_ptr) == 0.0, limit, 0)
+        if LR_PTR:
+            lr = tl.load(lr_ptr).to(tl.float32)
+        else:
+            lr = lr_value
+        return t, start, offsets, offsets < limit, lr
+
+    @triton.jit
     def _adamhd_multi_kernel(
         p_tab, g_tab, m_tab, v_tab, x_tab, numel_tab, block_tensor, block_start,
         step_tab, d_tab, sum_tab, lr_ptr, lr_value, scale_ptr, found_ptr,
@@ -140,22 +159,13 @@ if triton is not None:
         WANT_SUM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        t = tl.load(block_tensor + pid)
-        offsets = tl.load(block_start + pid) + tl.arange(0, BLOCK_SIZE).to(tl.int64)
-        limit = tl.load(numel_tab + t)
-        if HAS_FOUND:  # GradScaler found inf/nan: touch nothing
-            limit = tl.where(tl.load(found_ptr) == 0.0, limit, 0)
-        mask = offsets < limit
+        t, _, offsets, mask, lr = _program_block(block_tensor, block_start, numel_tab,
+                                                 found_ptr, lr_ptr, lr_value, HAS_FOUND,
+                                                 LR_PTR, BLOCK_SIZE)
         p_ptr = tl.load(p_tab + t).to(tl.pointer_type(DTYPE))
         g_ptr = tl.load(g_tab + t).to(tl.pointer_type(DTYPE))
         m_ptr = tl.load(m_tab + t).to(tl.pointer_type(DTYPE))
         v_ptr = tl.load(v_tab + t).to(tl.pointer_type(DTYPE))
-
-        if LR_PTR:
-            lr = tl.load(lr_ptr).to(tl.float32)
-        else:
-            lr = lr_value
         d = tl.load(d_tab + t)
         tau = lr * weight_decay
         bc1, bc2_sqrt, neg_step_size = _bias_corrections(tl.load(step_tab + t), lr, beta1, beta2)

@@ -111,20 +111,11 @@ if triton is not None:
         WANT_SUM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        t = tl.load(block_tensor + pid)
-        start = tl.load(block_start + pid)
-        offsets = start + tl.arange(0, BLOCK_SIZE).to(tl.int64)
-        limit = tl.load(numel_tab + t)
-        if HAS_FOUND:  # GradScaler found inf/nan: touch nothing
-            limit = tl.where(tl.load(found_ptr) == 0.0, limit, 0)
-        mask = offsets < limit
+        t, start, offsets, mask, lr = triton_adamhd._program_block(
+            block_tensor, block_start, numel_tab, found_ptr, lr_ptr, lr_value, HAS_FOUND,
+            LR_PTR, BLOCK_SIZE)
         p_ptr = tl.load(p_tab + t).to(tl.pointer_type(DTYPE))
         g_ptr = tl.load(g_tab + t).to(tl.pointer_type(DTYPE))
-        if LR_PTR:
-            lr = tl.load(lr_ptr).to(tl.float32)
-        else:
-            lr = lr_value
         bc1, bc2_sqrt, neg_step_size = triton_adamhd._bias_corrections(
             tl.load(step_tab + t), lr, beta1, beta2)
 
