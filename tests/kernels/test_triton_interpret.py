@@ -4,13 +4,9 @@ Runs in a subprocess so that TRITON_INTERPRET is set before triton is imported. 
 triton is not installed. (Speed on a GPU is measured by `adamhd bench step`, not here.)
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.kernels.interpreter import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -29,16 +25,7 @@ CASES = [
 
 
 def test_triton_kernel_matches_reference_in_interpreter():
-    script = Path(__file__).with_name("triton_interpret_check.py")
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(root), str(root / "src"),
-                                           os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(script), json.dumps(CASES)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_interpreted("triton_interpret_check.py", CASES)
     assert out["skipped_step_unchanged"]  # weights, state and gradients
     assert out["mixed_dtypes_equal"]  # one launch per dtype, same as separate calls
     assert out["non_finite_guard"]

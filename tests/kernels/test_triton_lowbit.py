@@ -5,18 +5,13 @@ The interpreter runs in a subprocess (TRITON_INTERPRET must be set before triton
 ADAMHD_FUSED_DEFAULT=0 there keeps the CPU extension from loading). Speed on a GPU: not measured.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from adamhd.kernels import spec
 from adamhd.optim.adamhd import lowbit
 from adamhd.optim.adamhd.optimizer import lowbit_kernel
+from tests.kernels.interpreter import run_interpreted
 
 CASES = [
     dict(dtype="float32", state_dtype="int8", delta="adaptive", steps=3),
@@ -33,16 +28,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def interpreted():
     pytest.importorskip("triton")
-    script = Path(__file__).with_name("triton_lowbit_check.py")
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", ADAMHD_FUSED_DEFAULT="0",
-               PYTHONPATH=os.pathsep.join([str(root), str(root / "src"),
-                                           os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(script), json.dumps(CASES)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_interpreted("triton_lowbit_check.py", CASES, ADAMHD_FUSED_DEFAULT="0")
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
