@@ -139,24 +139,66 @@ def test_bad_inputs_raise_before_anything_changes():
     with pytest.raises(ValueError, match="state_dtype"):
         AdamHD([p]).add_param_group({"params": [nn.Parameter(torch.ones(2))],
                                      "state_dtype": "fp8"})
-    # a code without its scale: refused, nothing loaded
-    opt = AdamHD([p], state_dtype="int8", min_8bit_size=0)
-    p.grad = torch.ones(600)
+
+
+def _stepped_int8(seed: int) -> tuple[nn.Parameter, AdamHD]:
+    torch.manual_seed(seed)
+    p = nn.Parameter(torch.randn(600))
+    opt = AdamHD([p], lr=0.01, state_dtype="int8", min_8bit_size=0)
+    p.grad = torch.randn(600)
     opt.step()
-    saved = copy.deepcopy(opt.state_dict())
-    del saved["state"][0]["exp_avg_scale"]
-    target = AdamHD([nn.Parameter(torch.randn(600))], state_dtype="int8", min_8bit_size=0)
-    with pytest.raises(StateError, match="exp_avg_scale"):
+    return p, opt
+
+
+def _spoil_missing_scale(state):
+    del state["exp_avg_scale"]
+
+
+def _spoil_m_byte(state):
+    state["exp_avg"][5] = 121  # the magnitude bits of exp_avg's code stop at 15 << 3 = 120
+
+
+def _spoil_negative_m_byte(state):
+    state["exp_avg"][5] = 128 + 121
+
+
+def _spoil_v_byte(state):
+    state["exp_avg_sq"][7] = 241  # exp_avg_sq's code stops at 15 << 4 = 240
+
+
+def _spoil_scale(state):
+    state["exp_avg_sq_scale"][1] = -0.5
+
+
+@pytest.mark.parametrize("spoil, match", [
+    (_spoil_missing_scale, "'exp_avg' is an 8-bit code without its exp_avg_scale"),
+    (_spoil_m_byte, "'exp_avg' holds bytes above 120"),
+    (_spoil_negative_m_byte, "'exp_avg' holds bytes above 120"),
+    (_spoil_v_byte, "'exp_avg_sq' holds bytes above 240"),
+    (_spoil_scale, "exp_avg_sq_scale holds negative scales"),
+])
+def test_an_unreadable_code_is_refused_before_anything_changes(spoil, match):
+    _, source = _stepped_int8(0)
+    saved = copy.deepcopy(source.state_dict())
+    saved["param_groups"][0]["lr"] = 0.5
+    spoil(saved["state"][0])
+    p, target = _stepped_int8(1)
+    before = {k: v.clone() for k, v in target.state[p].items()}
+    with pytest.raises(StateError, match=r"param_groups\[0\]\['params'\]\[0\]: " + match):
         target.load_state_dict(saved)
+    assert target.param_groups[0]["lr"] == 0.01
+    assert target.state[p].keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(target.state[p][key], value), key
 
 
-def test_zero_size_and_small_tensors():
-    ps = [nn.Parameter(torch.zeros(0)), nn.Parameter(torch.zeros(0, 3)),
-          nn.Parameter(torch.ones(5))]
-    opt = AdamHD(ps, state_dtype="int8", min_8bit_size=0, lr=0.1)
-    for p in ps:
-        p.grad = torch.ones_like(p)
-    opt.step()
-    assert opt.state[ps[0]]["exp_avg"].dtype == torch.float32  # 0 elements: nothing to code
-    assert opt.state[ps[2]]["exp_avg"].dtype == torch.uint8  # min_8bit_size=0 codes 5
-    assert torch.allclose(ps[2].detach(), torch.full((5,), 0.9 - 0.1 * 0.01 * 1.0), atol=1e-6)
+def test_the_largest_bytes_of_each_code_are_loaded():
+    _, source = _stepped_int8(0)
+    saved = copy.deepcopy(source.state_dict())
+    state = saved["state"][0]
+    state["exp_avg"][:4] = torch.tensor([120, 128 + 120, 0, 128], dtype=torch.uint8)
+    state["exp_avg_sq"][:2] = 240
+    p, target = _stepped_int8(1)
+    target.load_state_dict(saved)
+    for key in ("exp_avg", "exp_avg_sq", "exp_avg_scale", "exp_avg_sq_scale"):
+        assert torch.equal(target.state[p][key], state[key]), key

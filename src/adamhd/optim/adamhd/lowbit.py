@@ -419,12 +419,48 @@ def _write_param(p: Tensor, value: Tensor, group: Mapping[str, Any],
 # ---- checkpoints ----------------------------------------------------------------------------
 
 
+#: the largest byte of each moment's code (exp_avg: its 7 magnitude bits; exp_avg_sq: all 8)
+CODE_MAX = {"exp_avg": 15 << M_MANTISSA, "exp_avg_sq": 15 << V_MANTISSA}
+
+
+def _code_problem(key: str, code: Tensor, scale: Any) -> str | None:
+    """What makes an 8-bit code of a checkpoint unreadable (``None`` if nothing)."""
+    if not isinstance(scale, Tensor):
+        return f"{key!r} is an 8-bit code without its {key}_scale"
+    magnitude = _local(code) & 127 if key == "exp_avg" else _local(code)
+    if magnitude.numel() and int(magnitude.max()) > CODE_MAX[key]:
+        return (f"{key!r} holds bytes above {CODE_MAX[key]}, which its code never writes "
+                f"(a corrupt checkpoint?)")
+    if bool((_local(scale) < 0).any()):
+        return f"{key}_scale holds negative scales, which its code never writes"
+    return None
+
+
+def check_saved_codes(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any]) -> None:
+    """Before a load changes anything: ``StateError`` for an 8-bit moment of ``state_dict``
+    that cannot be decoded (no scale, a byte outside the code, a negative scale), naming the
+    parameter as the other state checks do."""
+    from adamhd.state import StateError
+
+    for gi, group in enumerate(state_dict["param_groups"]):
+        for position, saved_id in enumerate(group["params"]):
+            saved = state_dict["state"].get(saved_id)
+            if not isinstance(saved, Mapping):
+                continue
+            for key in MOMENTS:
+                code = saved.get(key)
+                if not isinstance(code, Tensor) or code.dtype != torch.uint8:
+                    continue
+                problem = _code_problem(key, code, saved.get(f"{key}_scale"))
+                if problem is not None:
+                    raise StateError(f"{type(optimizer).__name__}.load_state_dict: state of "
+                                     f"param_groups[{gi}]['params'][{position}]: {problem}")
+
+
 def restore_moments(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any]) -> None:
     """After torch's load (which casts every state tensor to the parameter's dtype): each
     parameter's moments as saved (bit for bit), then converted to the format its group wants."""
     from itertools import chain
-
-    from adamhd.state import StateError
 
     saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
     pairs = ((group, p) for group in optimizer.param_groups for p in group["params"])
@@ -435,10 +471,6 @@ def restore_moments(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, A
             continue
         for key in MOMENTS:
             value = saved[key]
-            if value.dtype == torch.uint8 and not isinstance(saved.get(f"{key}_scale"), Tensor):
-                raise StateError(f"{type(optimizer).__name__}.load_state_dict: {key!r} of a "
-                                 f"parameter of shape {tuple(p.shape)} is an 8-bit code "
-                                 f"without its {key}_scale")
             device = state[key].device
             state[key] = value.to(device=device, copy=True)
             if value.dtype != torch.uint8:

@@ -470,6 +470,7 @@ class AdamHD(CheckedState, Optimizer):
         (``state_dtype`` and ``min_8bit_size`` keep this optimizer's values)."""
         keep = [{k: g[k] for k in ("state_dtype", "min_8bit_size")} for g in self.param_groups]
         state_dict = lowbit.local_scales(self, state_dict)
+        lowbit.check_saved_codes(self, state_dict)
         super().load_state_dict(state_dict)
         for group, kept in zip(self.param_groups, keep):
             group.update(kept)
