@@ -117,6 +117,14 @@ def test_bad_paths_and_damaged_files_name_the_file(tmp_path, works_dir, capsys):
     (["bench", "step", "--paths", "single,nosuch"],
      "unknown value 'nosuch'; choose from single, foreach, fused"),
     (["bench", "step", "--sets", "huge"], "unknown value 'huge'"),
+    (["bench", "step", "--options", "state_dtype=int9"],
+     "--options: 'state_dtype=int9': state_dtype must be one of"),
+    (["bench", "step", "--options", "cautious=True,bogus=1"],
+     "--options: 'bogus=1': AdamHD.__init__() got an unexpected keyword argument 'bogus'"),
+    (["bench", "step", "--options", "cautious"],
+     "--options: 'cautious': 'cautious' is not key=value"),
+    (["bench", "lowbit", "--steps", "abc"], "--steps: positive step numbers, comma-separated"),
+    (["bench", "lowbit", "--steps", "10,0"], "--steps: positive step numbers, comma-separated"),
 ])
 def test_argument_ranges(argv, message, tmp_path, works_dir, capsys):
     if argv[0] != "bench":

@@ -98,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    steps = tuple(int(s) for s in args.steps.split(",") if s)
-    if not steps or min(steps) < 1:
-        raise ValueError("--steps: positive step numbers, comma-separated")
+    items = [s for s in args.steps.split(",") if s]
+    if not items or not all(s.isdigit() and int(s) >= 1 for s in items):
+        raise ValueError(f"--steps: positive step numbers, comma-separated; got {args.steps!r}")
+    steps = tuple(int(s) for s in items)
     print(format_table(run(args.model, steps, args.seed)))
     return 0

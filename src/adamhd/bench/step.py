@@ -243,16 +243,37 @@ def _option_value(text: str) -> bool | float | str:
         return text
 
 
+def _parse_option(option: str) -> dict[str, bool | float | str]:
+    """``key=value`` or ``key=value+key=value`` as AdamHD keyword arguments."""
+    options = {}
+    for item in option.split("+"):
+        key, equals, value = item.partition("=")
+        if not key or not equals:
+            raise ValueError(f"{item!r} is not key=value")
+        options[key] = _option_value(value)
+    return options
+
+
+def _adamhd_options(text: str) -> str:
+    """``--options``, checked before anything is timed: every item must make an AdamHD (on a
+    one-element parameter), so a misspelt key or a bad value stops the run at once."""
+    from adamhd import AdamHD
+
+    for option in (o for o in text.split(",") if o):
+        try:
+            AdamHD([torch.nn.Parameter(torch.zeros(1))], **_parse_option(option))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise argparse.ArgumentTypeError(f"{option!r}: {exc}") from None
+    return text
+
+
 def _option_contender(path: str, kw: dict, option: str, lr: float, wd: float) -> Contender:
     """AdamHD (adaptive Huber, explicit) on ``path`` with one more option, ``key=value`` or
     ``key=value+key=value`` (e.g. ``update=atan2``, ``cautious=True+trust_ratio=True``).
     ``fused`` with an option the kernels lack is reported as an error row."""
     from adamhd import AdamHD
 
-    options = {}
-    for item in option.split("+"):
-        key, _, value = item.partition("=")
-        options[key] = _option_value(value)
+    options = _parse_option(option)
 
     def make(ps):
         return AdamHD(ps, lr=lr, weight_decay=wd, **options, **kw)
@@ -579,7 +600,7 @@ def add_step_parser(sub: argparse._SubParsersAction) -> None:
                    help="AdamHD thresholds: 'adaptive' and/or fixed numbers")
     p.add_argument("--forms", type=choices_of(("explicit", "proximal")),
                    default="explicit,proximal", help="AdamHD decay forms")
-    p.add_argument("--options", default="",
+    p.add_argument("--options", type=_adamhd_options, default="",
                    help="AdamHD options, each timed on every path: comma-separated key=value "
                         "(join several with +), e.g. update=atan2,cautious=True+trust_ratio=True")
     p.add_argument("--no-external", dest="external", action="store_false",
