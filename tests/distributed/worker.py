@@ -18,7 +18,7 @@ from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adamhd import AdamHD
-from adamhd.optim.adamhd import lowbit
+from adamhd.optim.adamhd import scales
 from tests.distributed import common
 
 
@@ -96,7 +96,7 @@ def lowbit_sharded(config: dict):
 def lowbit_snapshot(model, opt, world: int) -> dict:
     """Weights and every state byte (codes and bf16 moments gathered, each rank's scales)."""
     keys = ("step", "delta_mu", "exp_avg", "exp_avg_sq")
-    scales = {n: {k: opt.state[p][k].clone() for k in lowbit.SCALE_KEYS if k in opt.state[p]}
+    scales = {n: {k: opt.state[p][k].clone() for k in scales.SCALE_KEYS if k in opt.state[p]}
               for n, p in model.named_parameters()}
     everyone = [None] * world
     dist.all_gather_object(everyone, scales)
