@@ -18,7 +18,8 @@ from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adamhd import AdamHD
-from adamhd.optim.adamhd import scales
+from adamhd.checkpoint import ScalesAsSavedPlanner
+from adamhd.optim.adamhd.scales import SCALE_KEYS
 from tests.distributed import common
 
 
@@ -96,10 +97,10 @@ def lowbit_sharded(config: dict):
 def lowbit_snapshot(model, opt, world: int) -> dict:
     """Weights and every state byte (codes and bf16 moments gathered, each rank's scales)."""
     keys = ("step", "delta_mu", "exp_avg", "exp_avg_sq")
-    scales = {n: {k: opt.state[p][k].clone() for k in scales.SCALE_KEYS if k in opt.state[p]}
-              for n, p in model.named_parameters()}
+    mine = {n: {k: opt.state[p][k].clone() for k in SCALE_KEYS if k in opt.state[p]}
+            for n, p in model.named_parameters()}
     everyone = [None] * world
-    dist.all_gather_object(everyone, scales)
+    dist.all_gather_object(everyone, mine)
     return {"weights": common.weights(model), "scales": everyone,
             **{k: common.state_by_name(model, opt, k) for k in keys}}
 
@@ -131,7 +132,8 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
     common.train(model, opt, data[2:], rank, world)
     result["resumed"] = lowbit_snapshot(model, opt, world)
 
-    # a 1-process state_dict (plain per-tensor scales) into the sharded optimizer: refused
+    # a 1-process state_dict (plain codes and per-tensor scales) into the sharded optimizer in
+    # memory: refused (DCP reshards the codes; the planner's route is tested in reshard_run)
     plain = common.lowbit_model()
     plain_opt = common.make_optimizer(plain, **config)
     common.train(plain, plain_opt, data[:1])
@@ -143,6 +145,55 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
         result["plain_error"] = str(err)
     result["after_refusal"] = lowbit_snapshot(model, opt, world)
     result["before_refusal"] = before
+    return result
+
+
+def reshard_sharded(config: dict):
+    model = common.reshard_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, common.make_optimizer(model, **config)
+
+
+def load_with_planner(model, opt, path: Path) -> None:
+    """DCP load through ``adamhd.checkpoint.ScalesAsSavedPlanner`` (any saved layout)."""
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path), planner=ScalesAsSavedPlanner())
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def reshard_run(rank: int, world: int, out: Path) -> dict:
+    """Low-bit state with DCP through the planner, shards not whole blocks: saved after 2 steps
+    (the test loads it in 1 process), continued 1 and 2 steps; reloaded on the same 2 ranks and
+    resumed 2 steps; a 1-process checkpoint (saved by conftest) loaded and stepped once."""
+    data = common.reshard_batches()
+    result = {}
+    for name, config in common.RESHARD.items():
+        model, opt = reshard_sharded(config)
+        common.train(model, opt, data[:2], rank, world)
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_2proc"))
+        r = {"saved": lowbit_snapshot(model, opt, world)}
+        common.train(model, opt, data[2:3], rank, world)
+        r["continued1"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[3:], rank, world)
+        r["continued"] = lowbit_snapshot(model, opt, world)
+
+        model, opt = reshard_sharded(config)
+        load_with_planner(model, opt, out / f"ckpt_{name}_2proc")
+        r["loaded"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[2:], rank, world)
+        r["resumed"] = lowbit_snapshot(model, opt, world)
+
+        model, opt = reshard_sharded(config)
+        load_with_planner(model, opt, out / f"ckpt_{name}_1proc")
+        r["from_one"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[2:3], rank, world)
+        r["from_one_stepped"] = lowbit_snapshot(model, opt, world)
+        result[name] = r
     return result
 
 
@@ -217,6 +268,7 @@ def collect(rank: int, world: int, out: Path) -> dict:
     return {
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
         "lowbit_dcp": lowbit_dcp_run(rank, world, out),
+        "reshard": reshard_run(rank, world, out),
         "lowbit": {name: lowbit_run(rank, world, cfg) for name, cfg in common.LOWBIT.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),
