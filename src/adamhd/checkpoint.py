@@ -50,12 +50,13 @@ def scales_as_saved(state_dict: dict[str, Any], metadata: Metadata) -> list[str]
 
 def _scale_entries(node: Any, path: tuple) -> Iterator[tuple[str, Any, Any]]:
     """(DCP key, the mapping holding it, its key there) of every scale tensor under ``node``
-    (DCP's flattened key: the path of mapping keys joined by dots)."""
+    (DCP's flattened key: the path of mapping keys joined by dots; a key may itself be dotted,
+    as ``get_state_dict``'s ``flatten_optimizer_state_dict=True`` writes them)."""
     if not isinstance(node, Mapping):
         return
     for name, value in node.items():
         here = (*path, name)
-        if name in SCALE_KEYS and isinstance(value, Tensor):
+        if str(name).rsplit(".", 1)[-1] in SCALE_KEYS and isinstance(value, Tensor):
             yield ".".join(map(str, here)), node, name
         else:
             yield from _scale_entries(value, here)

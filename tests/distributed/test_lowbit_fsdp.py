@@ -156,18 +156,24 @@ def rows_of(scales_by_rank: list, name: str, key: str) -> torch.Tensor:
     return rows
 
 
-def load_in_one_process(name: str, path) -> tuple:
+def load_in_one_process(name: str, path, flatten: bool = False) -> tuple:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     from adamhd.checkpoint import ScalesAsSavedPlanner
 
     model = common.reshard_model()
     opt = common.make_optimizer(model, **common.RESHARD[name])
-    msd, osd = get_state_dict(model, opt)
+    options = StateDictOptions(flatten_optimizer_state_dict=flatten)
+    msd, osd = get_state_dict(model, opt, options=options)
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path), planner=ScalesAsSavedPlanner())
-    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=options)
     return model, opt
 
 
@@ -222,6 +228,18 @@ def test_int8_two_ranks_to_one_process(dist_results):
     common.train(model, opt, common.reshard_batches()[2:3])
     assert_close_after_a_step(common.weights(model), r["continued1"]["weights"],
                               INT8_STEP_ATOL, saved["weights"])
+
+
+def test_int8_two_ranks_to_one_process_with_flat_optimizer_keys(dist_results):
+    """Saved and loaded with ``flatten_optimizer_state_dict=True`` (dotted keys): the planner
+    finds the scales there too; the same state as the nested checkpoint gives, bit for bit."""
+    out = dist_results["out"]
+    model, opt = load_in_one_process("int8", out / "ckpt_int8_2proc")
+    flat_model, flat_opt = load_in_one_process("int8", out / "ckpt_int8_2proc_flat", True)
+    for p, q in zip(model.parameters(), flat_model.parameters()):
+        assert opt.state[p].keys() == flat_opt.state[q].keys()
+        for key, value in opt.state[p].items():
+            assert torch.equal(flat_opt.state[q][key], value), key
 
 
 def test_int8_one_process_to_two_ranks(dist_results):

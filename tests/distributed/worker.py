@@ -11,7 +11,11 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor.debug import CommDebugMode
@@ -176,6 +180,9 @@ def reshard_run(rank: int, world: int, out: Path) -> dict:
         common.train(model, opt, data[:2], rank, world)
         msd, osd = get_state_dict(model, opt)
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_2proc"))
+        flat = StateDictOptions(flatten_optimizer_state_dict=True)
+        msd, osd = get_state_dict(model, opt, options=flat)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_2proc_flat"))
         r = {"saved": lowbit_snapshot(model, opt, world)}
         common.train(model, opt, data[2:3], rank, world)
         r["continued1"] = lowbit_snapshot(model, opt, world)
