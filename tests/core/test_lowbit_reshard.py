@@ -155,3 +155,16 @@ def test_scales_of_no_layout_of_this_parameter_are_refused(shape):
         opt.load_state_dict(state_dict_of(opt, saved))
     for key, value in before.items():
         assert torch.equal(opt.state[p][key], value), key
+
+
+def test_a_scalar_and_a_single_row_reshard():
+    """Edge shapes: a 0-dim parameter (one element, one block) and a (1, 700) one (one row:
+    every saved shard after the first is empty) from 2 saved shards."""
+    for shape in [(), (1, 700)]:
+        p, opt = target(shape)
+        saved = saved_in_shards(moments(shape or (1,), 7), 2)
+        saved = {k: (codes.view(shape), rows) for k, (codes, rows) in saved.items()}
+        opt.load_state_dict(state_dict_of(opt, saved))
+        for key, (codes, rows) in saved.items():
+            want = saved_values64(codes, rows, SIGNED[key])
+            assert_within_half_step(opt.state[p][key], opt.state[p][f"{key}_scale"], want, key)

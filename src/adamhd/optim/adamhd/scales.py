@@ -186,8 +186,9 @@ def _decode_saved(codes: Tensor, rows: Tensor, p: Tensor, signed: bool) -> Tenso
     block it was in under the saved layout (``rows``: one row of scales per saved shard)."""
     flat = codes.reshape(-1).to(torch.int64)
     index = global_offset(p) + torch.arange(flat.numel(), device=flat.device)
-    row = max(p.numel() // (p.shape[0] if p.dim() else 1), 1)
-    shard_rows = -(-(p.shape[0] if p.dim() else 1) // rows.shape[0])
+    dim0 = max(p.shape[0] if p.dim() else 1, 1)
+    row = max(p.numel() // dim0, 1)
+    shard_rows = -(-dim0 // rows.shape[0])
     shard = index // row // shard_rows
     block = (index - shard * shard_rows * row) // BLOCK
     scale = rows.to(flat.device)[shard, block]
