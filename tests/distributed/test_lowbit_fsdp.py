@@ -287,3 +287,13 @@ def test_bf16_one_process_to_two_ranks_is_exact(dist_results):
     model, _ = common.reshard_reference("bf16", 3)
     assert_close_after_a_step(r["from_one_stepped"]["weights"], common.weights(model), 1e-6,
                               one["weights"])
+
+
+def test_int8_state_of_a_dim1_shard_is_refused_before_anything_changes(dist_results):
+    """Blocks of a dim-1 shard (tensor parallel) are not described by a state_dict: both ways
+    raise NotImplementedError naming the placements; the load changes no state byte."""
+    r = dist_results["other_dim"]
+    for key in ("save_error", "load_error"):
+        assert "sharded on dim 0 over one mesh dimension" in r[key], key
+        assert "Shard(dim=1)" in r[key], key
+    assert r["unchanged"]

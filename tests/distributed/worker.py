@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adamhd import AdamHD
 from adamhd.checkpoint import ScalesAsSavedPlanner
+from adamhd.distributed import local_shard
 from adamhd.optim.adamhd.scales import SCALE_KEYS
 from tests.distributed import common
 
@@ -204,6 +206,33 @@ def reshard_run(rank: int, world: int, out: Path) -> dict:
     return result
 
 
+def other_dim_run(rank: int, world: int) -> dict:
+    """int8 state of a parameter sharded on dim 1 (as tensor parallelism shards a column):
+    ``state_dict()`` and ``load_state_dict`` refuse it, the latter before anything changes."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    p = nn.Parameter(distribute_tensor(torch.randn(8, 64), mesh, [Shard(1)]))
+    opt = AdamHD([p], state_dtype="int8", min_8bit_size=0)
+    p.grad = distribute_tensor(torch.randn(8, 64), mesh, [Shard(1)])
+    opt.step()
+    result = {}
+    try:
+        opt.state_dict()
+    except NotImplementedError as err:
+        result["save_error"] = str(err)
+    before = {k: local_shard(v).clone() for k, v in opt.state[p].items()}
+    try:  # torch's state_dict (plain per-rank scales), as another layout's would come
+        opt.load_state_dict(torch.optim.Optimizer.state_dict(opt))
+    except NotImplementedError as err:
+        result["load_error"] = str(err)
+    result["unchanged"] = all(torch.equal(local_shard(opt.state[p][k]), v)
+                              for k, v in before.items())
+    return result
+
+
 def ddp_run(rank: int, world: int) -> dict:
     model = DDP(common.make_model())
     opt = common.make_optimizer(model.module, foreach=True)
@@ -276,6 +305,7 @@ def collect(rank: int, world: int, out: Path) -> dict:
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
         "lowbit_dcp": lowbit_dcp_run(rank, world, out),
         "reshard": reshard_run(rank, world, out),
+        "other_dim": other_dim_run(rank, world),
         "lowbit": {name: lowbit_run(rank, world, cfg) for name, cfg in common.LOWBIT.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),
