@@ -52,6 +52,35 @@ LOWBIT: dict[str, dict] = {
 LOWBIT_DCP = dict(foreach=True, state_dtype="int8", min_8bit_size=0)
 
 
+#: DCP resharding of low-bit state (2 ranks <-> 1 process): the (9, 100) weight's shards are 500
+#: and 400 elements, so a 256-element block of one process straddles the 2-rank boundary
+RESHARD: dict[str, dict] = {
+    "int8": dict(foreach=True, state_dtype="int8", min_8bit_size=0),
+    "bf16": dict(foreach=True, state_dtype="bfloat16", rounding_seed=5),
+}
+
+
+def reshard_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(100, 9), nn.Tanh(), nn.Linear(9, 3))
+
+
+def reshard_batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(4)
+    return [
+        (torch.randn(GLOBAL_BATCH, 100, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
+        for _ in range(steps)
+    ]
+
+
+def reshard_reference(name: str, steps: int) -> tuple[nn.Module, AdamHD]:
+    """One process, ``steps`` steps of ``RESHARD[name]`` on the global batches."""
+    model = reshard_model()
+    opt = make_optimizer(model, **RESHARD[name])
+    train(model, opt, reshard_batches()[:steps])
+    return model, opt
+
+
 def lowbit_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))

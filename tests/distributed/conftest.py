@@ -36,12 +36,31 @@ def save_one_process_checkpoint(path: Path) -> None:
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
 
 
+def save_one_process_reshard(out: Path) -> None:
+    """The 1-process side of the low-bit 1 -> 2 reshard: each ``RESHARD`` config after 2 steps,
+    saved with DCP, and its state (the test's reference) with torch.save."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from tests.distributed import common
+
+    for name in common.RESHARD:
+        model, opt = common.reshard_reference(name, 2)
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_1proc"))
+        torch.save({"weights": common.weights(model),
+                    "state": {n: {k: v.clone() for k, v in opt.state[p].items()}
+                              for n, p in model.named_parameters()}},
+                   out / f"{name}_1proc.pt")
+
+
 @pytest.fixture(scope="session")
 def dist_results(tmp_path_factory) -> dict:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available")
     out = tmp_path_factory.mktemp("dist")
     save_one_process_checkpoint(out / "ckpt_1proc")
+    save_one_process_reshard(out)
     # src first: a worktree tests its own package, not an editable install of another checkout
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}

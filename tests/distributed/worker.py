@@ -8,17 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor.debug import CommDebugMode
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adamhd import AdamHD
-from adamhd.optim.adamhd import lowbit
+from adamhd.checkpoint import ScalesAsSavedPlanner
+from adamhd.distributed import local_shard
+from adamhd.optim.adamhd.scales import SCALE_KEYS
 from tests.distributed import common
 
 
@@ -96,10 +103,10 @@ def lowbit_sharded(config: dict):
 def lowbit_snapshot(model, opt, world: int) -> dict:
     """Weights and every state byte (codes and bf16 moments gathered, each rank's scales)."""
     keys = ("step", "delta_mu", "exp_avg", "exp_avg_sq")
-    scales = {n: {k: opt.state[p][k].clone() for k in lowbit.SCALE_KEYS if k in opt.state[p]}
-              for n, p in model.named_parameters()}
+    mine = {n: {k: opt.state[p][k].clone() for k in SCALE_KEYS if k in opt.state[p]}
+            for n, p in model.named_parameters()}
     everyone = [None] * world
-    dist.all_gather_object(everyone, scales)
+    dist.all_gather_object(everyone, mine)
     return {"weights": common.weights(model), "scales": everyone,
             **{k: common.state_by_name(model, opt, k) for k in keys}}
 
@@ -131,7 +138,8 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
     common.train(model, opt, data[2:], rank, world)
     result["resumed"] = lowbit_snapshot(model, opt, world)
 
-    # a 1-process state_dict (plain per-tensor scales) into the sharded optimizer: refused
+    # a 1-process state_dict (plain codes and per-tensor scales) into the sharded optimizer in
+    # memory: refused (DCP reshards the codes; the planner's route is tested in reshard_run)
     plain = common.lowbit_model()
     plain_opt = common.make_optimizer(plain, **config)
     common.train(plain, plain_opt, data[:1])
@@ -143,6 +151,85 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
         result["plain_error"] = str(err)
     result["after_refusal"] = lowbit_snapshot(model, opt, world)
     result["before_refusal"] = before
+    return result
+
+
+def reshard_sharded(config: dict):
+    model = common.reshard_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, common.make_optimizer(model, **config)
+
+
+def load_with_planner(model, opt, path: Path) -> None:
+    """DCP load through ``adamhd.checkpoint.ScalesAsSavedPlanner`` (any saved layout)."""
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path), planner=ScalesAsSavedPlanner())
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def reshard_run(rank: int, world: int, out: Path) -> dict:
+    """Low-bit state with DCP through the planner, shards not whole blocks: saved after 2 steps
+    (the test loads it in 1 process), continued 1 and 2 steps; reloaded on the same 2 ranks and
+    resumed 2 steps; a 1-process checkpoint (saved by conftest) loaded and stepped once."""
+    data = common.reshard_batches()
+    result = {}
+    for name, config in common.RESHARD.items():
+        model, opt = reshard_sharded(config)
+        common.train(model, opt, data[:2], rank, world)
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_2proc"))
+        flat = StateDictOptions(flatten_optimizer_state_dict=True)
+        msd, osd = get_state_dict(model, opt, options=flat)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(out / f"ckpt_{name}_2proc_flat"))
+        r = {"saved": lowbit_snapshot(model, opt, world)}
+        common.train(model, opt, data[2:3], rank, world)
+        r["continued1"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[3:], rank, world)
+        r["continued"] = lowbit_snapshot(model, opt, world)
+
+        model, opt = reshard_sharded(config)
+        load_with_planner(model, opt, out / f"ckpt_{name}_2proc")
+        r["loaded"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[2:], rank, world)
+        r["resumed"] = lowbit_snapshot(model, opt, world)
+
+        model, opt = reshard_sharded(config)
+        load_with_planner(model, opt, out / f"ckpt_{name}_1proc")
+        r["from_one"] = lowbit_snapshot(model, opt, world)
+        common.train(model, opt, data[2:3], rank, world)
+        r["from_one_stepped"] = lowbit_snapshot(model, opt, world)
+        result[name] = r
+    return result
+
+
+def other_dim_run(rank: int, world: int) -> dict:
+    """int8 state of a parameter sharded on dim 1 (as tensor parallelism shards a column):
+    ``state_dict()`` and ``load_state_dict`` refuse it, the latter before anything changes."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    p = nn.Parameter(distribute_tensor(torch.randn(8, 64), mesh, [Shard(1)]))
+    opt = AdamHD([p], state_dtype="int8", min_8bit_size=0)
+    p.grad = distribute_tensor(torch.randn(8, 64), mesh, [Shard(1)])
+    opt.step()
+    result = {}
+    try:
+        opt.state_dict()
+    except NotImplementedError as err:
+        result["save_error"] = str(err)
+    before = {k: local_shard(v).clone() for k, v in opt.state[p].items()}
+    try:  # torch's state_dict (plain per-rank scales), as another layout's would come
+        opt.load_state_dict(torch.optim.Optimizer.state_dict(opt))
+    except NotImplementedError as err:
+        result["load_error"] = str(err)
+    result["unchanged"] = all(torch.equal(local_shard(opt.state[p][k]), v)
+                              for k, v in before.items())
     return result
 
 
@@ -217,6 +304,8 @@ def collect(rank: int, world: int, out: Path) -> dict:
     return {
         "fsdp": {name: fsdp_run(rank, world, cfg) for name, cfg in common.FSDP_CONFIGS.items()},
         "lowbit_dcp": lowbit_dcp_run(rank, world, out),
+        "reshard": reshard_run(rank, world, out),
+        "other_dim": other_dim_run(rank, world),
         "lowbit": {name: lowbit_run(rank, world, cfg) for name, cfg in common.LOWBIT.items()},
         "ddp": ddp_run(rank, world),
         "zero": zero_run(rank, world),

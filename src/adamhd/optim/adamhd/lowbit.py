@@ -194,14 +194,18 @@ def encode_int8(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
 
 def decode_int8(code: Tensor, scale: Tensor, signed: bool) -> Tensor:
     """float32 values of uint8 ``code`` with per-block ``scale`` (``encode_int8``'s inverse)."""
-    c = _by_block(code.to(torch.int64))
+    return _unblock(decode_scaled(_by_block(code.to(torch.int64)), scale[:, None], signed), code)
+
+
+def decode_scaled(code: Tensor, scale: Tensor, signed: bool) -> Tensor:
+    """float32 values of int64 codes ``code`` times ``scale`` (broadcast against ``code``: one
+    per block in ``decode_int8``, one per element when a checkpoint's blocks are not this
+    process's, ``scales.local_scales``)."""
     if signed:
-        y = decode_code(c & 127, M_MANTISSA)
-        values = torch.where(c >= 128, -(y * scale[:, None]), y * scale[:, None])
-    else:
-        root = decode_code(c, V_MANTISSA) * scale[:, None]
-        values = root * root
-    return _unblock(values, code)
+        y = decode_code(code & 127, M_MANTISSA)
+        return torch.where(code >= 128, -(y * scale), y * scale)
+    root = decode_code(code, V_MANTISSA) * scale
+    return root * root
 
 
 # ---- stochastic rounding ------------------------------------------------------------------
@@ -478,123 +482,3 @@ def restore_moments(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, A
                 if value.dtype != torch.bfloat16:
                     state[key] = state[key].to(p.dtype)  # as torch's load casts it
         convert_moments(state, p, wanted_format(group, p))
-
-
-# ---- int8 scales of FSDP2 shards in a state_dict (DCP) ---------------------------------------
-#
-# In memory, the scales of a DTensor parameter's int8 moment are a plain tensor of the local
-# shard's blocks. DCP saves a plain tensor once (every rank's copy has the same key), so the
-# other ranks' scales were lost and every rank read one rank's back, silently. In
-# ``state_dict()`` they are therefore a DTensor of global shape (shards, most blocks of a
-# shard), row ``s`` holding shard ``s``'s scales (zero padded), sharded over the mesh dimension
-# that shards the parameter's dim 0: DCP saves every rank's row and loads it back into the
-# same layout. Another layout has another shape, so DCP refuses it before reading anything
-# ("Size mismatch ... exp_avg_scale").
-
-SCALE_KEYS = tuple(f"{key}_scale" for key in MOMENTS)
-
-
-def _shard_mesh_dim(p: Tensor) -> int | None:
-    """The mesh dimension that shards ``p``'s dim 0 (``None``: ``p`` is replicated); raises for
-    layouts whose int8 blocks a state_dict cannot describe (a shard of another dim, nested)."""
-    from torch.distributed.tensor import Replicate, Shard
-
-    sharded = [i for i, pl in enumerate(p.placements) if isinstance(pl, Shard)]
-    bad = [pl for pl in p.placements if not isinstance(pl, (Shard, Replicate))]
-    if bad or len(sharded) > 1 or any(p.placements[i].dim != 0 for i in sharded):
-        raise NotImplementedError(
-            f"state_dtype='int8' checkpoints support DTensor parameters sharded on dim 0 over "
-            f"one mesh dimension (FSDP2, HSDP); got placements {tuple(p.placements)}; use "
-            "state_dtype='bfloat16' or 'float32' for this parameter")
-    return sharded[0] if sharded else None
-
-
-def shard_blocks(p: Tensor, shards: int) -> list[int]:
-    """int8 blocks of each of ``shards`` dim-0 shards of ``p`` (``torch.chunk``'s split)."""
-    rows = p.shape[0] if p.dim() else 1
-    row = p.numel() // rows if rows else 0
-    step = -(-rows // shards)
-    sizes = [max(0, min(step, rows - s * step)) for s in range(shards)]
-    return [-(-size * row // BLOCK) for size in sizes]
-
-
-def scale_form(p: Tensor, scale: Tensor) -> Tensor:
-    """The ``state_dict`` form of the local ``scale`` of a DTensor ``p`` (see above)."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
-    dim = _shard_mesh_dim(p)
-    shards = 1 if dim is None else p.device_mesh.size(dim)
-    width = max(shard_blocks(p, shards))
-    row = torch.zeros(1, width, dtype=scale.dtype, device=scale.device)
-    row[0, : scale.numel()] = scale
-    placements = [Shard(0) if i == dim else Replicate() for i in range(len(p.placements))]
-    return DTensor.from_local(row, p.device_mesh, placements, shape=(shards, width),
-                              stride=(width, 1))
-
-
-def with_scale_forms(params: list[Tensor], state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``state_dict`` (torch's ``Optimizer.state_dict()``, ids in ``params``' order) with the
-    int8 scales of DTensor parameters in their form; the optimizer's state is not touched."""
-    state = dict(state_dict["state"])
-    for index, p in enumerate(params):
-        saved = state.get(index)
-        if not saved or not hasattr(p, "to_local") or SCALE_KEYS[0] not in saved:
-            continue
-        saved = dict(saved)
-        for key in SCALE_KEYS:
-            if key in saved:
-                saved[key] = scale_form(p, saved[key])
-        state[index] = saved
-    return {**state_dict, "state": state}
-
-
-def local_scales(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any]) -> dict:
-    """``state_dict`` with every scale form back to this rank's plain scales; a form saved in
-    another layout (or a plain scale given to a sharded parameter) raises ``StateError``, and
-    nothing is loaded."""
-    from itertools import chain
-
-    saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
-    state = dict(state_dict["state"])
-    for saved_id, p in zip(saved_ids, params):
-        saved = state.get(saved_id)
-        if not isinstance(saved, Mapping) or not any(
-                isinstance(saved.get(k), Tensor) and saved[k].dim() == 2 for k in SCALE_KEYS):
-            if isinstance(saved, Mapping) and hasattr(p, "to_local") and any(
-                    isinstance(saved.get(k), Tensor) for k in SCALE_KEYS):
-                _check_layout(optimizer, p, saved, None)
-            continue
-        saved = dict(saved)
-        for key in SCALE_KEYS:
-            form = saved.get(key)
-            if isinstance(form, Tensor) and form.dim() == 2:
-                saved[key] = _check_layout(optimizer, p, saved, form)
-        state[saved_id] = saved
-    return {**state_dict, "state": state}
-
-
-def _check_layout(optimizer: Any, p: Tensor, saved: Mapping[str, Any],
-                  form: Tensor | None) -> Tensor:
-    """This rank's plain scale from ``form``, or ``StateError`` if it was not saved by the
-    layout ``p`` has now."""
-    from adamhd.state import StateError
-
-    dim = _shard_mesh_dim(p) if hasattr(p, "to_local") else None
-    shards = 1 if dim is None else p.device_mesh.size(dim)
-    want = (shards, max(shard_blocks(p, shards)))
-    if form is not None and hasattr(form, "to_local") == hasattr(p, "to_local") \
-            and tuple(form.shape) == want:
-        local = form.to_local() if hasattr(form, "to_local") else form
-        return local[0, : blocks(p)].clone()
-    got = "blocks of one unsharded tensor" if form is None else \
-        f"scales of {form.shape[0]} dim-0 shard(s)"
-    where = f"{shards} dim-0 shard(s)" if hasattr(p, "to_local") else "one unsharded tensor"
-    raise StateError(
-        f"{type(optimizer).__name__}.load_state_dict: the int8 moments of a parameter of shape "
-        f"{tuple(p.shape)} were saved with {got}, but it is now {where}: int8 blocks lie "
-        "within a shard, so they cannot be loaded into another layout. Load the checkpoint in "
-        "the layout that saved it, pass its state_dict() to an AdamHD with "
-        "state_dtype='float32' (the moments are decoded), save that, and load it in the new "
-        "layout into state_dtype='float32' first, then into the int8 optimizer "
-        "(docs/checkpoints.md)")

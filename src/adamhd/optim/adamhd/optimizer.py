@@ -28,7 +28,7 @@ from adamhd.decay import (
 from adamhd.distributed import any_dtensor, fused_dtensor_reason, whole_mean_abs
 from adamhd.kernels.lowbit import fused_lowbit_reason, fused_lowbit_step
 from adamhd.optim._base import options
-from adamhd.optim.adamhd import lowbit
+from adamhd.optim.adamhd import lowbit, scales
 from adamhd.optim.adamhd.functional import adamhd_step
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors
 from adamhd.optim.adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
@@ -459,9 +459,9 @@ class AdamHD(CheckedState, Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict; the int8 scales of DTensor (FSDP2) parameters as DTensors, so
-        that DCP saves every shard's (``lowbit.scale_form``)."""
+        that DCP saves every shard's (``scales.scale_form``)."""
         params = [p for group in self.param_groups for p in group["params"]]
-        return lowbit.with_scale_forms(params, super().state_dict())
+        return scales.with_scale_forms(params, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``CheckedState``'s load; then the moments are restored from ``state_dict`` as saved
@@ -469,8 +469,8 @@ class AdamHD(CheckedState, Optimizer):
         optimizer's ``state_dtype``: the storage precision is this process's choice
         (``state_dtype`` and ``min_8bit_size`` keep this optimizer's values)."""
         keep = [{k: g[k] for k in ("state_dtype", "min_8bit_size")} for g in self.param_groups]
-        state_dict = lowbit.local_scales(self, state_dict)
         lowbit.check_saved_codes(self, state_dict)
+        state_dict = scales.local_scales(self, state_dict)
         super().load_state_dict(state_dict)
         for group, kept in zip(self.param_groups, keep):
             group.update(kept)
