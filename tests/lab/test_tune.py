@@ -120,6 +120,27 @@ def test_bad_arguments_are_refused_before_the_storage_is_written(tmp_path, works
         assert not db.exists() and not db.parent.exists()
 
 
+def test_a_storage_that_cannot_be_opened_is_named(tmp_path, works_dir, capsys):
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("not a database\n")
+    tune = ["tune", "--data", str(works_dir), "--cache-dir", str(tmp_path / "c"), "--scales",
+            "mini", "--steps", "12", "--trials", "2"]
+    for argv, words in [
+        ([*tune, "--storage", "nosuchdialect://host/db"],
+         "adamhd tune: error: --storage nosuchdialect://host/db: Can't load plugin"),
+        (["tune-report", "--storage", str(not_a_db), "--out", str(tmp_path / "r")],
+         f"adamhd tune-report: error: --storage sqlite:///{not_a_db}: "
+         "(sqlite3.DatabaseError) file is not a database"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+    assert not_a_db.read_text() == "not a database\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_resume_with_other_settings_is_refused(tmp_path, works_dir, capsys):
     db = tmp_path / "s.db"
     base = ["tune", "--storage", str(db), "--data", str(works_dir), "--cache-dir",
@@ -285,7 +306,8 @@ def test_an_error_in_one_study_is_kept_and_the_others_go_on(tmp_path, works_dir,
 
 def test_open_storage_retries_when_another_process_wins_the_schema_race(tmp_path, monkeypatch):
     """The losing side of two processes creating one new database gets a constraint error from
-    Optuna; open_storage tries again and returns the storage, and gives up after `attempts`."""
+    Optuna; open_storage tries again and returns the storage, and gives up after `attempts`
+    with an error naming the storage."""
     import optuna
     from sqlalchemy.exc import IntegrityError
 
@@ -302,8 +324,9 @@ def test_open_storage_retries_when_another_process_wins_the_schema_race(tmp_path
     url = storage_url(str(tmp_path / "race.db"))
     assert isinstance(open_storage(url), real) and len(calls) == 3
     calls.clear()
-    with pytest.raises(IntegrityError):
+    with pytest.raises(ValueError, match="--storage sqlite:///.*race.db: .*INSERT") as exc:
         open_storage(url, attempts=2)
+    assert isinstance(exc.value.__cause__, IntegrityError)
     assert len(calls) == 2
 
 

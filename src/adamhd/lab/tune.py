@@ -192,7 +192,7 @@ def open_storage(url: str, heartbeat: int = 60, attempts: int = 5):
     same moment (the losing side of that race gets a constraint error: it retries, and then finds
     the schema made)."""
     import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(attempts):
@@ -202,11 +202,18 @@ def open_storage(url: str, heartbeat: int = 60, attempts: int = 5):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=kwargs,
                     heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError) as exc:
             if attempt == attempts - 1:
-                raise
+                raise ValueError(f"--storage {url}: {_first_line(exc)}") from exc
             time.sleep(0.2 * (attempt + 1))
+        except (ArgumentError, DatabaseError) as exc:  # not a URL we can open, not a database
+            raise ValueError(f"--storage {url}: {_first_line(exc)}") from exc
     raise AssertionError("unreachable")
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of a database error (SQLAlchemy appends the SQL and a web link)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def study_name(settings: Settings, scale: str, entrant: str) -> str:
