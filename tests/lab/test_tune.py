@@ -324,7 +324,7 @@ def test_open_storage_retries_when_another_process_wins_the_schema_race(tmp_path
     url = storage_url(str(tmp_path / "race.db"))
     assert isinstance(open_storage(url), real) and len(calls) == 3
     calls.clear()
-    with pytest.raises(ValueError, match="--storage sqlite:///.*race.db: .*INSERT") as exc:
+    with pytest.raises(ValueError, match="--storage sqlite:///.*race.db: .*UNIQUE") as exc:
         open_storage(url, attempts=2)
     assert isinstance(exc.value.__cause__, IntegrityError)
     assert len(calls) == 2
