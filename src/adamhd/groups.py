@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
+
+from adamhd.decay.rules import is_number
 
 __all__ = ["param_groups", "NORM_TYPES", "EMBEDDING_TYPES"]
 
@@ -47,6 +50,9 @@ def param_groups(
 
     >>> optimizer = AdamHD(param_groups(model, weight_decay=0.1), lr=3e-4)
     """
+    if not is_number(weight_decay) or not 0.0 <= weight_decay < math.inf:
+        raise ValueError(f"param_groups: weight_decay must be a finite number >= 0, "
+                         f"got {weight_decay!r}")
     exempt_types = tuple(exempt_types)
     decay, no_decay, seen = [], [], set()
     for module in model.modules():

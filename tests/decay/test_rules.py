@@ -99,6 +99,23 @@ def test_rule_matches_reference_hypothesis(pu, tau, lr, d, rule_index, foreach):
     torch.testing.assert_close(got[0], torch.tensor(want, dtype=F64), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(delta=-1.0), r"Invalid delta: delta=-1.0"),
+    (dict(delta=math.nan), r"Invalid delta: delta=nan"),
+    (dict(delta="fixed"), r"Invalid delta: 'fixed'"),
+    (dict(delta_scale=0.0), r"Invalid delta_scale: delta_scale=0.0"),
+    (dict(delta_beta=1.0), r"Invalid delta_beta: delta_beta=1.0"),
+    (dict(form="implicit"), r"Invalid form: 'implicit'"),
+    (dict(cautious=1), r"Invalid cautious: 1"),
+])
+def test_a_rule_record_refuses_what_a_param_group_refuses(kw, match):
+    with pytest.raises(ValueError, match=match):
+        HuberDecay(**kw)
+    if "form" in kw or "cautious" in kw:
+        with pytest.raises(ValueError, match=match):
+            L2Decay(**kw)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("foreach", [False, True])
 def test_explicit_l2_is_adamw_bit_for_bit(dtype, foreach):

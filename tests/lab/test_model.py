@@ -74,6 +74,13 @@ def test_param_groups_exempt_biases_and_norms():
     assert exempt["weight_decay"] == 0.0
 
 
+@pytest.mark.parametrize("weight_decay", [-0.1, math.nan, math.inf, "0.1", True])
+def test_param_groups_refuses_a_weight_decay_no_optimizer_takes(weight_decay):
+    with pytest.raises(ValueError, match=r"param_groups: weight_decay must be a finite number "
+                                         r">= 0, got"):
+        param_groups(torch.nn.Linear(2, 2), weight_decay)
+
+
 def test_prunable_weights_are_block_matrices():
     model = small()
     names = list(prunable_weights(model))

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from adamhd.decay.chunks import sweep
-from adamhd.decay.rules import cautious_weights
+from adamhd.decay.rules import cautious_weights, is_number
 from adamhd.decay.threshold import statistic_dtype
 from adamhd.decay.whole import local, sum_squares, whole_sums
 
@@ -55,14 +55,10 @@ CPR_STATE_KEYS = ("cpr_lambda", "cpr_kappa", "cpr_step")
 CPR_DEFAULTS: dict[str, Any] = dict(cpr_mu=1.0, cpr_kappa_init="warm_start", cpr_kappa_param=1000)
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
 def check_cpr_options(group: Mapping[str, Any]) -> None:
     """``ValueError`` naming the first invalid CPR key of ``group`` (missing keys: defaults)."""
     mu = group.get("cpr_mu", CPR_DEFAULTS["cpr_mu"])
-    if not _is_number(mu) or not 0.0 < mu < math.inf:
+    if not is_number(mu) or not 0.0 < mu < math.inf:
         raise ValueError(f"Invalid cpr_mu: {mu!r} (must be finite and > 0)")
     init = group.get("cpr_kappa_init", CPR_DEFAULTS["cpr_kappa_init"])
     if not isinstance(init, str) or init not in CPR_KAPPA_INITS:
@@ -72,7 +68,7 @@ def check_cpr_options(group: Mapping[str, Any]) -> None:
                                      and param >= 0):
         raise ValueError(f"Invalid cpr_kappa_param: {param!r} (warm_start: the step k, an int "
                          ">= 0)")
-    if init != "warm_start" and (not _is_number(param) or not 0.0 < param < math.inf):
+    if init != "warm_start" and (not is_number(param) or not 0.0 < param < math.inf):
         raise ValueError(f"Invalid cpr_kappa_param: {param!r} ({init}: finite and > 0)")
 
 

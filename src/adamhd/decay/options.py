@@ -14,10 +14,17 @@ Keys (per group; every optimizer with decoupled decay uses these names):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from adamhd.decay.rules import DECAY_FORMS, DecayRule, HuberDecay, L2Decay
+from adamhd.decay.rules import (
+    DECAY_FORMS,
+    DecayRule,
+    HuberDecay,
+    L2Decay,
+    check_threshold,
+    is_number,
+)
 from adamhd.decay.strength import DECAY_SCALINGS, check_schedule_start
 
 __all__ = ["DECAY_DEFAULTS", "DECAY_RULES", "check_decay_options", "rule_from_group"]
@@ -40,10 +47,6 @@ def _get(group: Mapping[str, Any], key: str) -> Any:
     return group[key] if key in group else DECAY_DEFAULTS[key]
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
 def check_decay_options(
     group: Mapping[str, Any],
     rules: tuple[str, ...] = tuple(DECAY_RULES),
@@ -54,35 +57,19 @@ def check_decay_options(
     of ``decay`` and ``decay_scaling`` the caller implements (``with_decoupled_decay`` adds
     ``"cpr"`` and ``"stable"``)."""
     weight_decay = group["weight_decay"]
-    if not _is_number(weight_decay) or not 0.0 <= weight_decay < math.inf:
+    if not is_number(weight_decay) or not 0.0 <= weight_decay < math.inf:
         # torch's wording ("Invalid weight_decay value: -1"), then ours
         raise ValueError(
             f"Invalid weight_decay value: {weight_decay} (weight_decay must be finite and >= 0)"
         )
     _check_choice(group, "decay", rules)
-    delta = _get(group, "delta")
-    if isinstance(delta, str):
-        if delta != "adaptive":
-            raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
-    elif not _is_number(delta) or not delta > 0.0:
-        raise ValueError(
-            f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
-        )
-    _check_number(group, "delta_scale", lambda v: 0.0 < v < math.inf, "must be finite and > 0")
-    _check_number(group, "delta_beta", lambda v: 0.0 <= v < 1.0, "need 0 <= delta_beta < 1")
+    check_threshold(*(_get(group, key) for key in ("delta", "delta_scale", "delta_beta")))
     _check_choice(group, "decay_form", DECAY_FORMS)
     cautious = _get(group, "cautious_decay")
     if not isinstance(cautious, bool):
         raise ValueError(f"Invalid cautious_decay: {cautious!r} (True or False)")
     _check_choice(group, "decay_scaling", scalings)
     check_schedule_start(group)
-
-
-def _check_number(group: Mapping[str, Any], key: str, ok: Callable[[float], bool],
-                  need: str) -> None:
-    value = _get(group, key)
-    if not _is_number(value) or not ok(value):
-        raise ValueError(f"Invalid {key}: {key}={value!r} ({need})")
 
 
 def _check_choice(group: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> None:

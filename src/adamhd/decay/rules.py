@@ -57,6 +57,29 @@ Form = Literal["explicit", "proximal"]
 
 DECAY_FORMS = ("explicit", "proximal")
 
+
+def is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def check_threshold(delta: object, delta_scale: object, delta_beta: object) -> None:
+    """``ValueError`` naming the first invalid threshold value: ``delta`` a float > 0
+    (``math.inf`` allowed) or ``"adaptive"``, ``delta_scale`` finite and > 0, ``delta_beta`` in
+    [0, 1). The one check of these values, for param groups and rule records alike."""
+    if isinstance(delta, str):
+        if delta != "adaptive":
+            raise ValueError(f"Invalid delta: {delta!r} (a positive float or 'adaptive')")
+    elif not is_number(delta) or not delta > 0.0:  # type: ignore[operator]
+        raise ValueError(
+            f"Invalid delta: delta={delta!r} (a positive float, math.inf, or 'adaptive')"
+        )
+    if not is_number(delta_scale) or not 0.0 < delta_scale < math.inf:  # type: ignore[operator]
+        raise ValueError(f"Invalid delta_scale: delta_scale={delta_scale!r} "
+                         "(must be finite and > 0)")
+    if not is_number(delta_beta) or not 0.0 <= delta_beta < 1.0:  # type: ignore[operator]
+        raise ValueError(f"Invalid delta_beta: delta_beta={delta_beta!r} "
+                         "(need 0 <= delta_beta < 1)")
+
 __all__ = [
     "DECAY_FORMS",
     "DecayRule",
@@ -300,6 +323,13 @@ class DecayRule:
     delta: ClassVar[float | str] = math.inf
     delta_scale: ClassVar[float] = 1.0
     delta_beta: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.form, str) or self.form not in DECAY_FORMS:
+            raise ValueError(f"Invalid form: {self.form!r} (one of 'explicit', 'proximal')")
+        if not isinstance(self.cautious, bool):
+            raise ValueError(f"Invalid cautious: {self.cautious!r} (True or False)")
+        check_threshold(self.delta, self.delta_scale, self.delta_beta)
 
     @property
     def adaptive(self) -> bool:
