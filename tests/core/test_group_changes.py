@@ -95,12 +95,21 @@ def test_adamhd_accepts_a_scheduler_change_and_uses_it_as_adamw_does(lr):
 @pytest.mark.parametrize(
     "key,value,named",
     [("weight_decay", -0.1, "weight_decay"), ("delta", 0.0, "delta"),
-     ("decay", "bogus", "decay"), ("decay_scaling", "cosine", "decay_scaling")],
+     ("decay", "bogus", "decay"), ("decay_scaling", "cosine", "decay_scaling"),
+     ("lr", math.nan, "learning rate"), ("lr", math.inf, "learning rate")],
 )
 def test_wrapper_refuses_a_group_changed_to_a_bad_decay_option(base, key, value, named):
     cls = adamhd.with_decoupled_decay(base)
     w, opt = _stepped(lambda ps: cls(ps, lr=1e-2, weight_decay=0.1))
     _assert_refused_unchanged(w, opt, key, value, named)
+
+
+@pytest.mark.parametrize("lr", [math.nan, math.inf])
+def test_wrapper_refuses_a_non_finite_lr_that_its_base_would_take(lr):
+    """torch's SGD checks only lr < 0, so NaN and inf passed and made the decay NaN or inf."""
+    cls = adamhd.with_decoupled_decay(torch.optim.SGD)
+    with pytest.raises(ValueError, match="Invalid learning rate: lr=(nan|inf)"):
+        cls([torch.nn.Parameter(torch.ones(3))], lr=lr, weight_decay=0.1)
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ from adamhd.decay.chunks import sweep
 from adamhd.decay.cpr import CPR_DEFAULTS, CPR_STATE_KEYS, CPRDecay, check_cpr_options
 from adamhd.decay.fused_chain import chain_reason, chain_step
 from adamhd.decay.options import DECAY_DEFAULTS, DECAY_RULES, check_decay_options, rule_from_group
-from adamhd.decay.rules import DecayRule, TensorDecay, Threshold
+from adamhd.decay.rules import DecayRule, TensorDecay, Threshold, is_number
 from adamhd.decay.stable import check_stable_base, mean_v_hat, stable_coefficient
 from adamhd.decay.strength import (
     DECAY_SCALINGS,
@@ -481,7 +481,13 @@ def _restored_dtype(key: str, value: Tensor, p: Tensor) -> torch.dtype | None:
 
 def _check_options(base: type, group: dict[str, Any]) -> None:
     """The decay keys of ``group`` (``ValueError`` naming the first bad one), the wrapper's
-    ``"cpr"`` rule and ``"stable"`` scaling included."""
+    ``"cpr"`` rule and ``"stable"`` scaling included; a float ``lr`` must be finite, since the
+    decay's strength is ``lr * weight_decay`` (a Tensor ``lr`` is left to the base: reading it
+    would synchronise a device)."""
+    lr = group.get("lr")
+    if is_number(lr) and not math.isfinite(lr):
+        raise ValueError(f"Invalid learning rate: lr={lr} (the decay strength lr * weight_decay "
+                         "must be finite)")
     check_decay_options(group, WRAPPER_RULES, WRAPPER_SCALINGS)
     if group.get("decay") == "cpr":
         check_cpr_options(group)
