@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -60,17 +61,24 @@ RESHARD: dict[str, dict] = {
 }
 
 
-def reshard_model() -> nn.Module:
+def mlp(width: int, hidden: int) -> nn.Module:
+    """Linear(width, hidden) -> tanh -> Linear(hidden, 3), seeded."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(100, 9), nn.Tanh(), nn.Linear(9, 3))
+    return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 3))
 
 
-def reshard_batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(4)
+def regression_batches(width: int, seed: int,
+                       steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` global batches of (inputs of ``width``, 3 targets), seeded."""
+    g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(GLOBAL_BATCH, 100, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
+        (torch.randn(GLOBAL_BATCH, width, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
         for _ in range(steps)
     ]
+
+
+reshard_model = partial(mlp, 100, 9)
+reshard_batches = partial(regression_batches, 100, 4)
 
 
 def reshard_reference(name: str, steps: int) -> tuple[nn.Module, AdamHD]:
@@ -81,17 +89,8 @@ def reshard_reference(name: str, steps: int) -> tuple[nn.Module, AdamHD]:
     return model, opt
 
 
-def lowbit_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def lowbit_batches(steps: int = STEPS) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(2)
-    return [
-        (torch.randn(GLOBAL_BATCH, 64, generator=g), torch.randn(GLOBAL_BATCH, 3, generator=g))
-        for _ in range(steps)
-    ]
+lowbit_model = partial(mlp, 64, 8)
+lowbit_batches = partial(regression_batches, 64, 2)
 
 
 def make_model() -> nn.Module:

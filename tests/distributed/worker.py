@@ -71,12 +71,7 @@ def fsdp_run(rank: int, world: int, config: dict) -> dict:
 
 def lowbit_run(rank: int, world: int, config: dict) -> dict:
     """Low-bit moments under FSDP2 (shards of whole 256-element blocks: ``common.LOWBIT``)."""
-    model = common.lowbit_model()
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
-    opt = common.make_optimizer(model, **config)
+    model, opt = lowbit_sharded(config)
     common.train(model, opt, common.lowbit_batches(), rank, world)
     scales = {n: opt.state[p]["exp_avg_scale"].clone() for n, p in model.named_parameters()
               if "exp_avg_scale" in opt.state[p]}
@@ -91,13 +86,17 @@ def lowbit_run(rank: int, world: int, config: dict) -> dict:
     }
 
 
-def lowbit_sharded(config: dict):
-    model = common.lowbit_model()
+def fsdp_optimizer(model: nn.Module, config: dict):
+    """``model`` with each Linear and the whole sharded by FSDP2, and its AdamHD of ``config``."""
     for layer in model:
         if isinstance(layer, nn.Linear):
             fully_shard(layer)
     fully_shard(model)
     return model, common.make_optimizer(model, **config)
+
+
+def lowbit_sharded(config: dict):
+    return fsdp_optimizer(common.lowbit_model(), config)
 
 
 def lowbit_snapshot(model, opt, world: int) -> dict:
@@ -155,12 +154,7 @@ def lowbit_dcp_run(rank: int, world: int, out: Path) -> dict:
 
 
 def reshard_sharded(config: dict):
-    model = common.reshard_model()
-    for layer in model:
-        if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
-    return model, common.make_optimizer(model, **config)
+    return fsdp_optimizer(common.reshard_model(), config)
 
 
 def load_with_planner(model, opt, path: Path) -> None:
