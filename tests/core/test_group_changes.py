@@ -104,6 +104,25 @@ def test_wrapper_refuses_a_group_changed_to_a_bad_decay_option(base, key, value,
     _assert_refused_unchanged(w, opt, key, value, named)
 
 
+@pytest.mark.parametrize("make, key, value, named", [
+    (lambda ps: adamhd.MomentumSGD(ps, lr=1e-2), "momentum", 1.5, "momentum"),
+    (lambda ps: adamhd.MomentumSGD(ps, lr=1e-2), "lr", math.nan, "learning rate"),
+    (lambda ps: adamhd.SGDW(ps, lr=1e-2, weight_decay=0.1), "momentum", -0.5, "momentum"),
+    (lambda ps: adamhd.NSGDA(ps, lr=1e-2), "eps", -1.0, "eps"),
+    (lambda ps: adamhd.SM3(ps, lr=1e-2), "lr", math.inf, "learning rate"),
+])
+def test_the_family_refuses_a_group_changed_to_a_bad_value(make, key, value, named):
+    w, opt = _stepped(make)
+    _assert_refused_unchanged(w, opt, key, value, named)
+
+
+def test_momentum_sgd_checks_an_added_group():
+    opt = adamhd.MomentumSGD([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    with pytest.raises(ValueError, match="Invalid momentum: momentum=2.0"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "momentum": 2.0})
+    assert len(opt.param_groups) == 1
+
+
 @pytest.mark.parametrize("lr", [math.nan, math.inf])
 def test_wrapper_refuses_a_non_finite_lr_that_its_base_would_take(lr):
     """torch's SGD checks only lr < 0, so NaN and inf passed and made the decay NaN or inf."""

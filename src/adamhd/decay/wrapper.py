@@ -180,6 +180,8 @@ class _DecoupledDecay:
                 _check_options(self._decay_base, group)
             except ValueError as error:
                 raise ValueError(f"param_groups[{index}]: {error}") from None
+        if hasattr(self._decay_base, "check_step_inputs"):  # the base's own refusals, first
+            self._decay_base.check_step_inputs(self)
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()

@@ -240,10 +240,7 @@ class CheckedOptimizer(Optimizer):
     def step_groups(self, **step_values: Any) -> None:
         """The checks (gradients; every group's options and hyperparameters, before anything
         changes), then per group with gradients its state and gradients, then ``step_batches``."""
-        self.check_grads()
-        for group in self.param_groups:  # groups edited since construction: refused here
-            self.check_group(group)
-            self.check_decay(group)
+        self.check_step_inputs()
         work = [(g, ps) for g in self.param_groups if (ps := self.params_with_grad(g))]
         hypers = [self.group_hyper(g, **step_values) for g, _ in work]
         batches = [
@@ -251,6 +248,18 @@ class CheckedOptimizer(Optimizer):
             for (g, ps), h in zip(work, hypers)
         ]
         self.step_batches(batches)
+
+    def check_step_inputs(self) -> None:
+        """What a step refuses before anything changes: the gradients, then every group's
+        options (a group may have been edited since construction). ``with_decoupled_decay``
+        calls it before its decay, so a refused step leaves the weights as they were."""
+        self.check_grads()
+        for index, group in enumerate(self.param_groups):
+            try:
+                self.check_group(group)
+                self.check_decay(group)
+            except ValueError as error:
+                raise ValueError(f"param_groups[{index}]: {error}") from None
 
     def step_batches(self, batches: list[GroupBatch]) -> None:
         """The math on every group with gradients: ``group_step`` per group by default."""

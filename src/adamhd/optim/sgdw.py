@@ -21,25 +21,41 @@ none, and its lr-scaled buffer has no single accepted Nesterov form.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from adamhd.decay.wrapper import with_decoupled_decay
+from adamhd.optim._base import CheckedOptimizer, flag, in_unit, zero_moment
+from adamhd.optim._paths import ForeachOption
 
 __all__ = ["SGDW", "MomentumSGD"]
 
 
-class MomentumSGD(Optimizer):
+@dataclasses.dataclass(frozen=True)
+class MomentumStep:
+    """A group's step of ``MomentumSGD``."""
+
+    lr: float
+    momentum: float
+    foreach: bool
+
+
+class MomentumSGD(ForeachOption, CheckedOptimizer):
     """The update of SGDW's Algorithm 1 without decay: ``m = momentum*m + lr*g;  p -= m``.
 
     ``momentum=0`` keeps no buffer (``p -= lr*g``). ``maximize`` ascends. ``foreach`` picks the
-    multi-tensor implementation (default: on when every tensor is on an accelerator); both paths
-    run the same ops, so they agree bit for bit.
+    multi-tensor implementation (default: as torch's optimizers choose, on where every tensor is
+    on an accelerator); both paths run the same ops, so they agree bit for bit. Sparse and
+    complex gradients are taken, as ``torch.optim.SGD`` takes them (the buffer is dense).
     """
+
+    name = "MomentumSGD"
+    checks = {"momentum": in_unit, "maximize": flag}
+    hyper_type = MomentumStep
 
     def __init__(
         self,
@@ -50,39 +66,25 @@ class MomentumSGD(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) or not 0.0 <= lr < float("inf"):
-            raise ValueError(f"Invalid learning rate: lr={lr} (a finite float >= 0)")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Invalid momentum: momentum={momentum} (need 0 <= momentum < 1)")
-        defaults = dict(lr=lr, momentum=momentum, maximize=maximize, foreach=foreach)
-        super().__init__(params, defaults)
+        super().__init__(params, locals())
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [-p.grad if group["maximize"] else p.grad for p in params]
-            lr, momentum = group["lr"], group["momentum"]
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(not p.is_cpu for p in params)
-            if momentum == 0.0:
-                _sgd_step(params, grads, lr, foreach)
-                continue
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                bufs.append(state["momentum_buffer"])
-            _momentum_step(params, grads, bufs, lr, momentum, foreach)
-        return loss
+    def check_grads(self) -> None:
+        """Every gradient layout torch's SGD takes (sparse, complex) works here: nothing to
+        refuse."""
+
+    def new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"momentum_buffer": zero_moment(p)} if group["momentum"] != 0.0 else {}
+
+    def group_step(self, params: list[Tensor], grads: list[Tensor],
+                   states: list[dict[str, Tensor]], hyper: MomentumStep) -> None:
+        if hyper.momentum == 0.0:
+            _sgd_step(params, grads, hyper.lr, hyper.foreach)
+            return
+        for p, state in zip(params, states):
+            if "momentum_buffer" not in state:  # momentum set after the first steps
+                state["momentum_buffer"] = zero_moment(p)
+        bufs = [state["momentum_buffer"] for state in states]
+        _momentum_step(params, grads, bufs, hyper.lr, hyper.momentum, hyper.foreach)
 
 
 def _sgd_step(params: list[Tensor], grads: list[Tensor], lr: float, foreach: bool) -> None:
