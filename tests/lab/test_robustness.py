@@ -123,6 +123,12 @@ def test_bad_paths_and_damaged_files_name_the_file(tmp_path, works_dir, capsys):
      "--options: 'bogus=1': AdamHD.__init__() got an unexpected keyword argument 'bogus'"),
     (["bench", "step", "--options", "cautious"],
      "--options: 'cautious': 'cautious' is not key=value"),
+    (["bench", "memory", "--threads", "-1"], "--threads: must be >= 0, got -1"),
+    (["bench", "memory", "--n-embd", "0"], "--n-embd: must be >= 1, got 0"),
+    (["bench", "memory", "--vocab", "0"], "--vocab: must be >= 1, got 0"),
+    (["bench", "rules", "--warmup", "-1"], "--warmup: must be >= 0, got -1"),
+    (["bench", "decay", "--rounds", "0"], "--rounds: must be >= 1, got 0"),
+    (["bench", "transforms", "--layers", "0"], "--layers: must be >= 1, got 0"),
     (["bench", "lowbit", "--steps", "abc"], "--steps: positive step numbers, comma-separated"),
     (["bench", "lowbit", "--steps", "10,0"], "--steps: positive step numbers, comma-separated"),
 ])

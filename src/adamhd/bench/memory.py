@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from adamhd.argtypes import nonneg_int, positive_int
+
 Factory = Callable[[list[Tensor]], torch.optim.Optimizer]
 BASELINE = "torch AdamW fused"
 
@@ -162,17 +164,15 @@ def format_table(rows: list[Row], numel: int | None = None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=7, help="timed steps per optimizer")
-    parser.add_argument("--n-embd", type=int, default=256)
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timed steps per optimizer")
+    parser.add_argument("--n-embd", type=positive_int, default=256)
+    parser.add_argument("--n-layer", type=positive_int, default=4)
+    parser.add_argument("--vocab", type=positive_int, default=4096)
     parser.add_argument("--only", default="", help="comma-separated optimizer names")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: torch's)")
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.rounds < 1:
-        raise ValueError("--rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in args.only.split(",") if n] or None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from adamhd.argtypes import nonneg_int, positive_int
 from adamhd.bench.memory import state_bytes
 from adamhd.bench.wrappers import CLOCKS, _shapes
 from adamhd.decay.wrapper import with_decoupled_decay
@@ -106,9 +107,11 @@ def add_rules_parser(sub: argparse._SubParsersAction) -> None:
                        description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--shapes", type=_shapes, default=None,
                    help="comma-separated matrices like 512x512 (default: 4x 512x512, 1024x512)")
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds (default %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--rounds", type=positive_int, default=15,
+                   help="timed rounds (default %(default)s)")
+    p.add_argument("--warmup", type=nonneg_int, default=3,
+                   help="untimed rounds (default %(default)s)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     p.set_defaults(func=_cmd)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from adamhd.argtypes import nonneg_int, positive_int
 from adamhd.bench.step import gpt2_124m_shapes, layer_stack_1b_shapes
 from adamhd.optim import AdamHD
 from adamhd.optim.lookahead import Lookahead
@@ -141,10 +142,10 @@ def add_transforms_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transforms", help="cost of gradient transforms and Lookahead per step",
                        description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--sets", default="gpt2-124m", help="gpt2-124m and/or 1b-stack, comma-separated")
-    p.add_argument("--layers", type=int, default=1, help="layers of the 1B stack")
-    p.add_argument("--rounds", type=int, default=7, help="timed steps per contender")
+    p.add_argument("--layers", type=positive_int, default=1, help="layers of the 1B stack")
+    p.add_argument("--rounds", type=positive_int, default=7, help="timed steps per contender")
     p.add_argument("--path", default="default", choices=list(PATHS), help="AdamHD path")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--out", default="runs/bench", help="output folder (default %(default)s)")
     p.set_defaults(func=cmd_transforms)
 

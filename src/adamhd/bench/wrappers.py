@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adamhd.argtypes import nonneg_int, positive_int
 from adamhd.decay.wrapper import with_decoupled_decay
 
 __all__ = ["BASES", "Row", "add_decay_parser", "main", "run"]
@@ -189,9 +190,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes", type=_shapes, default=None,
                    help="comma-separated matrices like 512x512,1024x512 (default: 4x 512x512 and "
                         "1024x512)")
-    p.add_argument("--rounds", type=int, default=15, help="timed rounds (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds (default %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--rounds", type=positive_int, default=15,
+                   help="timed rounds (default %(default)s)")
+    p.add_argument("--warmup", type=nonneg_int, default=3,
+                   help="untimed rounds (default %(default)s)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or the calling thread's CPU time (default %(default)s)")
     p.add_argument("--set", choices=("matrices", "gpt-like"), default="matrices",
