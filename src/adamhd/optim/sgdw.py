@@ -29,17 +29,21 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from adamhd.decay.wrapper import with_decoupled_decay
+from adamhd.state import CheckedState, Entry
 
 __all__ = ["SGDW", "MomentumSGD"]
 
 
-class MomentumSGD(Optimizer):
+class MomentumSGD(CheckedState, Optimizer):
     """The update of SGDW's Algorithm 1 without decay: ``m = momentum*m + lr*g;  p -= m``.
 
     ``momentum=0`` keeps no buffer (``p -= lr*g``). ``maximize`` ascends. ``foreach`` picks the
     multi-tensor implementation (default: on when every tensor is on an accelerator); both paths
-    run the same ops, so they agree bit for bit.
+    run the same ops, so they agree bit for bit. Loads are checked (``adamhd.state``): the
+    buffer has the parameter's shape (a missing one starts at zero).
     """
+
+    state_spec = {"momentum_buffer": Entry()}
 
     def __init__(
         self,
@@ -59,6 +63,7 @@ class MomentumSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        self.check_state_once()
         loss = None
         if closure is not None:
             with torch.enable_grad():
