@@ -329,10 +329,14 @@ class _DecoupledDecay:
 
     def _check_state_once(self) -> None:
         """The state in use, strictly (dtype, device), once after construction or a load, as
-        ``load_state_dict`` checks it (``adamhd.decay.base_state``). Not while compiling."""
+        ``load_state_dict`` checks it (``adamhd.decay.base_state``), and a checked base's own
+        check (``check_state_once``), before the decay changes anything. Not while compiling."""
         if not self._decay_state_checked and not torch.compiler.is_compiling():
             check_optimizer_state(self, wrapped_state_spec(self._decay_base))  # type: ignore
             self._decay_state_checked = True
+        base_check = getattr(self, "check_state_once", None)
+        if base_check is not None:
+            base_check()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]

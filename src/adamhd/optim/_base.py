@@ -246,8 +246,8 @@ class CheckedOptimizer(Optimizer):
     def step_groups(self, **step_values: Any) -> None:
         """The checks (gradients; every group's options and hyperparameters, before anything
         changes), then per group with gradients its state and gradients, then ``step_batches``."""
-        self.check_grads()
         self.check_state_once()
+        self.check_grads()
         for group in self.param_groups:  # groups edited since construction: refused here
             self.check_group(group)
             self.check_decay(group)
