@@ -253,3 +253,17 @@ def test_state_assigned_by_hand_is_refused_at_the_next_step(name):
         run(name, opt, params, 1, seed=3)
     assert_same(opt.state_dict(), before)
     assert_same([p.detach() for p in params], weights)
+
+
+@pytest.mark.parametrize("name", ["NSGDA", "SMMF", "AdaMomentum", "Adafactor", "FCAdam", "Amos"])
+def test_step_saved_as_a_number_resumes_bit_for_bit(name):
+    """A checkpoint whose ``step`` is a Python number (as torch's own optimizers accept) loads
+    and resumes as the tensor ``step`` would (before: NSGDA, AdaMomentum, FCAdam and Amos raised
+    a bare TypeError/AttributeError at the next step)."""
+    def edit(sd):
+        for state in sd["state"].values():
+            state["step"] = float(state["step"])
+
+    straight, opt, resumed, opt2 = resumed_equals_straight(name, edit)
+    assert_same([p.detach() for p in resumed], [p.detach() for p in straight])
+    assert_same(opt2.state_dict(), opt.state_dict())

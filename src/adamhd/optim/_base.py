@@ -317,7 +317,13 @@ class CheckedOptimizer(Optimizer):
         self._state_checked = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """torch's (its ``load_state_dict`` ends here); a ``step`` saved as a number becomes
+        the float32 tensor ``new_step`` makes, as torch's optimizers convert theirs."""
         super().__setstate__(state)
+        for p_state in self.state.values():
+            step = p_state.get("step")
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
         self._state_checked = False
 
     def _restored_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype | None:
