@@ -72,19 +72,24 @@ CASES = {
     "AdaLo+decay": (wrapped(adamhd.AdaLo, lr=0.5), "exp_avg", "loss_ema", ("delta_mu",)),
 }
 NAMES = list(CASES)
+OTHER_BASES = {}  # name -> factory, for the tests of a base the wrapper does not know
 
 
-def make_params(name, seed=0):
+def factory(name):
+    return CASES[name][0] if name in CASES else OTHER_BASES[name]
+
+
+def make_params(name, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     shapes = [(8, 6), (6, 4)] if name == "MuonHD" else [(8, 6), (6,)]
-    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    return [torch.nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in shapes]
 
 
 def run(name, opt, params, steps, seed):
     g = torch.Generator().manual_seed(seed)
     for t in range(steps):
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g)
+            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
         if "AdaLo" in name:
             opt.step(loss=torch.tensor(0.5 + 1.0 / (t + 1)))
         else:
@@ -93,7 +98,7 @@ def run(name, opt, params, steps, seed):
 
 def trained(name, steps=2):
     params = make_params(name)
-    opt = CASES[name][0](params)
+    opt = factory(name)(params)
     run(name, opt, params, steps, seed=1)
     return params, opt
 
@@ -192,19 +197,19 @@ def roundtrip(obj):
     return torch.load(buffer, weights_only=True)
 
 
-def resumed_equals_straight(name, edit=lambda sd: None):
-    straight = make_params(name)
-    opt = CASES[name][0](straight)
+def resumed_equals_straight(name, edit=lambda sd: None, dtype=torch.float32):
+    straight = make_params(name, dtype=dtype)
+    opt = factory(name)(straight)
     run(name, opt, straight, 3, seed=1)
     run(name, opt, straight, 3, seed=2)
 
-    first = make_params(name)
-    opt1 = CASES[name][0](first)
+    first = make_params(name, dtype=dtype)
+    opt1 = factory(name)(first)
     run(name, opt1, first, 3, seed=1)
     ckpt = roundtrip({"p": [p.detach() for p in first], "opt": opt1.state_dict()})
     edit(ckpt["opt"])
     resumed = [torch.nn.Parameter(p.clone()) for p in ckpt["p"]]
-    opt2 = CASES[name][0](resumed)
+    opt2 = factory(name)(resumed)
     opt2.load_state_dict(ckpt["opt"])
     run(name, opt2, resumed, 3, seed=2)
     return straight, opt, resumed, opt2
@@ -214,9 +219,12 @@ def resumed_equals_straight(name, edit=lambda sd: None):
 RESUMED_ELSEWHERE = {cls.__name__ for cls, _ in common.CASES.values()}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in RESUMED_ELSEWHERE])
-def test_valid_checkpoint_resumes_bit_for_bit(name):
-    straight, opt, resumed, opt2 = resumed_equals_straight(name)
+def test_valid_checkpoint_resumes_bit_for_bit(name, dtype):
+    """Loaded and then checked strictly at the first step (dtype, device): no false refusal,
+    also for bf16 weights (float32 statistics such as NAdam's ``mu_product``, ``delta_mu``)."""
+    straight, opt, resumed, opt2 = resumed_equals_straight(name, dtype=dtype)
     assert_same([p.detach() for p in resumed], [p.detach() for p in straight])
     assert_same(opt2.state_dict(), opt.state_dict())
 
@@ -267,3 +275,40 @@ def test_step_saved_as_a_number_resumes_bit_for_bit(name):
     straight, opt, resumed, opt2 = resumed_equals_straight(name, edit)
     assert_same([p.detach() for p in resumed], [p.detach() for p in straight])
     assert_same(opt2.state_dict(), opt.state_dict())
+
+
+class FlatMomentum(torch.optim.Optimizer):
+    """A third-party base whose state the wrapper does not know: a flat buffer (numel of the
+    parameter, another shape) and a counter."""
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, dict(lr=lr, weight_decay=0.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["flat"] = torch.zeros(p.numel(), dtype=p.dtype)
+                    state["count"] = torch.zeros(())
+                state["flat"].mul_(0.9).add_(p.grad.reshape(-1))
+                state["count"] += 1
+                p.sub_(state["flat"].view_as(p), alpha=group["lr"])
+
+
+def test_unknown_base_keeps_its_state_and_checks_the_wrapper_keys():
+    """A valid checkpoint of a base the wrapper does not know loads (its flat buffer is not
+    held to the parameter's shape) and resumes bit for bit; ``delta_mu`` is still checked."""
+    straight, opt, resumed, opt2 = resumed_equals_straight("FlatMomentum+decay")
+    assert_same([p.detach() for p in resumed], [p.detach() for p in straight])
+    assert_same(opt2.state_dict(), opt.state_dict())
+
+    def edit(state):
+        state["delta_mu"] = torch.zeros(3)
+
+    message = refused("FlatMomentum+decay", edit)
+    assert "'delta_mu' has shape (3,), expected ()" in message
+
+
+OTHER_BASES["FlatMomentum+decay"] = wrapped(FlatMomentum)
