@@ -312,3 +312,21 @@ def test_unknown_base_keeps_its_state_and_checks_the_wrapper_keys():
 
 
 OTHER_BASES["FlatMomentum+decay"] = wrapped(FlatMomentum)
+
+
+def test_groups_with_different_options_are_checked_each_by_its_own():
+    """FCAdam's ``grad_history`` holds ``history`` gradients of the loaded group: two groups of
+    same-shaped parameters with different ``history`` each get their own expectation."""
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(6, generator=g)) for _ in range(4)]
+    opt = adamhd.FCAdam([{"params": ps[:2], "history": 2}, {"params": ps[2:], "history": 3}],
+                        lr=0.05, drop=False)
+    for p in ps:
+        p.grad = torch.randn(6, generator=g)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(copy.deepcopy(sd))  # valid: loads
+    sd["state"][3]["grad_history"] = torch.zeros(2, 6)
+    with pytest.raises(StateError, match=r"\[1\]\['params'\]\[1\].*'grad_history' has shape "
+                                         r"\(2, 6\), expected \(3, 6\)"):
+        opt.load_state_dict(sd)

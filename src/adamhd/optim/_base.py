@@ -22,6 +22,7 @@ from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
 from adamhd.state import (
     Entry,
+    SpecOf,
     StateSpec,
     check_optimizer_state,
     check_state_dict,
@@ -303,7 +304,7 @@ class CheckedOptimizer(Optimizer):
         set by other means (assigned, a load pre-hook) is refused before the step changes
         anything. Not while ``torch.compile`` traces (host-side Python)."""
         if not self._state_checked and not torch.compiler.is_compiling():
-            check_optimizer_state(self, self.state_spec_of)
+            check_optimizer_state(self, per_layout(self.state_spec_of))
             self._state_checked = True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -311,7 +312,7 @@ class CheckedOptimizer(Optimizer):
         changed); then the float statistics in ``stat_keys`` (and native decay's ``delta_mu``)
         keep their saved precision and integer state (SMMF's packed signs) its dtype: torch
         casts every state tensor but ``step`` to the parameter's dtype."""
-        check_state_dict(self, state_dict, self.state_spec_of)
+        check_state_dict(self, state_dict, per_layout(self.state_spec_of))
         super().load_state_dict(state_dict)
         restore_after_load(self, state_dict, self._restored_dtype)
         self._state_checked = False
@@ -360,6 +361,22 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
 def zero_moment(p: Tensor) -> Tensor:
     """A moment of ``p`` (its shape, dtype, device and layout), zero."""
     return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def per_layout(spec_of: SpecOf) -> SpecOf:
+    """``spec_of`` made once per group and plain-tensor layout (shape, strides, dtype, device)
+    during one check: the parameters of repeated layers share it. DTensors: each its own."""
+    memo: dict[tuple, tuple[Mapping[str, Any], StateSpec]] = {}
+
+    def cached(group: Mapping[str, Any], p: Tensor) -> StateSpec:
+        if is_dtensor(p):
+            return spec_of(group, p)
+        key = (id(group), tuple(p.shape), p.stride(), p.dtype, p.device)
+        if key not in memo:  # the group is kept with its spec: its id is not reused meanwhile
+            memo[key] = (group, spec_of(group, p))
+        return memo[key][1]
+
+    return cached
 
 
 def meta_like(p: Tensor) -> Tensor:
