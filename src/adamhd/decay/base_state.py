@@ -21,18 +21,18 @@ import torch
 from torch import Tensor
 
 from adamhd.decay.cpr import CPR_STATE_KEYS
+from adamhd.decay.native import MU_KEY
 from adamhd.state import ADAM_STATE, Entry, SpecOf, StateSpec
 
 __all__ = ["BASE_STATE", "WRAPPER_STATE", "base_state_spec", "wrapped_state_spec"]
 
-MU_KEY = "delta_mu"
 #: the wrapper's own state: optional (made by its first step), 0-dim statistics
 WRAPPER_STATE: StateSpec = {key: Entry(shape="scalar", dtype="statistic")
                             for key in (MU_KEY, *CPR_STATE_KEYS)}
 
-STEP = Entry(shape="scalar", dtype="float", required=True, cpu_ok=True)
+STEP = ADAM_STATE["step"]  # 0-dim, any float dtype, on the CPU or the parameter's device
+SCALAR = STEP  # NAdam's mu_product, ASGD's eta and mu: made alike
 MOMENT = Entry(required=True)  # the parameter's shape and dtype
-SCALAR = Entry(shape="scalar", dtype="float", required=True, cpu_ok=True)
 
 
 def _moments(*keys: str) -> StateSpec:

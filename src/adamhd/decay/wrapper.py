@@ -353,8 +353,7 @@ class _DecoupledDecay:
         check_state_dict(self, state_dict, wrapped_state_spec(self._decay_base))  # type: ignore
         options = [{k: g[k] for k in (*DECAY_KEYS, "initial_lr") if k in g}
                    for g in self.param_groups]  # type: ignore[attr-defined]
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        self._decay_state_checked = False
+        super().load_state_dict(state_dict)  # type: ignore[misc]  # ends with __setstate__
         for group, kept in zip(self.param_groups, options):  # type: ignore[attr-defined]
             for key, value in kept.items():
                 group.setdefault(key, value)

@@ -21,6 +21,7 @@ from adamhd.decay.strength import remember_initial_lr
 from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
 from adamhd.state import (
+    ADAM_STATE,
     Entry,
     SpecOf,
     StateSpec,
@@ -290,7 +291,7 @@ class CheckedOptimizer(Optimizer):
     def _made_entry(self, key: str, value: Tensor, p: Tensor) -> Entry:
         """The entry of a state tensor that ``new_state`` made for ``p``."""
         if key == "step":
-            return Entry(shape="scalar", dtype="float", required=True, cpu_ok=True)
+            return ADAM_STATE["step"]  # as torch's optimizers keep it (a number is accepted)
         kind: Any = value.dtype
         if key in self.stat_keys:
             kind = "statistic"
@@ -313,9 +314,8 @@ class CheckedOptimizer(Optimizer):
         keep their saved precision and integer state (SMMF's packed signs) its dtype: torch
         casts every state tensor but ``step`` to the parameter's dtype."""
         check_state_dict(self, state_dict, per_layout(self.state_spec_of))
-        super().load_state_dict(state_dict)
+        super().load_state_dict(state_dict)  # ends with __setstate__: checked again at a step
         restore_after_load(self, state_dict, self._restored_dtype)
-        self._state_checked = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """torch's (its ``load_state_dict`` ends here); a ``step`` saved as a number becomes
