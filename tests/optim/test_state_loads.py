@@ -330,3 +330,39 @@ def test_groups_with_different_options_are_checked_each_by_its_own():
     with pytest.raises(StateError, match=r"\[1\]\['params'\]\[1\].*'grad_history' has shape "
                                          r"\(2, 6\), expected \(3, 6\)"):
         opt.load_state_dict(sd)
+
+
+def test_dtensor_state_is_checked_by_its_global_shape():
+    """DTensor parameters (one gloo rank, ``Shard(0)``): the own DTensor state loads and steps
+    (the spec is derived on a meta DTensor stand-in), a state tensor of the wrong global shape
+    is refused naming the key and the shape expected, nothing changed. In a subprocess: it
+    initialises a process group."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    from tests.distributed.conftest import REPO, free_port
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
+    done = subprocess.run([sys.executable, "-m", "tests.optim.dtensor_load_probe",
+                           str(free_port())], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["name"] for r in rows] == ["NSGDA", "SM3", "Adafactor", "SMMF", "Amos",
+                                         "AdamW+decay"]
+    expected = {"momentum_buffer": "(8, 6)", "accumulator_1": "(6,)", "exp_avg_sq_col": "(6,)",
+                "col_v": "(6,)", "amos_v": "()", "exp_avg": "(8, 6)"}
+    for r in rows:
+        assert r["message"] is not None, r["name"]
+        assert "param_groups[0]['params'][0]" in r["message"], r["name"]
+        assert f"'{r['key']}' has shape (99,), expected {expected[r['key']]}" in r["message"]
+        assert r["unchanged"], r["name"]
+    # the factored and moment state of these optimizers are DTensors (not SMMF's, Amos's)
+    assert {r["name"] for r in rows if r["dtensor"]} == {"NSGDA", "SM3", "Adafactor",
+                                                         "AdamW+decay"}
