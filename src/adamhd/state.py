@@ -39,6 +39,7 @@ __all__ = [
     "CheckedState",
     "Entry",
     "StateError",
+    "SpecOf",
     "StateSpec",
     "check_optimizer_state",
     "check_state_dict",
@@ -48,28 +49,34 @@ __all__ = [
     "statistic_dtype",
 ]
 
-Shape = Literal["param", "scalar"] | Callable[[Tensor], tuple[int, ...]]
+Shape = Literal["param", "scalar"] | tuple[int, ...] | Callable[[Tensor], tuple[int, ...]]
+DtypeKind = Literal["param", "statistic", "float", "moment"] | torch.dtype
 
 
 @dataclass(frozen=True)
 class Entry:
     """What one per-parameter state tensor must be.
 
-    ``shape``: ``"param"`` (the parameter's shape), ``"scalar"`` (0-dim) or a function of the
-    parameter giving the shape. ``dtype``: ``"param"`` (the parameter's dtype), ``"statistic"``
-    (``statistic_dtype(p)``, kept across loads), ``"float"`` (any floating dtype, e.g. ``step``)
-    or ``"moment"`` (the parameter's dtype, bfloat16, or uint8 codes: AdamHD's ``state_dtype``).
+    ``shape``: ``"param"`` (the parameter's shape), ``"scalar"`` (0-dim), a tuple, or a function
+    of the parameter giving the shape. ``dtype``: ``"param"`` (the parameter's dtype),
+    ``"statistic"`` (``statistic_dtype(p)``, kept across loads), ``"float"`` (any floating dtype,
+    e.g. ``step``), ``"moment"`` (the parameter's dtype, bfloat16, or uint8 codes: AdamHD's
+    ``state_dtype``) or a ``torch.dtype``: a floating one is checked as ``"float"`` on a load
+    (torch's load casts it) and exactly in use; an integer one (SMMF's packed signs, which
+    torch's load does not cast) exactly, always.
     ``required``: a non-empty state must have it. ``cpu_ok``: may live on the CPU whatever the
     parameter's device (``step`` without ``capturable``/``fused``).
     """
 
     shape: Shape = "param"
-    dtype: Literal["param", "statistic", "float", "moment"] = "param"
+    dtype: DtypeKind = "param"
     required: bool = False
     cpu_ok: bool = False
 
 
 StateSpec = Mapping[str, Entry]
+#: a spec that depends on the parameter and its group (the loaded group's values on a load)
+SpecOf = Callable[[Mapping[str, Any], Tensor], StateSpec]
 
 #: The state of torch's Adam/AdamW (and AdamHD's moments).
 ADAM_STATE: StateSpec = {
@@ -91,6 +98,8 @@ def _expected_shape(entry: Entry, p: Tensor) -> tuple[int, ...]:
         return tuple(p.shape)
     if entry.shape == "scalar":
         return ()
+    if isinstance(entry.shape, tuple):
+        return entry.shape
     return tuple(entry.shape(p))
 
 
@@ -101,6 +110,8 @@ def _expected_dtype(entry: Entry, p: Tensor) -> torch.dtype | None:
         return None
     if entry.dtype == "statistic":
         return statistic_dtype(p)
+    if isinstance(entry.dtype, torch.dtype):
+        return entry.dtype
     return None
 
 
@@ -129,6 +140,9 @@ def _problem(key: str, entry: Entry, value: Any, p: Tensor, strict: bool) -> str
         allowed = (p.dtype, torch.bfloat16, torch.uint8)
         if value.dtype not in allowed and (strict or not value.is_floating_point()):
             return f"{key!r} has dtype {value.dtype}, expected one of {allowed}"
+    elif isinstance(entry.dtype, torch.dtype) and not entry.dtype.is_floating_point:
+        if value.dtype != entry.dtype:
+            return f"{key!r} has dtype {value.dtype}, expected {entry.dtype}"
     elif not value.is_floating_point():
         return f"{key!r} has dtype {value.dtype}, expected a floating dtype"
     if not strict:
@@ -141,11 +155,15 @@ def _problem(key: str, entry: Entry, value: Any, p: Tensor, strict: bool) -> str
     return None
 
 
-def _check(name: str, spec: StateSpec, items: Iterator, strict: bool) -> None:
-    for group, position, p, p_state in items:
-        if not p_state:
+def _check(name: str, spec: StateSpec | SpecOf, items: Iterator, strict: bool) -> None:
+    for group, position, p, p_state, values in items:
+        if p_state is None or (isinstance(p_state, Mapping) and not p_state):
             continue
-        for key, entry in spec.items():
+        if not isinstance(p_state, Mapping):
+            where = _where(name, group, position, p)
+            raise StateError(f"{where}: the state is a {type(p_state).__name__}, expected a dict")
+        entries = spec(values, p) if callable(spec) else spec
+        for key, entry in entries.items():
             if key not in p_state:
                 problem = f"{key!r} is missing" if entry.required else None
             else:
@@ -155,29 +173,33 @@ def _check(name: str, spec: StateSpec, items: Iterator, strict: bool) -> None:
 
 
 def _loaded_items(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any]) -> Iterator:
-    """(group index, position, param, loaded state) as torch's load pairs them (by position)."""
+    """(group index, position, param, loaded state, group values after the load) as torch's
+    load pairs them (by position); the group values are the loaded group's over this
+    optimizer's (``fill_missing_group_keys``)."""
     saved_groups = state_dict["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
         return  # torch's load raises its own error about the group count
     for gi, (group, saved) in enumerate(zip(optimizer.param_groups, saved_groups)):
         if len(group["params"]) != len(saved["params"]):
             return  # likewise
+        values = {**group, **saved}
         for position, (p, saved_id) in enumerate(zip(group["params"], saved["params"])):
-            yield gi, position, p, state_dict["state"].get(saved_id)
+            yield gi, position, p, state_dict["state"].get(saved_id), values
 
 
 def check_state_dict(
-    optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any], spec: StateSpec
+    optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any], spec: StateSpec | SpecOf
 ) -> None:
-    """Raise ``StateError`` if a state tensor of ``state_dict`` does not fit its parameter."""
+    """Raise ``StateError`` if a state tensor of ``state_dict`` does not fit its parameter
+    (``spec``: one for all parameters, or a function of the group's values and the parameter)."""
     name = f"{type(optimizer).__name__}.load_state_dict"
     _check(name, spec, _loaded_items(optimizer, state_dict), strict=False)
 
 
-def check_optimizer_state(optimizer: torch.optim.Optimizer, spec: StateSpec) -> None:
+def check_optimizer_state(optimizer: torch.optim.Optimizer, spec: StateSpec | SpecOf) -> None:
     """Raise ``StateError`` if a state tensor in use does not fit its parameter exactly."""
     items = (
-        (gi, position, p, optimizer.state.get(p))
+        (gi, position, p, optimizer.state.get(p), group)
         for gi, group in enumerate(optimizer.param_groups)
         for position, p in enumerate(group["params"])
     )

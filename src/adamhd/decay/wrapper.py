@@ -69,6 +69,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _default_to_fused_or_foreach
 
+from adamhd.decay.base_state import wrapped_state_spec
 from adamhd.decay.chunks import sweep
 from adamhd.decay.cpr import CPR_DEFAULTS, CPR_STATE_KEYS, CPRDecay, check_cpr_options
 from adamhd.decay.fused_chain import chain_reason, chain_step
@@ -84,7 +85,7 @@ from adamhd.decay.strength import (
 from adamhd.decay.threshold import mean_abs, mu_dtype
 from adamhd.distributed import whole_mean_abs
 from adamhd.kernels import fused_decay_, fused_decay_reason
-from adamhd.state import restore_after_load
+from adamhd.state import check_optimizer_state, check_state_dict, restore_after_load
 
 __all__ = ["classes", "with_decoupled_decay"]
 
@@ -126,6 +127,7 @@ class _DecoupledDecay:
     # the decay keys are this wrapper's: a base with native decay (adamhd.decay.native) neither
     # checks nor applies them (its step sees weight_decay=0)
     decay_by_wrapper = True
+    _decay_state_checked = False  # the wrapper's own flag (a checked base keeps its own)
 
     def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
         options = {k: kwargs.pop(k) for k in DECAY_KEYS if k in kwargs}
@@ -180,6 +182,7 @@ class _DecoupledDecay:
                 _check_options(self._decay_base, group)
             except ValueError as error:
                 raise ValueError(f"param_groups[{index}]: {error}") from None
+        self._check_state_once()
         if hasattr(self._decay_base, "check_step_inputs"):  # the base's own refusals, first
             self._decay_base.check_step_inputs(self)
         if closure is not None:
@@ -326,15 +329,33 @@ class _DecoupledDecay:
             plan.ds = rule.thresholds(params, mus, False)
         return plan
 
+    def _check_state_once(self) -> None:
+        """The state in use, strictly (dtype, device), once after construction or a load, as
+        ``load_state_dict`` checks it (``adamhd.decay.base_state``), and a checked base's own
+        check (``check_state_once``), before the decay changes anything. Not while compiling."""
+        if not self._decay_state_checked and not torch.compiler.is_compiling():
+            check_optimizer_state(self, wrapped_state_spec(self._decay_base))  # type: ignore
+            self._decay_state_checked = True
+        base_check = getattr(self, "check_state_once", None)
+        if base_check is not None:
+            base_check()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._decay_state_checked = False
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The base's ``load_state_dict``, then ``delta_mu`` and the CPR state restored to
+        """Checked first (``adamhd.decay.base_state``: ``StateError`` naming the parameter and
+        key, before anything changes); the base's ``load_state_dict``, then ``delta_mu`` and the
+        CPR state restored to
         float32/float64, and the base's float32/float64 scalar statistics of bf16/fp16 weights
         (NAdam's ``mu_product``) to their saved dtype: torch casts floating state to each
         parameter's dtype. A group saved without decay options (a checkpoint of the plain base
         optimizer) keeps this optimizer's options for that group."""
+        check_state_dict(self, state_dict, wrapped_state_spec(self._decay_base))  # type: ignore
         options = [{k: g[k] for k in (*DECAY_KEYS, "initial_lr") if k in g}
                    for g in self.param_groups]  # type: ignore[attr-defined]
-        super().load_state_dict(state_dict)  # type: ignore[misc]
+        super().load_state_dict(state_dict)  # type: ignore[misc]  # ends with __setstate__
         for group, kept in zip(self.param_groups, options):  # type: ignore[attr-defined]
             for key, value in kept.items():
                 group.setdefault(key, value)

@@ -20,7 +20,15 @@ from adamhd.decay.native import MU_KEY, StepDecay, check_native_decay, decay_opt
 from adamhd.decay.strength import remember_initial_lr
 from adamhd.decay.threshold import statistic_dtype
 from adamhd.distributed import is_dtensor
-from adamhd.state import restore_after_load
+from adamhd.state import (
+    ADAM_STATE,
+    Entry,
+    SpecOf,
+    StateSpec,
+    check_optimizer_state,
+    check_state_dict,
+    restore_after_load,
+)
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -240,6 +248,7 @@ class CheckedOptimizer(Optimizer):
     def step_groups(self, **step_values: Any) -> None:
         """The checks (gradients; every group's options and hyperparameters, before anything
         changes), then per group with gradients its state and gradients, then ``step_batches``."""
+        self.check_state_once()
         self.check_step_inputs()
         work = [(g, ps) for g in self.param_groups if (ps := self.params_with_grad(g))]
         hypers = [self.group_hyper(g, **step_values) for g, _ in work]
@@ -266,12 +275,66 @@ class CheckedOptimizer(Optimizer):
         for b in batches:
             self.group_step(b.params, b.grads, b.states, b.hyper)
 
+    # What a parameter's state holds (``adamhd.state``): checked on ``load_state_dict`` before
+    # anything changes, and strictly once at the first step after construction or a load.
+
+    #: keys the step adds when they are missing (optional); native decay's ``delta_mu`` is added
+    later_state: ClassVar[StateSpec] = {}
+    #: an explicit spec for all parameters, in place of the one ``state_spec_of`` derives
+    state_spec: ClassVar[StateSpec | None] = None
+    _state_checked = False
+
+    def state_spec_of(self, group: Mapping[str, Any], p: Tensor) -> StateSpec:
+        """``p``'s state: what ``new_state`` makes on a meta-device stand-in of ``p`` (no memory;
+        every key required, its shape and dtype as made), then ``later_state`` and ``delta_mu``."""
+        if self.state_spec is not None:
+            made = self.state_spec
+        else:
+            made = {key: self._made_entry(key, value, p)
+                    for key, value in self.new_state(meta_like(p), dict(group)).items()}
+        spec = {**made, **self.later_state}
+        if self.native_decay:
+            spec[MU_KEY] = Entry(shape="scalar", dtype="statistic")
+        return spec
+
+    def _made_entry(self, key: str, value: Tensor, p: Tensor) -> Entry:
+        """The entry of a state tensor that ``new_state`` made for ``p``."""
+        if key == "step":
+            return ADAM_STATE["step"]  # as torch's optimizers keep it (a number is accepted)
+        kind: Any = value.dtype
+        if key in self.stat_keys:
+            kind = "statistic"
+        elif value.dtype == p.dtype:
+            kind = "param"
+        return Entry(shape=tuple(value.shape), dtype=kind, required=True,
+                     cpu_ok=value.device.type == "cpu")
+
+    def check_state_once(self) -> None:
+        """The state in use, strictly (dtype, device), once after construction or a load: state
+        set by other means (assigned, a load pre-hook) is refused before the step changes
+        anything. Not while ``torch.compile`` traces (host-side Python)."""
+        if not self._state_checked and not torch.compiler.is_compiling():
+            check_optimizer_state(self, per_layout(self.state_spec_of))
+            self._state_checked = True
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but the float statistics in ``stat_keys`` (and native decay's
-        ``delta_mu``) keep their saved precision and integer state (SMMF's packed signs) its
-        dtype: torch casts every state tensor but ``step`` to the parameter's dtype."""
-        super().load_state_dict(state_dict)
+        """As torch's, checked first (``StateError`` naming the parameter and key, nothing
+        changed); then the float statistics in ``stat_keys`` (and native decay's ``delta_mu``)
+        keep their saved precision and integer state (SMMF's packed signs) its dtype: torch
+        casts every state tensor but ``step`` to the parameter's dtype."""
+        check_state_dict(self, state_dict, per_layout(self.state_spec_of))
+        super().load_state_dict(state_dict)  # ends with __setstate__: checked again at a step
         restore_after_load(self, state_dict, self._restored_dtype)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """torch's (its ``load_state_dict`` ends here); a ``step`` saved as a number becomes
+        the float32 tensor ``new_step`` makes, as torch's optimizers convert theirs."""
+        super().__setstate__(state)
+        for p_state in self.state.values():
+            step = p_state.get("step")
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                p_state["step"] = torch.tensor(float(step), dtype=torch.float32)
+        self._state_checked = False
 
     def _restored_dtype(self, key: str, value: Tensor, p: Tensor) -> torch.dtype | None:
         if key in self.stat_keys or key == MU_KEY:
@@ -307,6 +370,36 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
 def zero_moment(p: Tensor) -> Tensor:
     """A moment of ``p`` (its shape, dtype, device and layout), zero."""
     return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def per_layout(spec_of: SpecOf) -> SpecOf:
+    """``spec_of`` made once per group and plain-tensor layout (shape, strides, dtype, device)
+    during one check: the parameters of repeated layers share it. DTensors: each its own."""
+    memo: dict[tuple, tuple[Mapping[str, Any], StateSpec]] = {}
+
+    def cached(group: Mapping[str, Any], p: Tensor) -> StateSpec:
+        if is_dtensor(p):
+            return spec_of(group, p)
+        key = (id(group), tuple(p.shape), p.stride(), p.dtype, p.device)
+        if key not in memo:  # the group is kept with its spec: its id is not reused meanwhile
+            memo[key] = (group, spec_of(group, p))
+        return memo[key][1]
+
+    return cached
+
+
+def meta_like(p: Tensor) -> Tensor:
+    """A stand-in of ``p`` on the meta device (shape, dtype, strides; no memory): a DTensor
+    with ``p``'s mesh and placements for a DTensor ``p``, so that ``new_state`` makes the
+    state's layout without allocating it."""
+    local = p.to_local() if is_dtensor(p) else p  # type: ignore[attr-defined]
+    meta = torch.empty_strided(local.shape, local.stride(), dtype=local.dtype, device="meta")
+    if not is_dtensor(p):
+        return meta
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(meta, p.device_mesh, p.placements,  # type: ignore[attr-defined]
+                              run_check=False, shape=p.shape, stride=p.stride())
 
 
 def new_step(p: Tensor) -> Tensor:

@@ -52,6 +52,7 @@ from adamhd.optim._base import (
     in_unit,
     lr_value,
 )
+from adamhd.state import Entry
 
 __all__ = ["AdaptiveMemorySGD", "MemoryGroup", "adaptive_memory_beta", "adaptive_memory_sgd"]
 
@@ -122,6 +123,7 @@ class AdaptiveMemorySGD(CheckedOptimizer):
     dtensor_reason = ("beta_t is one statistic of the whole model (needs an all-reduce of "
                       "|g|^2, <g,d>, |d|^2), not built")
     checks = {"lam": finite_nonneg, "beta_max": in_unit}
+    later_state = {"direction": Entry()}  # d, made by a parameter's first step (d = g)
 
     def __init__(self, params: Params, lr: float | Tensor = 0.1, lam: float = 0.1,
                  beta_max: float = 0.9, weight_decay: float = 0.0, *,

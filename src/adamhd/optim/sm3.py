@@ -57,6 +57,7 @@ from adamhd.optim._base import (
     zero_moment,
 )
 from adamhd.optim._paths import ForeachOption, batches
+from adamhd.state import Entry
 
 __all__ = ["SM3", "SM3Hyper", "sm3"]
 
@@ -211,6 +212,7 @@ class SM3(ForeachOption, CheckedOptimizer):
     name = "SM3"
     native_decay = True
     stat_keys = ("accumulator",) + tuple(f"accumulator_{d}" for d in range(16))
+    later_state = {"momentum_buffer": Entry()}  # made by the first step with momentum != 0
     hyper_type = SM3Hyper
     checks = {"momentum": in_unit, "eps": finite_nonneg}
 
