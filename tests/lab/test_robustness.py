@@ -123,6 +123,8 @@ def test_bad_paths_and_damaged_files_name_the_file(tmp_path, works_dir, capsys):
      "--options: 'bogus=1': AdamHD.__init__() got an unexpected keyword argument 'bogus'"),
     (["bench", "step", "--options", "cautious"],
      "--options: 'cautious': 'cautious' is not key=value"),
+    (["bench", "loads", "--optimizers", "nsgda,nosuch"], "--optimizers: unknown nosuch"),
+    (["bench", "loads", "--params", "0"], "--params: must be >= 1, got 0"),
     (["bench", "memory", "--threads", "-1"], "--threads: must be >= 0, got -1"),
     (["bench", "memory", "--n-embd", "0"], "--n-embd: must be >= 1, got 0"),
     (["bench", "memory", "--vocab", "0"], "--vocab: must be >= 1, got 0"),

@@ -7,6 +7,7 @@
 * ``adamhd bench memory``: optimizer-state bytes per parameter and step time of every optimizer.
 * ``adamhd bench precision``: Adafactor's ``1/sqrt(V)`` error in float32 against float64.
 * ``adamhd bench lowbit``: error of AdamHD's bf16 and 8-bit moments on a lab model's statistics.
+* ``adamhd bench loads``: what the state checks of ``load_state_dict`` cost.
 
 ``add_parser(subparsers)`` registers the ``bench`` command with the ``adamhd`` CLI.
 """
@@ -19,7 +20,7 @@ __all__ = ["add_parser", "standalone"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from adamhd.bench import lowbit, memory, precision, rules, step, transforms, wrappers
+    from adamhd.bench import loads, lowbit, memory, precision, rules, step, transforms, wrappers
 
     bench = subparsers.add_parser("bench", help="benchmarks (adamhd bench step|decay|...)")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
@@ -31,6 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ("memory", memory, "optimizer-state bytes per parameter and step time"),
         ("precision", precision, "Adafactor's factored 1/sqrt(V) against float64"),
         ("lowbit", lowbit, "error of AdamHD's bf16 / 8-bit moments on real gradient statistics"),
+        ("loads", loads, "what the state checks of load_state_dict cost"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)

@@ -6,7 +6,7 @@ share a derived spec), one step, then ``load_state_dict`` of its own state_dict 
 check and without it (``check_state_dict`` of ``adamhd.optim._base`` and of the wrapper replaced
 by a no-op), interleaved in an order alternated every round; and the first step after a load
 (which checks the state strictly once) against the step after it. Medians over rounds, with the
-range; ratios of medians. Run ``python -m adamhd.bench.loads --help``.
+range; ratios of medians. Run ``adamhd bench loads --help``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import adamhd
 import adamhd.decay.wrapper as wrapper
 import adamhd.optim._base as base
+from adamhd.argtypes import positive_int
 
 __all__ = ["OPTIMIZERS", "Row", "main", "run"]
 
@@ -100,24 +101,33 @@ def run(names: list[str], n: int = 200, layouts: str = "repeated", rounds: int =
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adamhd.bench.loads", description=__doc__)
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--params", type=int, default=200)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                        help="comma-separated (default: all)")
+    parser.add_argument("--params", type=positive_int, default=200)
     parser.add_argument("--layouts", choices=("repeated", "distinct"), default="repeated")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    parser.add_argument("--rounds", type=positive_int, default=9)
+    parser.add_argument("--threads", type=positive_int, default=1)
+
+
+def command(args: argparse.Namespace) -> int:
     names = args.optimizers.split(",")
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown:
-        parser.error(f"unknown optimizers: {', '.join(unknown)}")
+        raise ValueError(f"--optimizers: unknown {', '.join(unknown)} "
+                         f"(known: {', '.join(OPTIMIZERS)})")
     torch.set_num_threads(args.threads)
     print("| optimizer | checked load ms | unchecked load ms | load ratio | first step ratio |")
     print("|---|---|---|---|---|")
     for row in run(names, args.params, args.layouts, args.rounds):
         print(row.line())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adamhd.bench import standalone
+
+    return standalone("loads", __doc__.splitlines()[0], add_arguments, command, argv)
 
 
 if __name__ == "__main__":
