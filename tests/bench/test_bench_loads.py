@@ -41,5 +41,5 @@ def test_main_prints_the_table(capsys):
 
 
 def test_unknown_optimizer_is_an_error():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--optimizers: unknown sm3x"):
         loads.main(["--optimizers", "sm3x"])
