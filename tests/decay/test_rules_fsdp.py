@@ -5,35 +5,19 @@ DCP save/load that resumes exactly (``rules_fsdp_worker.py``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from tests.decay.rules_fsdp_worker import BOUND, CONFIGS, STATE_KEYS, make_optimizer
 from tests.distributed import common
-from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+from tests.distributed.conftest import run_worker
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    out = tmp_path_factory.mktemp("rules_fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "src"), str(REPO)])}
-    cmd = [sys.executable, "-m", "tests.decay.rules_fsdp_worker", "--out", str(out),
-           "--port", str(free_port())]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return torch.load(out / "results.pt", weights_only=False)
+    return run_worker("tests.decay.rules_fsdp_worker", tmp_path_factory.mktemp("rules_fsdp"))
 
 
 @pytest.mark.parametrize("name", [*CONFIGS, BOUND])

@@ -4,36 +4,19 @@ exactly. One spawned job runs every check (``tests/decay/fsdp_worker.py``)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from tests.decay.fsdp_configs import CONFIGS, make_optimizer
 from tests.distributed import common
-from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+from tests.distributed.conftest import run_worker
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    out = tmp_path_factory.mktemp("wrapper_fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO / "src"), str(REPO)])}
-    cmd = [sys.executable, "-m", "tests.decay.fsdp_worker", "--out", str(out)]
-    proc = subprocess.run(
-        [*cmd, "--port", str(free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return torch.load(out / "results.pt", weights_only=False)
+    return run_worker("tests.decay.fsdp_worker", tmp_path_factory.mktemp("wrapper_fsdp"))
 
 
 def one_process(name: str):

@@ -3,18 +3,13 @@ transforms take one all-reduce per step (none for centralisation). One spawned j
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from adamhd.transforms import TRANSFORMS
 from tests.distributed import common
 from tests.distributed import transforms_common as tc
-from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+from tests.distributed.conftest import run_worker
 
 pytestmark = pytest.mark.slow
 ATOL = 1e-6
@@ -22,23 +17,8 @@ ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
     out = tmp_path_factory.mktemp("transforms_dist")
-    # src first: the worker must import this checkout's adamhd, not another installed one
-    path = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "tests.distributed.transforms_worker", "--out", str(out)]
-    for _attempt in range(2):  # a free port can be taken by another job before the worker binds it
-        proc = subprocess.run(
-            [*cmd, "--port", str(free_port())],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
-        )
-        if proc.returncode == 0 or "ddress already in use" not in proc.stderr + proc.stdout:
-            break
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return torch.load(out / "results.pt", weights_only=False)
+    return run_worker("tests.distributed.transforms_worker", out)
 
 
 def assert_close_dicts(got: dict, want: dict, exact: bool = False) -> None:

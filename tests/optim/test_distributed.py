@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from tests.distributed import common
-from tests.distributed.conftest import REPO, TIMEOUT_S, free_port
+from tests.distributed.conftest import run_worker
 from tests.optim.dist_configs import CONFIGS, SURVEY, SURVEY_DCP, reference
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with the gloo backend is not available")
-    out = tmp_path_factory.mktemp("optim_dist")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
-    cmd = [sys.executable, "-m", "tests.optim.dist_worker", "--out", str(out),
-           "--port", str(free_port())]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return torch.load(out / "results.pt", weights_only=False)
+    return run_worker("tests.optim.dist_worker", tmp_path_factory.mktemp("optim_dist"))
 
 
 @pytest.mark.slow
