@@ -1834,27 +1834,36 @@ ADAMHD_INLINE Vectorized<float> from_lanes(const FLanes& y) {
 #endif
 }
 
-// kLanes bytes widened to 32-bit lanes, and 32-bit lanes (in [0, 255]) to bytes (one instruction
-// each on AVX512; GCC's __builtin_convertvector does them a lane at a time)
+// kLanes bytes widened to 32-bit lanes (SIGNED: sign-extended, so bit 31 is the byte's bit 7),
+// and 32-bit lanes to their low bytes (one instruction each on AVX512; GCC's
+// __builtin_convertvector does them a lane at a time)
+template <bool SIGNED>
 ADAMHD_INLINE ULanes widen_bytes(const uint8_t* src) {
 #if defined(CPU_CAPABILITY_AVX512)
-  return (ULanes)_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  return (ULanes)(SIGNED ? _mm512_cvtepi8_epi32(x) : _mm512_cvtepu8_epi32(x));
 #elif defined(CPU_CAPABILITY_AVX2)
-  return (ULanes)_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)));
+  const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+  return (ULanes)(SIGNED ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x));
 #else
   ULanes out;
-  for (int64_t k = 0; k < kLanes; ++k) out[k] = src[k];
+  for (int64_t k = 0; k < kLanes; ++k) {
+    out[k] = SIGNED ? static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(src[k])))
+                    : src[k];
+  }
   return out;
 #endif
 }
 
-// t (>= 0) rounded to the nearest integer, ties to even (lanes with t > 2**22: any value)
+// t (>= 0) rounded to the nearest integer, ties to even; NaN: an integer <= 0 whose low byte is
+// 0 (AVX512: INT_MIN; else 0); t > 2**22: any value.
 ADAMHD_INLINE ILanes round_even(const FLanes& t) {
 #if defined(CPU_CAPABILITY_AVX512)
   return (ILanes)_mm512_cvt_roundps_epi32((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
   constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
-  return __builtin_convertvector((t + kRound) - kRound, ILanes);
+  const FLanes r = (t + kRound) - kRound, zero = {};
+  return __builtin_convertvector(r > zero ? r : zero, ILanes);
 #endif
 }
 
@@ -1871,13 +1880,13 @@ ADAMHD_INLINE void narrow_bytes(const ILanes& c, uint8_t* dst) {
 template <int M, bool SIGNED>
 ADAMHD_INLINE FLanes decode_lanes(const uint8_t* code, float scale) {
   constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
-  const ULanes raw = widen_bytes(code);
+  const ULanes raw = widen_bytes<SIGNED>(code);
   ULanes c = raw;
   if constexpr (SIGNED) c &= 127u;
   const FLanes normal = (FLanes)((c + (112u << M)) << (23 - M));
   const FLanes sub = __builtin_convertvector((ILanes)c, FLanes) * kSubStep;
   const FLanes value = (c >= (1u << M) ? normal : sub) * scale;
-  if constexpr (SIGNED) return (FLanes)((ULanes)value ^ ((raw << 24) & 0x80000000u));
+  if constexpr (SIGNED) return (FLanes)((ULanes)value ^ (raw & 0x80000000u));
   return value * value;
 }
 
@@ -1904,11 +1913,10 @@ ADAMHD_INLINE void encode_lanes(const float* val, const CodeScale& s, uint8_t* c
   FLanes value;
   std::memcpy(&value, val, sizeof(value));
   const FLanes a = (FLanes)((ULanes)value & 0x7FFFFFFFu);
-  const FLanes zero = {};
-  FLanes y = s.divide ? a / s.safe : a * s.inv;
-  y = y > zero ? y : zero;  // NaN -> 0 (code 0); every other y is >= 0 already
+  const FLanes y = s.divide ? a / s.safe : a * s.inv;  // in [0, 1], or NaN
   const ILanes normal = (ILanes)((((ULanes)y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
-  ILanes c = y >= kMinNormal ? normal : round_even(y * kSubScale);  // both >= 0
+  // normal >= 1 << M; the subnormal code >= 0, or for NaN y (code 0) round_even's NaN value
+  ILanes c = y >= kMinNormal ? normal : round_even(y * kSubScale);
   c = c > kMax ? (ILanes{} + kMax) : c;
   if constexpr (SIGNED) c |= (ILanes)((((ULanes)value) >> 24) & 0x80u);
   narrow_bytes(c, code);
