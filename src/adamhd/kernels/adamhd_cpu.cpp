@@ -1912,7 +1912,8 @@ ADAMHD_INLINE void encode_lanes(const float* val, const CodeScale& s, uint8_t* c
   constexpr int32_t kMax = 15 << M;
   FLanes value;
   std::memcpy(&value, val, sizeof(value));
-  const FLanes a = (FLanes)((ULanes)value & 0x7FFFFFFFu);
+  // |value| (sqrt(v) is >= 0 already, or NaN, which gets code 0 with either sign)
+  const FLanes a = SIGNED ? (FLanes)((ULanes)value & 0x7FFFFFFFu) : value;
   const FLanes y = s.divide ? a / s.safe : a * s.inv;  // in [0, 1], or NaN
   const ILanes normal = (ILanes)((((ULanes)y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
   // normal >= 1 << M; the subnormal code >= 0, or for NaN y (code 0) round_even's NaN value
@@ -2025,6 +2026,31 @@ inline float lane_max(const ULanes& top) {
   return bits_float(out);
 }
 
+// excess(x, neg_d, d) bit for bit, by x86's plain max and min (two instructions; excess's
+// NaN-propagating ones take eight), for thresholds from order_thresholds: those return their
+// second operand where either is NaN, so a NaN x gives x - (a number) = x quieted, as excess's
+// x - NaN does, and a NaN d gives the all-ones NaN that excess's max and min return.
+inline Vectorized<float> excess_ordered(const Vectorized<float>& x,
+                                        const Vectorized<float>& neg_d,
+                                        const Vectorized<float>& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return x - Vectorized<float>(_mm512_min_ps(_mm512_max_ps(x, neg_d), d));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return x - Vectorized<float>(_mm256_min_ps(_mm256_max_ps(x, neg_d), d));
+#else
+  return excess(x, neg_d, d);
+#endif
+}
+
+// The thresholds excess_ordered needs: a NaN d (and -d) as the all-ones NaN (x86 builds).
+inline void order_thresholds(Consts<Vectorized<float>>& c) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  alignas(64) float d[Vectorized<float>::size()];
+  c.d.store(d);
+  if (std::isnan(d[0])) c.d = c.neg_d = Vectorized<float>(bits_float(0xFFFFFFFFu));
+#endif
+}
+
 // adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
 // operations in the same order (bit for bit: tested against fused_step_ on working copies), with
 // sqrt(v), which the update takes anyway, kept for v's 8-bit code: one square root per element
@@ -2039,12 +2065,12 @@ inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float
   m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
                  : at::vec::fmadd(c.weight1 - T(1), g - m, g);
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
-  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess_ordered(p, c.neg_d, c.d) * c.tau;
   root = v.sqrt();
   p = p + c.neg_step_size * m / (root / c.bc2_sqrt + c.eps);
   if constexpr (DECAY == 2) {
     const T q = p / c.one_plus_tau;
-    p = q + excess(q, c.neg_d, c.d) * c.tau;
+    p = q + excess_ordered(q, c.neg_d, c.d) * c.tau;
   }
   return p;
 }
@@ -2217,7 +2243,8 @@ double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   static_assert(kLowBlock % W == 0, "a block is whole vectors");
   const LowExtra& x = *static_cast<const LowExtra*>(job.max_v);
   const auto* p = static_cast<const P*>(job.p);
-  const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
+  Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
+  if constexpr (PLAIN) order_thresholds(cv);  // for plain_update_root's excess_ordered
   alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock];
   alignas(64) uint8_t m_pad[kLowBlock], v_pad[kLowBlock];
   PendingCodes pending[2];
