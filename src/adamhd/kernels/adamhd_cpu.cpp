@@ -1855,6 +1855,14 @@ ADAMHD_INLINE ULanes widen_bytes(const uint8_t* src) {
 #endif
 }
 
+ADAMHD_INLINE void narrow_bytes(const ILanes& c, uint8_t* dst) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8((__m512i)c));
+#else
+  for (int64_t k = 0; k < kLanes; ++k) dst[k] = static_cast<uint8_t>(c[k]);
+#endif
+}
+
 // t (>= 0) rounded to the nearest integer, ties to even; NaN: an integer <= 0 whose low byte is
 // 0 (AVX512: INT_MIN; else 0); t > 2**22: any value.
 ADAMHD_INLINE ILanes round_even(const FLanes& t) {
@@ -1864,14 +1872,6 @@ ADAMHD_INLINE ILanes round_even(const FLanes& t) {
   constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
   const FLanes r = (t + kRound) - kRound, zero = {};
   return __builtin_convertvector(r > zero ? r : zero, ILanes);
-#endif
-}
-
-ADAMHD_INLINE void narrow_bytes(const ILanes& c, uint8_t* dst) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8((__m512i)c));
-#else
-  for (int64_t k = 0; k < kLanes; ++k) dst[k] = static_cast<uint8_t>(c[k]);
 #endif
 }
 
@@ -1916,7 +1916,8 @@ ADAMHD_INLINE void encode_lanes(const float* val, const CodeScale& s, uint8_t* c
   const FLanes a = SIGNED ? (FLanes)((ULanes)value & 0x7FFFFFFFu) : value;
   const FLanes y = s.divide ? a / s.safe : a * s.inv;  // in [0, 1], or NaN
   const ILanes normal = (ILanes)((((ULanes)y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
-  // normal >= 1 << M; the subnormal code >= 0, or for NaN y (code 0) round_even's NaN value
+  // normal (where taken) >= 1 << M; the subnormal code >= 0, or for NaN y (code 0)
+  // round_even's NaN value
   ILanes c = y >= kMinNormal ? normal : round_even(y * kSubScale);
   c = c > kMax ? (ILanes{} + kMax) : c;
   if constexpr (SIGNED) c |= (ILanes)((((ULanes)value) >> 24) & 0x80u);
