@@ -1768,15 +1768,25 @@ inline float bits_float(uint32_t u) {
   return x;
 }
 
-// bf16 bits of x: stochastic (16 noise bits of element `first + i`), or to nearest (noise off)
+// bf16 bits of x[0, n): STOCHASTIC (16 noise bits mix32(base + i)), or to nearest
+template <bool STOCHASTIC>
+void bf16_bits(const float* x, uint16_t* out, uint32_t n, uint32_t base) {
+  for (uint32_t i = 0; i < n; ++i) {  // 32-bit i: the noise's index without 64-bit lanes
+    const uint32_t u = float_bits(x[i]);
+    const uint32_t add = STOCHASTIC ? (mix32(base + i) & 0xFFFFu) : (0x7FFFu + ((u >> 16) & 1u));
+    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  }
+}
+
+// bf16 bits of a block x[0, r): stochastic (16 noise bits of element `first + i`), or to nearest
 void store_bf16(const float* x, uint16_t* out, int64_t r, bool stochastic, uint32_t key,
                 int64_t first) {
   const uint32_t base = static_cast<uint32_t>(first) + key;
-  for (int64_t i = 0; i < r; ++i) {
-    const uint32_t u = float_bits(x[i]);
-    const uint32_t add = stochastic ? (mix32(base + static_cast<uint32_t>(i)) & 0xFFFFu)
-                                    : (0x7FFFu + ((u >> 16) & 1u));
-    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  const uint32_t n = static_cast<uint32_t>(r);  // r <= kLowBlock
+  if (stochastic) {
+    bf16_bits<true>(x, out, n, base);
+  } else {
+    bf16_bits<false>(x, out, n, base);
   }
 }
 
