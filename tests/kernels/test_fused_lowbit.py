@@ -276,3 +276,34 @@ def test_the_op_checks_before_anything_changes():
 def test_schema_is_the_registered_ops():
     registered = str(torch.ops.adamhd.fused_lowbit_step_.default._schema)
     assert registered == "adamhd::" + spec.LOWBIT_SCHEMA
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_nan_parameters_give_the_float32_kernels_nan_bits(state_dtype, monkeypatch):
+    """NaN parameters (either sign), fixed threshold: after two steps every parameter's bits,
+    NaN payloads included, equal the working-copy path's on the fp32 kernel (the low-bit
+    step's Huber clamp is excess_ordered, plain max/min; the fp32 kernel's is NaN-propagating).
+    With the adaptive threshold (a NaN threshold for the tensor) the payloads differ, on main's
+    kernel as well: not asserted here."""
+    kw = dict(lr=1e-2, weight_decay=0.1, delta=0.05, min_8bit_size=MIN_8BIT,
+              state_dtype=state_dtype)
+
+    def with_nan():
+        params = make_params(torch.float32)
+        with torch.no_grad():
+            params[0][3] = math.nan
+            params[2][1, 5] = -math.nan
+        return params
+
+    fused, ref = with_nan(), with_nan()
+    opt, ref_opt = AdamHD(fused, fused=True, **kw), AdamHD(ref, foreach=False, **kw)
+    plain = functional.adamhd_step
+    monkeypatch.setattr(functional, "adamhd_step",
+                        lambda tensors, hyper, foreach=False, **k: plain(tensors, hyper,
+                                                                          fused=True))
+    run(fused, opt, 2)
+    run(ref, ref_opt, 2)
+    assert opt.paths == {0: "fused"}
+    assert torch.isnan(fused[0][3]) and torch.isnan(fused[2][1, 5])
+    for p, q in zip(fused, ref):
+        assert torch.equal(p.detach().view(torch.int32), q.detach().view(torch.int32))

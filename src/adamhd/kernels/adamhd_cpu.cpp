@@ -352,13 +352,15 @@ inline double hsum(const Vectorized<T>& x) {
 constexpr int64_t kSumBlock = 128;  // vectors summed in the compute type before going to double
 constexpr int64_t kChunk = 32768;   // elements per work item (a multiple of every vector width)
 
+#define ADAMHD_INLINE inline __attribute__((always_inline))  // the hot loops' pieces, inlined
+
 // sum|x| of vectors, flushed to double every kSumBlock vectors (the blocking both passes share)
 template <typename OVec>
 struct AbsSum {
   double total = 0.0;
   OVec acc = OVec(0);
   int64_t in_acc = 0;
-  inline void add(const OVec& x) {
+  ADAMHD_INLINE void add(const OVec& x) {
     acc = acc + x.abs();
     if (++in_acc == kSumBlock) flush();
   }
@@ -1766,15 +1768,25 @@ inline float bits_float(uint32_t u) {
   return x;
 }
 
-// bf16 bits of x: stochastic (16 noise bits of element `first + i`), or to nearest (noise off)
+// bf16 bits of x[0, n): STOCHASTIC (16 noise bits mix32(base + i)), or to nearest
+template <bool STOCHASTIC>
+void bf16_bits(const float* x, uint16_t* out, uint32_t n, uint32_t base) {
+  for (uint32_t i = 0; i < n; ++i) {  // 32-bit i: the noise's index without 64-bit lanes
+    const uint32_t u = float_bits(x[i]);
+    const uint32_t add = STOCHASTIC ? (mix32(base + i) & 0xFFFFu) : (0x7FFFu + ((u >> 16) & 1u));
+    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  }
+}
+
+// bf16 bits of a block x[0, r): stochastic (16 noise bits of element `first + i`), or to nearest
 void store_bf16(const float* x, uint16_t* out, int64_t r, bool stochastic, uint32_t key,
                 int64_t first) {
   const uint32_t base = static_cast<uint32_t>(first) + key;
-  for (int64_t i = 0; i < r; ++i) {
-    const uint32_t u = float_bits(x[i]);
-    const uint32_t add = stochastic ? (mix32(base + static_cast<uint32_t>(i)) & 0xFFFFu)
-                                    : (0x7FFFu + ((u >> 16) & 1u));
-    out[i] = x[i] != x[i] ? uint16_t(0x7FC0) : static_cast<uint16_t>((u + add) >> 16);
+  const uint32_t n = static_cast<uint32_t>(r);  // r <= kLowBlock
+  if (stochastic) {
+    bf16_bits<true>(x, out, n, base);
+  } else {
+    bf16_bits<false>(x, out, n, base);
   }
 }
 
@@ -1801,69 +1813,125 @@ inline void store_block(const float* src, T* dst, int64_t r, bool sr, uint32_t k
   }
 }
 
-// The 8-bit code (lowbit.encode_code / decode_code) of a block; M mantissa bits. Written so
-// that the compiler vectorises the loops (integer max, selects by masks, no branches). `val`:
-// m (SIGNED), or sqrt(v) (the caller takes the root). y = |val| * (1/scale), as lowbit.py scales
-// (by the reciprocal, one division per block; by division where 1/scale overflows).
-// The code of y = |value|/scale in [0, 1] (and value's sign if SIGNED).
+// The 8-bit code (lowbit.encode_code / decode_code), M mantissa bits, a vector of lanes at a
+// time: GNU vector types as wide as Vectorized<float> (one code for every vector width; the
+// compiler emits the CPU's vector instructions, or several narrower ones).
+constexpr int64_t kLanes = Vectorized<float>::size();
+typedef float FLanes __attribute__((vector_size(4 * kLanes)));
+typedef int32_t ILanes __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t ULanes __attribute__((vector_size(4 * kLanes)));
+
+// Vectorized<float> <-> FLanes (a register move where both are the CPU's vector type)
+ADAMHD_INLINE FLanes to_lanes(const Vectorized<float>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return (FLanes)static_cast<__m512>(x);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return (FLanes)static_cast<__m256>(x);
+#else
+  FLanes y;
+  x.store(&y);
+  return y;
+#endif
+}
+
+ADAMHD_INLINE Vectorized<float> from_lanes(const FLanes& y) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return Vectorized<float>((__m512)y);
+#elif defined(CPU_CAPABILITY_AVX2)
+  return Vectorized<float>((__m256)y);
+#else
+  return Vectorized<float>::loadu(&y);
+#endif
+}
+
+// kLanes bytes widened to 32-bit lanes (SIGNED: sign-extended, so bit 31 is the byte's bit 7),
+// and 32-bit lanes to their low bytes (one instruction each on AVX512; GCC's
+// __builtin_convertvector does them a lane at a time)
+template <bool SIGNED>
+ADAMHD_INLINE ULanes widen_bytes(const uint8_t* src) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  return (ULanes)(SIGNED ? _mm512_cvtepi8_epi32(x) : _mm512_cvtepu8_epi32(x));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+  return (ULanes)(SIGNED ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x));
+#else
+  ULanes out;
+  for (int64_t k = 0; k < kLanes; ++k) {
+    out[k] = SIGNED ? static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(src[k])))
+                    : src[k];
+  }
+  return out;
+#endif
+}
+
+ADAMHD_INLINE void narrow_bytes(const ILanes& c, uint8_t* dst) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8((__m512i)c));
+#else
+  for (int64_t k = 0; k < kLanes; ++k) dst[k] = static_cast<uint8_t>(c[k]);
+#endif
+}
+
+// t (>= 0) rounded to the nearest integer, ties to even; NaN: an integer <= 0 whose low byte is
+// 0 (AVX512: INT_MIN; else 0); t > 2**22: any value.
+ADAMHD_INLINE ILanes round_even(const FLanes& t) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return (ILanes)_mm512_cvt_roundps_epi32((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
+  const FLanes r = (t + kRound) - kRound, zero = {};
+  return __builtin_convertvector(r > zero ? r : zero, ILanes);
+#endif
+}
+
+// The values of kLanes codes at `code` times `scale`: m (SIGNED: sign bit 7), or v, the square
+// of the code's value (which is sqrt(v)'s).
 template <int M, bool SIGNED>
-inline uint8_t code_of(float y, float value) {
+ADAMHD_INLINE FLanes decode_lanes(const uint8_t* code, float scale) {
+  constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
+  const ULanes raw = widen_bytes<SIGNED>(code);
+  ULanes c = raw;
+  if constexpr (SIGNED) c &= 127u;
+  const FLanes normal = (FLanes)((c + (112u << M)) << (23 - M));
+  const FLanes sub = __builtin_convertvector((ILanes)c, FLanes) * kSubStep;
+  const FLanes value = (c >= (1u << M) ? normal : sub) * scale;
+  if constexpr (SIGNED) return (FLanes)((ULanes)value ^ (raw & 0x80000000u));
+  return value * value;
+}
+
+// How a block's values are scaled for their code: by the reciprocal of the block's scale (its
+// max|value|), or by division where the reciprocal overflows (as lowbit.py scales).
+struct CodeScale {
+  float safe;   // the scale, or 1 where it is 0 or NaN
+  float inv;    // 1 / safe
+  bool divide;  // 1 / safe is infinite
+};
+
+inline CodeScale code_scale(float scale) {
+  const float safe = scale > 0.f ? scale : 1.f;
+  return {safe, 1.f / safe, std::isinf(1.f / safe)};
+}
+
+// The codes of kLanes values at `val` (SIGNED: m; else sqrt(v)) to `code`: y = |value| scaled,
+// in [0, 1]; normal codes from y's bits, rounded to nearest; below 2**-14 the subnormal steps.
+template <int M, bool SIGNED>
+ADAMHD_INLINE void encode_lanes(const float* val, const CodeScale& s, uint8_t* code) {
   constexpr float kMinNormal = 1.0f / 16384.0f;  // 2**-14
   constexpr float kSubScale = static_cast<float>(1 << (14 + M));
-  constexpr float kRound = 8388608.0f;  // 2**23: (t + 2**23) - 2**23 rounds t in [0, 2**22] to even
   constexpr int32_t kMax = 15 << M;
-  const int32_t normal =
-      static_cast<int32_t>((float_bits(y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
-  const float t = y * kSubScale;
-  const float rs = (t + kRound) - kRound;
-  const int32_t sub = static_cast<int32_t>(rs > 0.f ? rs : 0.f);
-  int32_t c = y >= kMinNormal ? normal : sub;
-  c = c < 0 ? 0 : (c > kMax ? kMax : c);
-  if constexpr (SIGNED) c |= static_cast<int32_t>((float_bits(value) >> 31) << 7);
-  return static_cast<uint8_t>(c);
-}
-
-template <int M, bool SIGNED>
-__attribute__((always_inline)) inline float encode_int8_block(const float* val, uint8_t* code, int64_t r, float known_max) {
-  float scale = known_max;  // max|val| if the step computed it (>= 0 or NaN), else < 0
-  if (scale < 0.f) {
-    uint32_t top = 0;  // max of |val|'s bits: the float order of non-negative values; NaN wins
-    for (int64_t i = 0; i < r; ++i) {
-      const uint32_t a = float_bits(val[i]) & 0x7FFFFFFFu;
-      top = a > top ? a : top;
-    }
-    scale = bits_float(top);
-  }
-  const float safe = scale > 0.f ? scale : 1.f;
-  const float inv = 1.f / safe;
-  if (std::isinf(inv)) {
-    for (int64_t i = 0; i < r; ++i) {
-      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) / safe, val[i]);
-    }
-  } else {
-    for (int64_t i = 0; i < r; ++i) {
-      code[i] = code_of<M, SIGNED>(bits_float(float_bits(val[i]) & 0x7FFFFFFFu) * inv, val[i]);
-    }
-  }
-  return scale;
-}
-
-template <int M, bool SIGNED>
-__attribute__((always_inline)) inline void decode_int8_block(const uint8_t* code, float scale, float* out, int64_t r) {
-  constexpr float kSubStep = 1.0f / static_cast<float>(1 << (14 + M));
-  for (int64_t i = 0; i < r; ++i) {
-    const uint32_t c = SIGNED ? (code[i] & 127u) : code[i];
-    const uint32_t normal = (c + (112u << M)) << (23 - M);
-    const uint32_t sub = float_bits(static_cast<float>(c) * kSubStep);
-    const uint32_t is_normal = 0u - static_cast<uint32_t>(c >= (1u << M));  // all ones or 0
-    const float value = bits_float((normal & is_normal) | (sub & ~is_normal)) * scale;
-    if constexpr (SIGNED) {
-      out[i] = bits_float(float_bits(value) ^ ((static_cast<uint32_t>(code[i]) >> 7) << 31));
-    } else {
-      out[i] = value * value;
-    }
-  }
-  for (int64_t i = r; i < kLowBlock; ++i) out[i] = 0.f;
+  FLanes value;
+  std::memcpy(&value, val, sizeof(value));
+  // |value| (sqrt(v) is >= 0 already, or NaN, which gets code 0 with either sign)
+  const FLanes a = SIGNED ? (FLanes)((ULanes)value & 0x7FFFFFFFu) : value;
+  const FLanes y = s.divide ? a / s.safe : a * s.inv;  // in [0, 1], or NaN
+  const ILanes normal = (ILanes)((((ULanes)y) + (1u << (22 - M))) >> (23 - M)) - (112 << M);
+  // normal (where taken) >= 1 << M; the subnormal code >= 0, or for NaN y (code 0)
+  // round_even's NaN value
+  ILanes c = y >= kMinNormal ? normal : round_even(y * kSubScale);
+  c = c > kMax ? (ILanes{} + kMax) : c;
+  if constexpr (SIGNED) c |= (ILanes)((((ULanes)value) >> 24) & 0x80u);
+  narrow_bytes(c, code);
 }
 
 // What a low-bit job carries besides Job (Job::max_v points here: no amsgrad in this op)
@@ -1876,14 +1944,11 @@ struct LowExtra {
   uint32_t key_m = 0, key_v = 0, key_p = 0;  // this step's keys
 };
 
+// bfloat16 or plain moments of a block to float buffers, and back
 template <typename P>
-__attribute__((always_inline)) inline void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m, float* v) {
-  if (x.moment == kMomentInt8) {
-    decode_int8_block<3, true>(static_cast<const uint8_t*>(job.m) + b, x.m_scale[b / kLowBlock],
-                               m, r);
-    decode_int8_block<4, false>(static_cast<const uint8_t*>(job.v) + b, x.v_scale[b / kLowBlock],
-                                v, r);
-  } else if (x.moment == kMomentBF16) {
+inline void decode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, float* m,
+                           float* v) {
+  if (x.moment == kMomentBF16) {
     load_block(static_cast<const c10::BFloat16*>(job.m) + b, m, r);
     load_block(static_cast<const c10::BFloat16*>(job.v) + b, v, r);
   } else {
@@ -1893,14 +1958,9 @@ __attribute__((always_inline)) inline void decode_moments(const Job& job, const 
 }
 
 template <typename P>
-__attribute__((always_inline)) inline void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r, const float* m,
-                    const float* v, const float* root, const float* maxes) {
-  if (x.moment == kMomentInt8) {
-    x.m_scale[b / kLowBlock] =
-        encode_int8_block<3, true>(m, static_cast<uint8_t*>(job.m) + b, r, maxes[0]);
-    x.v_scale[b / kLowBlock] =
-        encode_int8_block<4, false>(root, static_cast<uint8_t*>(job.v) + b, r, maxes[1]);
-  } else if (x.moment == kMomentBF16) {
+inline void encode_moments(const Job& job, const LowExtra& x, int64_t b, int64_t r,
+                           const float* m, const float* v) {
+  if (x.moment == kMomentBF16) {
     store_bf16(m, static_cast<uint16_t*>(job.m) + b, r, true, x.key_m, b);
     store_bf16(v, static_cast<uint16_t*>(job.v) + b, r, true, x.key_v, b);
   } else {
@@ -1962,13 +2022,44 @@ inline void add_stored(AbsSum<Vectorized<float>>& sum, const P* p, int64_t b, in
   }
 }
 
-// The largest lane of x >= 0 (NaN if a lane is NaN).
-inline float lane_max(const Vectorized<float>& x) {
-  alignas(64) float buf[Vectorized<float>::size()];
-  x.store(buf);
-  float out = 0.f;
-  for (float y : buf) out = (y != y || out != out) ? y + out : (y > out ? y : out);
-  return out;
+// The lanes of `top` and the bits of x >= 0 (or NaN) lane by lane, as unsigned integers: the
+// larger float for x >= 0; a NaN (sign cleared) above every number, so a NaN lane wins, as in
+// torch's amax.
+ADAMHD_INLINE ULanes max_bits(const ULanes& top, const Vectorized<float>& x) {
+  const ULanes bits = (ULanes)to_lanes(x) & 0x7FFFFFFFu;
+  return top > bits ? top : bits;
+}
+
+// The float of the largest lane of `top` (max_bits's)
+inline float lane_max(const ULanes& top) {
+  uint32_t out = 0;
+  for (int64_t k = 0; k < kLanes; ++k) out = top[k] > out ? top[k] : out;
+  return bits_float(out);
+}
+
+// excess(x, neg_d, d) bit for bit, by x86's plain max and min (two instructions; excess's
+// NaN-propagating ones take eight), for thresholds from order_thresholds: those return their
+// second operand where either is NaN, so a NaN x gives x - (a number) = x quieted, as excess's
+// x - NaN does, and a NaN d gives the all-ones NaN that excess's max and min return.
+inline Vectorized<float> excess_ordered(const Vectorized<float>& x,
+                                        const Vectorized<float>& neg_d,
+                                        const Vectorized<float>& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return x - Vectorized<float>(_mm512_min_ps(_mm512_max_ps(x, neg_d), d));
+#elif defined(CPU_CAPABILITY_AVX2)
+  return x - Vectorized<float>(_mm256_min_ps(_mm256_max_ps(x, neg_d), d));
+#else
+  return excess(x, neg_d, d);
+#endif
+}
+
+// The thresholds excess_ordered needs: a NaN d (and -d) as the all-ones NaN (x86 builds).
+inline void order_thresholds(Consts<Vectorized<float>>& c) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  alignas(64) float d[Vectorized<float>::size()];
+  c.d.store(d);
+  if (std::isnan(d[0])) c.d = c.neg_d = Vectorized<float>(bits_float(0xFFFFFFFFu));
+#endif
 }
 
 // adamhd_update<DECAY, false, true> (Adam's update, no amsgrad, no cautious decay), the same
@@ -1985,98 +2076,220 @@ inline Vectorized<float> plain_update_root(Vectorized<float> p, Vectorized<float
   m = f.lerp_low ? at::vec::fmadd(c.weight1, g - m, m)
                  : at::vec::fmadd(c.weight1 - T(1), g - m, g);
   v = v * c.beta2 + c.one_minus_beta2 * g * g;
-  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess(p, c.neg_d, c.d) * c.tau;
+  if constexpr (DECAY == 1) p = p * c.one_minus_tau + excess_ordered(p, c.neg_d, c.d) * c.tau;
   root = v.sqrt();
   p = p + c.neg_step_size * m / (root / c.bc2_sqrt + c.eps);
   if constexpr (DECAY == 2) {
     const T q = p / c.one_plus_tau;
-    p = q + excess(q, c.neg_d, c.d) * c.tau;
+    p = q + excess_ordered(q, c.neg_d, c.d) * c.tau;
   }
   return p;
 }
 
+// The moments of a block in float buffers (bfloat16 or plain: decode_moments, encode_moments).
+struct BufferedMoments {
+  static constexpr bool kInt8 = false;
+  float* m;
+  float* v;
+  ADAMHD_INLINE void load(int64_t i, Vectorized<float>& mv, Vectorized<float>& vv) const {
+    mv = Vectorized<float>::loadu(m + i);
+    vv = Vectorized<float>::loadu(v + i);
+  }
+  ADAMHD_INLINE void store(int64_t i, const Vectorized<float>& mv, const Vectorized<float>& vv,
+             const Vectorized<float>&) const {
+    mv.store(m + i);
+    vv.store(v + i);
+  }
+};
+
+// An int8 block after its step: m and sqrt(v), to be encoded to `m_code`, `v_code` (nullptr:
+// none) with the block's scales: during the next block's step, a vector of lanes per vector of
+// that step (the codec's integer work beside the step's divisions), or by finish_codes.
+struct PendingCodes {
+  alignas(64) float m[kLowBlock];
+  alignas(64) float root[kLowBlock];
+  uint8_t* m_code = nullptr;
+  uint8_t* v_code = nullptr;
+  CodeScale m_scale{}, v_scale{};
+  int64_t r = 0;
+};
+
+ADAMHD_INLINE void encode_pending(const PendingCodes& q, int64_t i, uint8_t* m_code, uint8_t* v_code) {
+  encode_lanes<3, true>(q.m + i, q.m_scale, m_code + i);
+  encode_lanes<4, false>(q.root + i, q.v_scale, v_code + i);
+}
+
+// All of q's codes (a short block's through a padded copy); then nothing is pending.
+inline void finish_codes(PendingCodes& q) {
+  if (q.m_code == nullptr) return;
+  alignas(64) uint8_t m[kLowBlock], v[kLowBlock];
+  const bool whole = q.r == kLowBlock;
+  for (int64_t i = 0; i < kLowBlock; i += kLanes) {
+    encode_pending(q, i, whole ? q.m_code : m, whole ? q.v_code : v);
+  }
+  if (!whole) {
+    std::memcpy(q.m_code, m, q.r);
+    std::memcpy(q.v_code, v, q.r);
+  }
+  q.m_code = q.v_code = nullptr;
+}
+
+// int8 moments of a block: decoded a vector at a time from the codes at `m_code`, `v_code` (a
+// short block's: zero-padded copies; its lanes past r are 0), with the scales the block had
+// before this step; after the step, m and sqrt(v) go to `now`, and the same lanes of `prev` (the
+// previous block, if pending) are encoded.
+struct Int8Moments {
+  static constexpr bool kInt8 = true;
+  const uint8_t* m_code;
+  const uint8_t* v_code;
+  float m_scale, v_scale;
+  int64_t r;
+  PendingCodes* now;
+  const PendingCodes* prev;
+  ADAMHD_INLINE void load(int64_t i, Vectorized<float>& mv, Vectorized<float>& vv) const {
+    mv = from_lanes(decode_lanes<3, true>(m_code + i, m_scale));
+    vv = from_lanes(decode_lanes<4, false>(v_code + i, v_scale));
+    if (i + kLanes > r) {
+      const int64_t keep = std::max<int64_t>(r - i, 0);
+      mv = Vectorized<float>::set(Vectorized<float>(0.f), mv, keep);
+      vv = Vectorized<float>::set(Vectorized<float>(0.f), vv, keep);
+    }
+  }
+  ADAMHD_INLINE void store(int64_t i, const Vectorized<float>& mv, const Vectorized<float>&,
+             const Vectorized<float>& root) const {
+    mv.store(now->m + i);
+    root.store(now->root + i);
+    if (prev != nullptr) encode_pending(*prev, i, prev->m_code, prev->v_code);
+  }
+};
+
 // The float step of one block: p, g from `p_in`, `g_in` (float pointers: the tensor itself for
-// a whole float32 block, else the block's float buffers), m and v in their buffers; the new p to
-// `p_out`; the unscaled g back to `g_out` (nullptr: not stored here); sqrt(v) to `rf` if
-// `want_root`. Adds the stored p to `sum`.
-template <int DECAY, bool PLAIN>
-inline void step_block(const float* p_in, float* g_in, float* p_out, float* g_out, float* mf,
-                       float* vf, float* rf, bool want_root, const Consts<Vectorized<float>>& cv,
-                       const Flags& f, AbsSum<Vectorized<float>>* sum, float* maxes) {
+// a whole float32 block, else the block's float buffers), m and v from `mo` and back to it; the
+// new p to `p_out`; the unscaled g back to `g_out` (nullptr: not stored here). Adds the stored
+// p to `sum`; int8: the block's max|m| and max sqrt(v) to `maxes`.
+template <int DECAY, bool PLAIN, typename Moments>
+ADAMHD_INLINE void step_block(const float* p_in, float* g_in, float* p_out, float* g_out,
+                       const Moments& mo, const Consts<Vectorized<float>>& cv, const Flags& f,
+                       AbsSum<Vectorized<float>>* sum, float* maxes) {
   using OVec = Vectorized<float>;
   constexpr int64_t W = OVec::size();
-  OVec dummy(0.f), m_max(0.f), r_max(0.f);  // the lanes past a short block hold m = root = 0
+  OVec dummy(0.f);
+  ULanes m_max = {}, r_max = {};  // max_bits of |m| and sqrt(v) (lanes past a short block: 0)
+  AbsSum<OVec> s = sum != nullptr ? *sum : AbsSum<OVec>();  // in registers, not behind `sum`
   for (int64_t i = 0; i < kLowBlock; i += W) {
     OVec gv = OVec::loadu(g_in + i);
     if (f.scaled) {
       gv = gv / cv.grad_scale;
       if (g_out != nullptr) gv.store(g_out + i);
     }
-    OVec mv = OVec::loadu(mf + i), vv = OVec::loadu(vf + i), root(0.f);
+    OVec mv, vv, root(0.f);
+    mo.load(i, mv, vv);
     OVec pv;
     if constexpr (PLAIN) {
       pv = plain_update_root<DECAY>(OVec::loadu(p_in + i), gv, mv, vv, root, cv, f);
     } else {
       pv = adamhd_update<DECAY, false, false>(OVec::loadu(p_in + i), gv, mv, vv, dummy, cv, f);
-      if (want_root) root = vv.sqrt();
+      if constexpr (Moments::kInt8) root = vv.sqrt();
     }
     pv.store(p_out + i);
-    mv.store(mf + i);
-    vv.store(vf + i);
-    if (want_root) {
-      root.store(rf + i);
-      m_max = at::vec::maximum(m_max, mv.abs());  // NaN-propagating, as torch's amax
-      r_max = at::vec::maximum(r_max, root);
+    mo.store(i, mv, vv, root);
+    if constexpr (Moments::kInt8) {
+      m_max = max_bits(m_max, mv);
+      r_max = max_bits(r_max, root);
     }
-    if (sum != nullptr) sum->add(pv);
+    if (sum != nullptr) s.add(pv);
   }
-  maxes[0] = maxes[1] = -1.f;
-  if (want_root) {
+  if (sum != nullptr) *sum = s;
+  if constexpr (Moments::kInt8) {
     maxes[0] = lane_max(m_max);
     maxes[1] = lane_max(r_max);
   }
 }
 
+// The step of block [b, b + r) of p and g with moments `mo`: a whole float32 block in place,
+// otherwise through the float buffers pf, gf.
+template <typename P, int DECAY, bool PLAIN, typename Moments>
+inline void step_params(const Job& job, int64_t b, int64_t r, const Moments& mo, float* pf,
+                        float* gf, const Consts<Vectorized<float>>& cv,
+                        AbsSum<Vectorized<float>>* sum, float* maxes) {
+  const LowExtra& x = *static_cast<const LowExtra*>(job.max_v);
+  auto* p = static_cast<P*>(job.p);
+  auto* g = static_cast<P*>(job.g);
+  if constexpr (std::is_same_v<P, float>) {
+    if (r == kLowBlock) {  // the trip counts are constants here
+      step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mo, cv, job.f, sum, maxes);
+      return;
+    }
+  }
+  load_block(p + b, pf, r);
+  load_block(g + b, gf, r);
+  step_block<DECAY, PLAIN>(pf, gf, pf, gf, mo, cv, job.f, nullptr, maxes);
+  if (job.f.scaled) store_block(gf, g + b, r, false, 0, b);
+  store_block(pf, p + b, r, x.param_sr && std::is_same_v<P, c10::BFloat16>, x.key_p, b);
+  if (sum != nullptr) add_stored(*sum, p, b, r);
+}
+
+// The codes of block [b, b + r) of int8 moments: the tensors' own, or for a short block
+// zero-padded copies in m_pad, v_pad.
+inline std::pair<const uint8_t*, const uint8_t*> block_codes(const Job& job, int64_t b, int64_t r,
+                                                             uint8_t* m_pad, uint8_t* v_pad) {
+  const auto* m = static_cast<const uint8_t*>(job.m) + b;
+  const auto* v = static_cast<const uint8_t*>(job.v) + b;
+  if (r == kLowBlock) return {m, v};
+  std::memset(m_pad, 0, kLowBlock);
+  std::memset(v_pad, 0, kLowBlock);
+  std::memcpy(m_pad, m, r);
+  std::memcpy(v_pad, v, r);
+  return {m_pad, v_pad};
+}
+
 // The step over the elements [begin, end) of one tensor (begin a multiple of kLowBlock); returns
-// sum|p_new| (0 if !want_sum), with lowbit_sum_abs's blocking. A whole block of a float32 tensor
-// is read and written in place; otherwise through float buffers.
+// sum|p_new| (0 if !want_sum), with lowbit_sum_abs's blocking. int8 moments: block b's codes are
+// written during block b + 1's step (software pipelining: see PendingCodes), the last block's
+// at the end.
 template <typename P, int DECAY, bool PLAIN>
 double lowbit_range(const Job& job, int64_t begin, int64_t end, bool want_sum) {
   using OVec = Vectorized<float>;
   constexpr int64_t W = OVec::size();
   static_assert(kLowBlock % W == 0, "a block is whole vectors");
   const LowExtra& x = *static_cast<const LowExtra*>(job.max_v);
-  auto* p = static_cast<P*>(job.p);
-  auto* g = static_cast<P*>(job.g);
-  const Flags& f = job.f;
-  const Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
-  const bool p_sr = x.param_sr && std::is_same_v<P, c10::BFloat16>;
-  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock], rf[kLowBlock];
-  const bool root = x.moment == kMomentInt8;
-  const int64_t moment_size = root ? 1 : (x.moment == kMomentBF16 ? 2 : sizeof(P));
-  float maxes[2];  // this block's max|m| and max sqrt(v), from the step (int8)
+  const auto* p = static_cast<const P*>(job.p);
+  Consts<OVec> cv = broadcast<OVec>(broadcast<float>(job.c));
+  if constexpr (PLAIN) order_thresholds(cv);  // for plain_update_root's excess_ordered
+  alignas(64) float pf[kLowBlock], gf[kLowBlock], mf[kLowBlock], vf[kLowBlock];
+  alignas(64) uint8_t m_pad[kLowBlock], v_pad[kLowBlock];
+  PendingCodes pending[2];
+  PendingCodes* prev = nullptr;
+  const bool int8 = x.moment == kMomentInt8;
+  const int64_t moment_size = int8 ? 1 : (x.moment == kMomentBF16 ? 2 : sizeof(P));
+  float maxes[2];  // int8: this block's max|m| and max sqrt(v), from the step
   AbsSum<OVec> sum;
+  AbsSum<OVec>* to_sum = want_sum ? &sum : nullptr;
   for (int64_t b = begin; b < end; b += kLowBlock) {
     const int64_t r = std::min(kLowBlock, end - b);
-    prefetch_ahead(p, g, job.m, job.v, moment_size, b + kPrefetchBlocks * kLowBlock, end);
-    if constexpr (std::is_same_v<P, float>) {
-      if (r == kLowBlock) {  // the trip counts are constants here
-        decode_moments<P>(job, x, b, kLowBlock, mf, vf);
-        step_block<DECAY, PLAIN>(p + b, g + b, p + b, g + b, mf, vf, rf, root, cv, f,
-                                 want_sum ? &sum : nullptr, maxes);
-        encode_moments<P>(job, x, b, kLowBlock, mf, vf, rf, maxes);
-        continue;
-      }
+    prefetch_ahead(p, static_cast<const P*>(job.g), job.m, job.v, moment_size,
+                   b + kPrefetchBlocks * kLowBlock, end);
+    if (!int8) {
+      decode_moments<P>(job, x, b, r, mf, vf);
+      step_params<P, DECAY, PLAIN>(job, b, r, BufferedMoments{mf, vf}, pf, gf, cv, to_sum, maxes);
+      encode_moments<P>(job, x, b, r, mf, vf);
+      continue;
     }
-    decode_moments<P>(job, x, b, r, mf, vf);
-    load_block(p + b, pf, r);
-    load_block(g + b, gf, r);
-    step_block<DECAY, PLAIN>(pf, gf, pf, gf, mf, vf, rf, root, cv, f, nullptr, maxes);
-    if (f.scaled) store_block(gf, g + b, r, false, 0, b);
-    encode_moments<P>(job, x, b, r, mf, vf, rf, maxes);
-    store_block(pf, p + b, r, p_sr, x.key_p, b);
-    if (want_sum) add_stored(sum, p, b, r);
+    PendingCodes& now = pending[(b - begin) / kLowBlock % 2];
+    const auto [m_code, v_code] = block_codes(job, b, r, m_pad, v_pad);
+    const Int8Moments mo{m_code, v_code, x.m_scale[b / kLowBlock], x.v_scale[b / kLowBlock],
+                         r, &now, prev};
+    step_params<P, DECAY, PLAIN>(job, b, r, mo, pf, gf, cv, to_sum, maxes);
+    x.m_scale[b / kLowBlock] = maxes[0];
+    x.v_scale[b / kLowBlock] = maxes[1];
+    now.m_scale = code_scale(maxes[0]);
+    now.v_scale = code_scale(maxes[1]);
+    now.m_code = static_cast<uint8_t*>(job.m) + b;
+    now.v_code = static_cast<uint8_t*>(job.v) + b;
+    now.r = r;
+    prev = &now;
   }
+  if (prev != nullptr) finish_codes(*prev);
   if (!want_sum) return 0.0;
   sum.flush();
   for (int64_t i = begin + (end - begin) / W * W; i < end; ++i) {
