@@ -57,8 +57,8 @@ def _add_study_options(p) -> None:
                    help="qmc: scrambled Sobol points (default); tpe: Optuna's TPE")
     p.add_argument("--pruner", choices=["asha", "hyperband", "none"], default="asha")
     p.add_argument("--storage", default="runs/tune/study.db",
-                   help="an SQLite file (default: %(default)s) or a database URL, e.g. "
-                        "postgresql://user@host/db")
+                   help="an SQLite file, made with its missing folders (default: "
+                        "%(default)s), or a database URL, e.g. postgresql://user@host/db")
     p.add_argument("--study", default=None,
                    help="name of the study in the storage (default: the preset's, cpu or gpu)")
 
@@ -94,7 +94,8 @@ def _add_report_parser(sub) -> None:
     r = sub.add_parser("tune-report", help="write the results of an `adamhd tune` storage",
                        description="Tables, plots and raw JSON from the storage of adamhd tune, "
                                    "at any point: unfinished (scale, entrant) cells are marked.")
-    r.add_argument("--storage", default="runs/tune/study.db")
+    r.add_argument("--storage", default="runs/tune/study.db",
+                   help="the SQLite file or database URL of `adamhd tune` (default: %(default)s)")
     r.add_argument("--study", default="cpu")
     r.add_argument("--out", default="runs/tune/report", help="folder (default: %(default)s)")
     r.add_argument("--command", default=None, dest="recorded_command",
