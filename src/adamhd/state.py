@@ -41,6 +41,7 @@ __all__ = [
     "StateError",
     "SpecOf",
     "StateSpec",
+    "check_layout",
     "check_optimizer_state",
     "check_state_dict",
     "fill_missing_group_keys",
@@ -157,8 +158,8 @@ def _problem(key: str, entry: Entry, value: Any, p: Tensor, strict: bool) -> str
 
 def _check(name: str, spec: StateSpec | SpecOf, items: Iterator, strict: bool) -> None:
     for group, position, p, p_state, values in items:
-        if p_state is None or (isinstance(p_state, Mapping) and not p_state):
-            continue
+        if (p_state is None and strict) or (isinstance(p_state, Mapping) and not p_state):
+            continue  # in use: no state yet; loaded: none saved for this parameter
         if not isinstance(p_state, Mapping):
             where = _where(name, group, position, p)
             raise StateError(f"{where}: the state is a {type(p_state).__name__}, expected a dict")
@@ -184,14 +185,34 @@ def _loaded_items(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any
             return  # likewise
         values = {**group, **saved}
         for position, (p, saved_id) in enumerate(zip(group["params"], saved["params"])):
-            yield gi, position, p, state_dict["state"].get(saved_id), values
+            yield gi, position, p, state_dict["state"].get(saved_id, {}), values
+
+
+def check_layout(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
+    """Raise ``StateError`` unless ``state_dict`` is laid out as torch's: a dict with ``"state"``
+    (a dict) and ``"param_groups"`` (a list of dicts, each with a ``"params"`` list)."""
+    name = f"{type(optimizer).__name__}.load_state_dict"
+    if not isinstance(state_dict, Mapping):
+        raise StateError(f"{name}: expected a dict with 'state' and 'param_groups', got a "
+                         f"{type(state_dict).__name__}")
+    for key, kinds, want in (("state", Mapping, "a dict"),
+                             ("param_groups", (list, tuple), "a list of dicts")):
+        if not isinstance(state_dict.get(key), kinds):
+            raise StateError(f"{name}: state_dict[{key!r}] is a "
+                             f"{type(state_dict.get(key)).__name__}, expected {want}")
+    for index, group in enumerate(state_dict["param_groups"]):
+        if not isinstance(group, Mapping) or not isinstance(group.get("params"), (list, tuple)):
+            raise StateError(f"{name}: state_dict['param_groups'][{index}] is not a dict with "
+                             "a 'params' list")
 
 
 def check_state_dict(
     optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any], spec: StateSpec | SpecOf
 ) -> None:
-    """Raise ``StateError`` if a state tensor of ``state_dict`` does not fit its parameter
-    (``spec``: one for all parameters, or a function of the group's values and the parameter)."""
+    """Raise ``StateError`` if ``state_dict`` is not laid out as torch's, or a state tensor of it
+    does not fit its parameter (``spec``: one for all parameters, or a function of the group's
+    values and the parameter)."""
+    check_layout(optimizer, state_dict)
     name = f"{type(optimizer).__name__}.load_state_dict"
     _check(name, spec, _loaded_items(optimizer, state_dict), strict=False)
 
@@ -274,6 +295,7 @@ class CheckedState:
         """torch's load, plus: missing group keys keep this optimizer's values, every state
         tensor is checked against its parameter first, float statistics keep their dtype."""
         optimizer: Any = self
+        check_layout(optimizer, state_dict)
         state_dict = fill_missing_group_keys(optimizer, state_dict)
         check_state_dict(optimizer, state_dict, self.state_spec)
         super().load_state_dict(state_dict)  # type: ignore[misc]

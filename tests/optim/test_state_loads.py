@@ -366,3 +366,37 @@ def test_dtensor_state_is_checked_by_its_global_shape():
     # the factored and moment state of these optimizers are DTensors (not SMMF's, Amos's)
     assert {r["name"] for r in rows if r["dtensor"]} == {"NSGDA", "SM3", "Adafactor",
                                                          "AdamW+decay"}
+
+
+def _spoiled_layouts(sd):
+    group = dict(sd["param_groups"][0])
+    return [
+        ([], "expected a dict with 'state' and 'param_groups', got a list"),
+        ({**sd, "param_groups": "x"}, "state_dict['param_groups'] is a str, expected a list"),
+        ({**sd, "state": None}, "state_dict['state'] is a NoneType, expected a dict"),
+        ({**sd, "param_groups": [{k: v for k, v in group.items() if k != "params"}]},
+         "state_dict['param_groups'][0] is not a dict with a 'params' list"),
+        ({**sd, "state": {**sd["state"], 1: None}},
+         "param_groups[0]['params'][1] (a torch.float32 parameter of shape (6,) on cpu): the "
+         "state is a NoneType, expected a dict"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["AdamHD", "NSGDA", "Adam"])
+def test_a_state_dict_not_laid_out_as_torch_s_is_refused_before_anything_changes(name):
+    """A truncated or hand-made state_dict raised a TypeError or AttributeError from inside
+    torch's load (a None state after it had replaced the groups): now a StateError first."""
+    make = {"AdamHD": adamhd.AdamHD, "NSGDA": adamhd.NSGDA,
+            "Adam": lambda ps: wrapped(torch.optim.Adam)(ps)}[name]
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 6)), torch.nn.Parameter(torch.randn(6))]
+    opt = make(params)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    for spoiled, words in _spoiled_layouts(copy.deepcopy(before)):
+        with pytest.raises(StateError, match=r"\.load_state_dict: ") as info:
+            opt.load_state_dict(spoiled)
+        assert words in str(info.value)
+        assert_same(opt.state_dict(), before)

@@ -32,7 +32,7 @@ from adamhd.optim.adamhd import lowbit, scales
 from adamhd.optim.adamhd.functional import adamhd_step
 from adamhd.optim.adamhd.step import AdamStep, AdamTensors
 from adamhd.optim.adamhd.update_rules import UPDATE_DEFAULTS, UpdateRule, check_update_options
-from adamhd.state import ADAM_STATE, CheckedState, Entry, statistic_dtype
+from adamhd.state import ADAM_STATE, CheckedState, Entry, check_layout, statistic_dtype
 
 __all__ = ["AdamHD"]
 
@@ -468,6 +468,7 @@ class AdamHD(CheckedState, Optimizer):
         (torch's load casts every state tensor to the parameter's dtype) and converted to this
         optimizer's ``state_dtype``: the storage precision is this process's choice
         (``state_dtype`` and ``min_8bit_size`` keep this optimizer's values)."""
+        check_layout(self, state_dict)
         keep = [{k: g[k] for k in ("state_dtype", "min_8bit_size")} for g in self.param_groups]
         lowbit.check_saved_codes(self, state_dict)
         state_dict = scales.local_scales(self, state_dict)
