@@ -23,6 +23,8 @@ def param():
         (dict(betas=(0.9, -0.1)), "betas[1]"),
         (dict(betas=(0.9,)), "betas"),
         (dict(eps=-1e-8), "eps"),
+        (dict(eps=True), "eps must be a float"),
+        (dict(eps=torch.tensor(1e-8)), "eps must be a float .* got a Tensor"),
         (dict(weight_decay=-0.1), "weight_decay"),
         (dict(weight_decay=math.inf), "weight_decay"),
         (dict(delta=0.0), "delta"),

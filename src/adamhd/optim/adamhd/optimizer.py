@@ -92,7 +92,10 @@ def _check_hyperparameters(group: dict[str, Any], at_step: bool = False) -> None
     _check_betas(group["betas"], tensor_ok, read_tensors=not at_step)
 
     eps = group["eps"]
-    if not isinstance(eps, (int, float)) or not eps >= 0.0:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ValueError(f"Invalid epsilon value: eps must be a float (torch's AdamW documents a "
+                         f"float), got a {type(eps).__name__}; pass float(eps)")
+    if not eps >= 0.0:
         raise ValueError(f"Invalid epsilon value: {eps} (eps must be >= 0)")
     check_decay_options(group)
     check_update_options(group)
