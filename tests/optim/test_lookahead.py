@@ -296,3 +296,27 @@ def test_state_dict_of_another_size_is_refused():
     small = Lookahead(torch.optim.SGD(make_model()[0].parameters(), lr=0.1))
     with pytest.raises(ValueError, match="has 2 parameters, this optimizer 4"):
         opt.load_state_dict(small.state_dict())
+
+
+def test_a_state_dict_not_laid_out_as_torch_s_is_refused_before_anything_changes():
+    from adamhd.state import StateError
+
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(10))
+    opt = Lookahead(AdamHD([p], lr=0.1), k=2)
+    for _ in range(3):
+        p.grad = torch.randn(10)
+        opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    spoiled = [([], "got a list"), ({**before, "param_groups": "x"}, "'param_groups'] is a str"),
+               ({**before, "state": None}, "['state'] is a NoneType"),
+               ({**before, "state": {0: None}}, "parameter 0 has no 'lookahead_slow'")]
+    for state_dict, words in spoiled:
+        with pytest.raises(ValueError, match="Lookahead.load_state_dict: ") as info:
+            opt.load_state_dict(state_dict)
+        assert words in str(info.value) and (words == spoiled[-1][1] or
+                                             isinstance(info.value, StateError))
+        after = opt.state_dict()
+        assert after["param_groups"] == before["param_groups"]
+        for key, value in before["state"][0].items():
+            assert torch.equal(after["state"][0][key], value), key

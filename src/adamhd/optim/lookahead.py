@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from adamhd.distributed import is_dtensor
+from adamhd.state import check_layout
 
 SLOW = "lookahead_slow"
 COUNT = "lookahead_step"
@@ -127,6 +128,7 @@ class Lookahead(torch.optim.Optimizer):
         return {**inner, "state": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_layout(self, state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         saved = state_dict["state"]
         # saved parameter ids in group order (indices from state_dict(), names from DCP), as
@@ -140,7 +142,7 @@ class Lookahead(torch.optim.Optimizer):
         slow = {}
         for i, p in zip(saved_ids, params):
             entry = saved.get(i, {})
-            if SLOW not in entry:
+            if not isinstance(entry, dict) or SLOW not in entry:
                 raise ValueError(
                     f"Lookahead.load_state_dict: parameter {i!r} has no {SLOW!r}; was this "
                     "state_dict saved by Lookahead?"
