@@ -14,7 +14,6 @@ import pickle
 import pytest
 import torch
 
-import adamhd
 from adamhd import with_decoupled_decay
 from tests.decay.reference64 import Threshold64, cautious_mask64, explicit64, proximal64
 
@@ -556,24 +555,3 @@ def test_a_plain_adamw_checkpoint_loads_and_continues_bit_for_bit():
         assert torch.equal(p, q)
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(ours.state[p][key], ref.state[q][key])
-
-
-@pytest.mark.parametrize("make", [
-    lambda ps: adamhd.AdafactorHD(ps, lr=1e-2, weight_decay=0.1),  # torch's Adafactor base
-    lambda ps: adamhd.NAdamHD(ps, lr=1e-2, weight_decay=0.1),
-    lambda ps: adamhd.with_decoupled_decay(torch.optim.AdamW)(ps, lr=1e-2, weight_decay=0.1),
-])
-def test_a_parameter_without_elements_is_stepped_over(make):
-    """torch's Adafactor divided by the element count of an empty parameter
-    (ZeroDivisionError); beside it, the other weights step exactly as without it."""
-    torch.manual_seed(0)
-    weight, empty = torch.nn.Parameter(torch.randn(4, 6)), torch.nn.Parameter(torch.randn(0, 4))
-    alone = torch.nn.Parameter(weight.detach().clone())
-    with_empty, without = make([weight, empty]), make([alone])
-    for _ in range(3):
-        g = torch.randn(4, 6)
-        weight.grad, alone.grad, empty.grad = g.clone(), g.clone(), torch.zeros(0, 4)
-        with_empty.step()
-        without.step()
-        assert empty.grad is not None and empty.grad.shape == (0, 4)
-    assert torch.equal(weight, alone)

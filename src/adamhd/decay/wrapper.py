@@ -259,22 +259,11 @@ class _DecoupledDecay:
 
     def _base_step(self, **kwargs: Any) -> None:
         """The base class's own ``step`` without torch's step hooks (they run once, around this
-        class's ``step``). Parameters without elements are not shown to it (their gradients
-        hidden for the call): there is nothing to update, and some bases fail on them (torch's
-        Adafactor divides by the element count)."""
+        class's ``step``)."""
         step = self._decay_base.step
         while getattr(step, "hooked", False):
             step = step.__wrapped__
-        empty = [p for group in self.param_groups for p in group["params"]  # type: ignore
-                 if p.grad is not None and p.numel() == 0]
-        grads = [p.grad for p in empty]
-        for p in empty:
-            p.grad = None
-        try:
-            step(self, **kwargs)
-        finally:
-            for p, grad in zip(empty, grads):
-                p.grad = grad
+        step(self, **kwargs)
 
     def _coefficients(self) -> list[float]:
         """Each group's ``c`` (``tau = lr_t*c``); ``decay_scaling="stable"`` divides by
