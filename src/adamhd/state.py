@@ -295,9 +295,8 @@ class CheckedState:
         """torch's load, plus: missing group keys keep this optimizer's values, every state
         tensor is checked against its parameter first, float statistics keep their dtype."""
         optimizer: Any = self
-        check_layout(optimizer, state_dict)
+        check_state_dict(optimizer, state_dict, self.state_spec)  # the layout, then the state
         state_dict = fill_missing_group_keys(optimizer, state_dict)
-        check_state_dict(optimizer, state_dict, self.state_spec)
         super().load_state_dict(state_dict)  # type: ignore[misc]
         restore_statistics(optimizer, state_dict, self.state_spec)
         self._state_checked = False
